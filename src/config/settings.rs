@@ -1,0 +1,184 @@
+//! The settings themselves, with PgBouncer's names and pgmoat's defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// libpq / PgBouncer sslmode, used for both `client_tls_sslmode` and `server_tls_sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthType {
+    Trust,
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    Cert,
+}
+
+/// A TLS protocol version that may be enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// A duration written in seconds (integer or fractional), as PgBouncer writes its timeouts.
+/// Zero means "disabled" where PgBouncer says so.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Default)]
+pub struct Seconds(pub f64);
+
+impl Seconds {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs_f64(self.0.max(0.0))
+    }
+
+    /// `None` when the setting is 0 (disabled).
+    pub fn non_zero(self) -> Option<Duration> {
+        (self.0 > 0.0).then(|| self.duration())
+    }
+}
+
+/// One `[databases.NAME]` entry: where a database name asked for by a client really lives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatabaseConfig {
+    pub host: String,
+    pub port: u16,
+    /// The database name on PostgreSQL; defaults to the entry's own name
+    /// (for `*`, to the name the client asked for).
+    pub dbname: Option<String>,
+    /// Log in to PostgreSQL as this user instead of the client's user.
+    pub user: Option<String>,
+    /// Password towards PostgreSQL for `user` (or for the client's user).
+    pub password: Option<String>,
+    pub pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+    pub max_db_connections: Option<usize>,
+}
+
+/// Everything pgmoat reads from its config file and environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// Where the config came from (for error messages and reload); `None` for env-only.
+    pub source: Option<PathBuf>,
+
+    pub listen_addr: String,
+    pub listen_port: u16,
+
+    pub pool_mode: PoolMode,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Seconds,
+    pub max_client_conn: usize,
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
+    pub max_prepared_statements: usize,
+
+    pub server_idle_timeout: Seconds,
+    pub server_lifetime: Seconds,
+    pub server_check_query: String,
+    pub server_check_delay: Seconds,
+    pub server_reset_query: String,
+    pub server_reset_query_always: bool,
+    pub server_connect_timeout: Seconds,
+    pub query_wait_timeout: Seconds,
+    pub client_login_timeout: Seconds,
+    pub shutdown_timeout: Seconds,
+
+    pub auth_type: AuthType,
+    pub auth_file: Option<PathBuf>,
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
+
+    pub client_tls_sslmode: SslMode,
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
+    pub client_tls_ca_file: Option<PathBuf>,
+    pub client_tls_protocols: Vec<TlsVersion>,
+
+    pub server_tls_sslmode: SslMode,
+    pub server_tls_ca_file: Option<PathBuf>,
+    pub server_tls_cert_file: Option<PathBuf>,
+    pub server_tls_key_file: Option<PathBuf>,
+    pub server_tls_protocols: Vec<TlsVersion>,
+
+    pub metrics_addr: Option<String>,
+    pub cert_expiry_warn_days: u32,
+    pub watch_files: bool,
+
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            listen_addr: "127.0.0.1".into(),
+            listen_port: 6432,
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Seconds(5.0),
+            max_client_conn: 100,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_prepared_statements: 200,
+            server_idle_timeout: Seconds(600.0),
+            server_lifetime: Seconds(3600.0),
+            server_check_query: "select 1".into(),
+            server_check_delay: Seconds(30.0),
+            server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            server_connect_timeout: Seconds(15.0),
+            query_wait_timeout: Seconds(120.0),
+            client_login_timeout: Seconds(60.0),
+            shutdown_timeout: Seconds(30.0),
+            auth_type: AuthType::ScramSha256,
+            auth_file: None,
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            client_tls_sslmode: SslMode::Require,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            client_tls_ca_file: None,
+            client_tls_protocols: vec![TlsVersion::Tls12, TlsVersion::Tls13],
+            server_tls_sslmode: SslMode::VerifyFull,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
+            server_tls_protocols: vec![TlsVersion::Tls12, TlsVersion::Tls13],
+            metrics_addr: None,
+            cert_expiry_warn_days: 30,
+            watch_files: false,
+            databases: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The database entry for a name a client asked for: the exact entry, else `*`.
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+}
