@@ -10,6 +10,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+mod messages;
+
+use messages::{parse_client_final, parse_client_first};
+
 /// The only mechanism offered; -PLUS (channel binding) is not.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
@@ -39,7 +43,7 @@ pub enum ScramError {
     InvalidSecret(&'static str),
 }
 
-fn protocol(reason: &str) -> ScramError {
+pub(super) fn protocol(reason: &str) -> ScramError {
     ScramError::Protocol(reason.to_owned())
 }
 
@@ -197,11 +201,10 @@ impl ScramServer {
         mechanism: &str,
         client_first: &[u8],
     ) -> Result<Vec<u8>, ScramError> {
-        if !matches!(self.state, State::AwaitingClientFirst) {
-            self.state = State::Failed;
+        let state = std::mem::replace(&mut self.state, State::Failed);
+        if !matches!(state, State::AwaitingClientFirst) {
             return Err(protocol("client-first-message out of order"));
         }
-        self.state = State::Failed;
         if mechanism != SCRAM_SHA_256 {
             return Err(ScramError::UnsupportedMechanism);
         }
@@ -290,108 +293,6 @@ impl ScramServer {
     }
 }
 
-struct ClientFirst<'a> {
-    gs2_header: &'a [u8],
-    bare: &'a [u8],
-    client_nonce: &'a str,
-}
-
-/// `gs2-cbind-flag "," [authzid] "," client-first-message-bare`, where the bare part is
-/// `[reserved-mext ","] "n=" user "," "r=" nonce ["," extensions]`.
-fn parse_client_first(msg: &[u8]) -> Result<ClientFirst<'_>, ScramError> {
-    let mut parts = msg.splitn(3, |&b| b == b',');
-    let flag = parts.next().unwrap_or_default();
-    let authzid = parts.next().ok_or_else(|| protocol("missing gs2 header"))?;
-    let bare = parts.next().ok_or_else(|| protocol("missing gs2 header"))?;
-    match flag {
-        b"n" | b"y" => {}
-        [b'p', b'=', ..] => {
-            return Err(protocol(
-                "client requires channel binding, which SCRAM-SHA-256 does not offer",
-            ));
-        }
-        _ => return Err(protocol("unexpected channel-binding flag")),
-    }
-    if !authzid.is_empty() {
-        return Err(protocol("authorization identity is not supported"));
-    }
-    let gs2_header = &msg[..flag.len() + 2];
-
-    let mut attrs = bare.split(|&b| b == b',');
-    let user = attrs.next().unwrap_or_default();
-    if user.starts_with(b"m=") {
-        return Err(protocol("client requires an unsupported SCRAM extension"));
-    }
-    if !user.starts_with(b"n=") {
-        return Err(protocol("expected user name attribute"));
-    }
-    // PostgreSQL ignores this name (it may be empty); the startup packet's user counts.
-    let nonce = attrs
-        .next()
-        .and_then(|a| a.strip_prefix(b"r="))
-        .ok_or_else(|| protocol("expected nonce attribute"))?;
-    if nonce.is_empty() || !nonce.iter().all(|&b| is_printable(b)) {
-        return Err(protocol("nonce is empty or not printable"));
-    }
-    for ext in attrs {
-        check_attribute(ext)?;
-    }
-    let client_nonce =
-        std::str::from_utf8(nonce).map_err(|_| protocol("nonce is not printable"))?;
-    Ok(ClientFirst {
-        gs2_header,
-        bare,
-        client_nonce,
-    })
-}
-
-struct ClientFinal<'a> {
-    channel_binding: &'a [u8],
-    nonce: &'a [u8],
-    without_proof: &'a [u8],
-    proof: &'a [u8],
-}
-
-/// `"c=" cbind "," "r=" nonce ["," extensions] "," "p=" proof`.
-fn parse_client_final(msg: &[u8]) -> Result<ClientFinal<'_>, ScramError> {
-    let proof_at = msg
-        .windows(3)
-        .rposition(|w| w == b",p=")
-        .ok_or_else(|| protocol("expected proof attribute"))?;
-    let (without_proof, proof) = (&msg[..proof_at], &msg[proof_at + 3..]);
-    let mut attrs = without_proof.split(|&b| b == b',');
-    let channel_binding = attrs
-        .next()
-        .and_then(|a| a.strip_prefix(b"c="))
-        .ok_or_else(|| protocol("expected channel binding attribute"))?;
-    let nonce = attrs
-        .next()
-        .and_then(|a| a.strip_prefix(b"r="))
-        .ok_or_else(|| protocol("expected nonce attribute"))?;
-    for ext in attrs {
-        check_attribute(ext)?;
-    }
-    Ok(ClientFinal {
-        channel_binding,
-        nonce,
-        without_proof,
-        proof,
-    })
-}
-
-/// An extension attribute we skip must still look like one: a letter, '=', then a value.
-fn check_attribute(attr: &[u8]) -> Result<(), ScramError> {
-    match attr {
-        [name, b'=', ..] if name.is_ascii_alphabetic() => Ok(()),
-        _ => Err(protocol("malformed attribute")),
-    }
-}
-
-/// RFC 5802 "printable": visible ASCII except ','.
-fn is_printable(b: u8) -> bool {
-    (0x21..=0x7e).contains(&b) && b != b','
-}
-
 /// SaltedPassword = Hi(SASLprep(password), salt, i), PBKDF2-HMAC-SHA-256 with one block.
 /// Like PostgreSQL, a password SASLprep refuses is used as it is.
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
@@ -439,5 +340,4 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 #[cfg(test)]
-#[path = "scram_tests.rs"]
 mod tests;

@@ -1,6 +1,7 @@
 //! Tests of the SCRAM server against the real client in postgres-protocol, the RFC 7677
 //! example, and malformed or random input.
 
+use super::messages::is_printable;
 use super::*;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use proptest::prelude::*;
