@@ -27,7 +27,14 @@ pub(crate) fn split_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(format!("`{key}` has no value: expected key=value pairs"));
+            // The stray word is not echoed: it may be part of a password written unquoted.
+            let place = match pairs.last() {
+                Some((previous, _)) => format!("after `{previous}`"),
+                None => "at the start".into(),
+            };
+            return Err(format!(
+                "a word {place} has no `=`: expected key=value pairs (quote values with spaces)"
+            ));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -211,7 +218,13 @@ mod tests {
 
     #[test]
     fn malformed_strings_are_refused() {
-        assert!(split_pairs("host").unwrap_err().contains("no value"));
+        assert!(split_pairs("host").unwrap_err().contains("at the start"));
+        let error = split_pairs("password=abc def user=x").unwrap_err();
+        assert!(error.contains("after `password`"), "{error}");
+        assert!(
+            !error.contains("def"),
+            "part of a password is echoed: {error}"
+        );
         assert!(
             split_pairs("password='open")
                 .unwrap_err()

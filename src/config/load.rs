@@ -9,25 +9,16 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::connstr::unknown_field;
+use super::env::apply_env;
 use super::error::{ConfigError, ConfigErrors};
-use super::fields::{Field, SETTINGS, suggest};
+use super::fields::{DATABASE_FIELDS, Field, SETTINGS, suggest};
 use super::settings::{Config, DatabaseConfig};
 use super::validate::{FileChecks, Problem, problems};
 use super::values::Input;
 
-/// Every environment variable starting with this is a setting (or reserved, see below).
-pub const ENV_PREFIX: &str = "PGMOAT_";
-/// `PGMOAT_DATABASES__APP="host=pg dbname=app"` defines the entry `app` (name lowercased).
-pub const ENV_DATABASE_PREFIX: &str = "PGMOAT_DATABASES__";
-/// Defines the `*` fallback entry: outside the `__<NAME>` pattern so no real name collides.
-pub const ENV_FALLBACK_DATABASE: &str = "PGMOAT_DATABASES_FALLBACK";
-/// `PGMOAT_*` names that belong to the command line, not to settings: never an unknown-setting
-/// error.
-pub const RESERVED_ENV_VARS: &[&str] = &["PGMOAT_CONFIG", "PGMOAT_LOG", "PGMOAT_LOG_FORMAT"];
-
 /// Where a setting's value came from.
 #[derive(Debug, Clone)]
-enum Place {
+pub(crate) enum Place {
     Line(usize),
     Env(String),
 }
@@ -47,8 +38,14 @@ impl Places {
         }
     }
 
-    fn set(&mut self, key: impl Into<String>, place: Place) {
+    pub(crate) fn set(&mut self, key: impl Into<String>, place: Place) {
         self.keys.insert(key.into(), place);
+    }
+
+    /// Forgets where the fields of an entry were set, when the entry is replaced as a whole.
+    pub(crate) fn forget_inside(&mut self, key: &str) {
+        let inside = format!("{key}.");
+        self.keys.retain(|k, _| !k.starts_with(&inside));
     }
 
     /// The key itself, then its anchors (the setting that made it necessary), then the
@@ -226,8 +223,7 @@ impl TomlReader<'_> {
                     let field_key = join_key(key, name.get_ref());
                     let field_line = self.line(name);
                     self.places.set(&field_key, Place::Line(field_line));
-                    let Some(field) = Field::find(super::fields::DATABASE_FIELDS, name.get_ref())
-                    else {
+                    let Some(field) = Field::find(DATABASE_FIELDS, name.get_ref()) else {
                         self.refuse(field_key, field_line, unknown_field(name.get_ref()));
                         continue;
                     };
@@ -250,7 +246,7 @@ impl TomlReader<'_> {
     }
 }
 
-fn join_key(key: &str, field: &str) -> String {
+pub(crate) fn join_key(key: &str, field: &str) -> String {
     if field.is_empty() {
         key.to_owned()
     } else {
@@ -258,7 +254,7 @@ fn join_key(key: &str, field: &str) -> String {
     }
 }
 
-fn unknown_setting(name: &str, prefix: &str) -> String {
+pub(crate) fn unknown_setting(name: &str, prefix: &str) -> String {
     let known = SETTINGS.iter().map(|f| f.name).chain(["databases"]);
     match suggest(name, known) {
         Some(close) => format!(
@@ -278,10 +274,12 @@ fn read_toml(text: &str, config: &mut Config, places: &mut Places) -> Vec<Config
     let (document, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         let origin = places.file.clone().unwrap_or_default();
-        return syntax
+        let mut errors: Vec<ConfigError> = syntax
             .iter()
             .map(|error| syntax_error(text, &origin, error))
             .collect();
+        errors.sort_by_key(|e| e.line);
+        return errors;
     }
     let mut reader = TomlReader {
         text,
@@ -294,6 +292,8 @@ fn read_toml(text: &str, config: &mut Config, places: &mut Places) -> Vec<Config
             name => reader.setting(config, name, value),
         }
     }
+    // The document's keys come sorted by name; errors read better in file order.
+    reader.errors.sort_by_key(|e| e.line);
     reader.errors
 }
 
@@ -316,74 +316,6 @@ fn syntax_error(text: &str, origin: &str, error: &toml::de::Error) -> ConfigErro
         line,
         reason: format!("TOML syntax: {reason}"),
     }
-}
-
-/// Applies `PGMOAT_*` variables; every unknown one is an error, so a typo cannot go unseen.
-fn apply_env(
-    config: &mut Config,
-    places: &mut Places,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Vec<ConfigError> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .filter(|(name, _)| !RESERVED_ENV_VARS.contains(&name.as_str()))
-        .collect();
-    vars.sort();
-    let mut errors = Vec::new();
-    for (var, value) in vars {
-        let refuse = |key: String, reason: String| ConfigError {
-            origin: format!("environment variable {var}"),
-            key,
-            line: None,
-            reason,
-        };
-        let database = if var == ENV_FALLBACK_DATABASE {
-            Some("*".to_owned())
-        } else {
-            var.strip_prefix(ENV_DATABASE_PREFIX)
-                .map(str::to_ascii_lowercase)
-        };
-        if let Some(name) = database {
-            let key = format!("databases.{name}");
-            if name.is_empty() {
-                errors.push(refuse(
-                    key,
-                    "the database name is missing after `__`".into(),
-                ));
-                continue;
-            }
-            match DatabaseConfig::from_connstr(&value) {
-                Ok(entry) => {
-                    // The whole entry is replaced, so the file's places for it no longer apply.
-                    let inside = format!("{key}.");
-                    places.keys.retain(|k, _| !k.starts_with(&inside));
-                    places.set(key, Place::Env(var.clone()));
-                    config.databases.insert(name, entry);
-                }
-                Err(bad) => errors.extend(
-                    bad.into_iter()
-                        .map(|(field, reason)| refuse(join_key(&key, &field), reason)),
-                ),
-            }
-            continue;
-        }
-        let name = var[ENV_PREFIX.len()..].to_ascii_lowercase();
-        match Field::find(SETTINGS, &name) {
-            Some(field) => {
-                places.set(name.clone(), Place::Env(var.clone()));
-                if let Err(reason) = (field.set)(config, Input::Text(&value)) {
-                    errors.push(refuse(name, reason));
-                }
-            }
-            None if name == "databases" => errors.push(refuse(
-                name,
-                format!("databases come one per variable: {ENV_DATABASE_PREFIX}<NAME>"),
-            )),
-            None => errors.push(refuse(name.clone(), unknown_setting(&name, ENV_PREFIX))),
-        }
-    }
-    errors
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! PgBouncer's do (not against the config file's directory).
 
 mod connstr;
+mod env;
 mod error;
 mod fields;
 mod load;
@@ -15,8 +16,8 @@ mod validate;
 mod values;
 
 pub use connstr::REDACTED;
+pub use env::{ENV_DATABASE_PREFIX, ENV_FALLBACK_DATABASE, ENV_PREFIX, RESERVED_ENV_VARS};
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{ENV_DATABASE_PREFIX, ENV_FALLBACK_DATABASE, ENV_PREFIX, RESERVED_ENV_VARS};
 pub use settings::*;
 pub use validate::FileChecks;
 pub use values::parse_tls_protocols;
