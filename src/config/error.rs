@@ -31,7 +31,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every problem found in one configuration, in file order where there is one.
+/// Every problem found in one configuration (read errors in file order, then validation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 

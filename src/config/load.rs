@@ -24,7 +24,7 @@ pub(crate) enum Place {
 }
 
 /// Setting key (`listen_port`, `databases.app.host`) -> where it was set.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Places {
     file: Option<String>,
     keys: BTreeMap<String, Place>,
