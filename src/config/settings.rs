@@ -59,7 +59,8 @@ impl Seconds {
 }
 
 /// One `[databases.NAME]` entry: where a database name asked for by a client really lives.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Its `Debug` (in connstr.rs) hides the password.
+#[derive(Clone, PartialEq, Serialize)]
 pub struct DatabaseConfig {
     pub host: String,
     pub port: u16,
