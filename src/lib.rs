@@ -2,6 +2,16 @@
 //! pools backend connections, and re-encrypts every backend connection with verify-full TLS.
 
 pub mod auth;
+pub mod backend;
+pub mod cancel;
 pub mod certs;
 pub mod config;
+pub mod frontend;
+pub mod lifecycle;
 pub mod pgcluster;
+pub mod pool;
+pub mod protocol;
+pub mod relay;
+pub mod state;
+pub mod stream;
+pub mod tls;

@@ -1,15 +1,106 @@
-//! The `pgmoat` command line: parses arguments and hands over to the library.
+//! The `pgmoat` command line: parses arguments, sets up logging, and hands over to the
+//! library. The only place that uses `anyhow`.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pgmoat::config::Config;
+use pgmoat::lifecycle::Server;
 
 #[derive(Parser)]
 #[command(
     name = "pgmoat",
     version,
-    about = "A PostgreSQL connection pooler with a TLS moat"
+    about = "A PostgreSQL connection pooler that puts a TLS moat around the database"
 )]
-struct Cli {}
+struct Cli {
+    /// Log format (levels come from RUST_LOG, default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PGMOAT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pooler.
+    Run {
+        /// Config file (TOML). Without one, settings come from PGMOAT_* variables only.
+        #[arg(short, long, env = "PGMOAT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file (and the certificates, keys and auth_file it names) and print the
+    /// effective settings; exits non-zero with file, key and reason on any error.
+    CheckConfig {
+        #[arg(env = "PGMOAT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgmoat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (text, json) = match format {
+        LogFormat::Text => (Some(fmt::layer().with_writer(std::io::stderr)), None),
+        LogFormat::Json => (None, Some(fmt::layer().json().with_writer(std::io::stderr))),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            runtime()?.block_on(async {
+                let server = Server::bind(config).await?;
+                server.run().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            pgmoat::tls::install_default_provider();
+            pgmoat::lifecycle::load_generation(config.clone(), None)?;
+            println!("{}", config.redacted_summary());
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

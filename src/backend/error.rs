@@ -1,0 +1,80 @@
+//! What can go wrong towards PostgreSQL, and how each reaches the client.
+
+use crate::protocol::error::ErrorFields;
+use crate::protocol::{PgError, ProtocolError, Severity, SqlState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not connect to PostgreSQL at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to PostgreSQL at {addr} timed out after {secs} s (server_connect_timeout)")]
+    Timeout { addr: String, secs: f64 },
+    #[error(
+        "PostgreSQL at {addr} refused TLS, and server_tls_sslmode = {mode} forbids a \
+         plaintext connection"
+    )]
+    TlsRefused { addr: String, mode: &'static str },
+    #[error("TLS handshake with PostgreSQL at {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("PostgreSQL at {addr} rejected the login: {} {}: {}", .fields.severity, .fields.code, .fields.message)]
+    Server { addr: String, fields: ErrorFields },
+    #[error(
+        "no password to log in to PostgreSQL as \"{user}\": set password in the [databases] \
+         entry or give the user a plain-text secret in auth_file"
+    )]
+    NoPassword { user: String },
+    #[error(
+        "PostgreSQL at {addr} asked for an authentication method pgmoat does not support ({method})"
+    )]
+    UnsupportedAuth { addr: String, method: u32 },
+    #[error("SCRAM exchange with PostgreSQL at {addr} failed: {reason}")]
+    Scram { addr: String, reason: String },
+    #[error("protocol error from PostgreSQL at {addr}: {source}")]
+    Protocol { addr: String, source: ProtocolError },
+    #[error("no usable address for {host}:{port}")]
+    NoAddress { host: String, port: u16 },
+}
+
+impl BackendError {
+    /// The ErrorResponse the client gets. Errors PostgreSQL itself raised keep its SQLSTATE.
+    pub fn to_pg_error(&self) -> PgError {
+        match self {
+            BackendError::Server { fields, .. } => PgError {
+                severity: Severity::Fatal,
+                code: SqlState(static_code(&fields.code)),
+                message: fields.message.clone(),
+                detail: Some(
+                    "pgmoat could not log in to PostgreSQL with the configured credentials".into(),
+                ),
+                hint: None,
+            },
+            BackendError::NoPassword { .. } | BackendError::UnsupportedAuth { .. } => {
+                PgError::fatal(
+                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                    self.to_string(),
+                )
+            }
+            _ => PgError::fatal(
+                SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                self.to_string(),
+            ),
+        }
+    }
+}
+
+/// SQLSTATEs PostgreSQL sends during login, mapped onto static strings (the code is five
+/// ASCII characters; anything else becomes a generic connection failure).
+fn static_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "28P01", "28000", "3D000", "53300", "57P03", "57P01", "08P01", "0A000", "42501", "53100",
+        "53200", "XX000",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("08004")
+}

@@ -1,0 +1,69 @@
+//! One server connection towards PostgreSQL: TCP, SSLRequest and TLS by server_tls_sslmode
+//! (never a silent fall-back to plaintext), login with SCRAM, md5 or the client certificate,
+//! and the parameters the server reported.
+
+mod connect;
+mod error;
+mod query;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use crate::stream::{Stream, TlsInfo};
+
+pub use connect::{BackendTarget, ConnectOptions, connect, negotiate_tls};
+pub use error::BackendError;
+
+/// PostgreSQL's cancel key for one backend process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// A logged-in connection to PostgreSQL.
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: Stream,
+    /// Bytes read from the server but not yet forwarded (normally empty between uses).
+    pub read_buf: BytesMut,
+    /// Parameters as the server last reported them (ParameterStatus), in arrival order.
+    pub params: Vec<(String, String)>,
+    /// The parameters right after login, before any client changed anything: what a reset
+    /// returns the connection to.
+    pub initial_params: Vec<(String, String)>,
+    pub key: BackendKey,
+    pub addr: SocketAddr,
+    pub created: Instant,
+    pub tls: Option<TlsInfo>,
+    /// Identity of the TLS configuration this connection was made with; a reload that
+    /// changes it retires the connection when it comes back to the pool.
+    pub tls_epoch: u64,
+    /// A session-level setting may have changed (a `SET` completed), so the connection is
+    /// reset before anyone else gets it.
+    pub dirty: bool,
+    /// Prepared statements this server holds for pooled clients.
+    pub statements: crate::relay::prepared::ServerStatements,
+}
+
+impl ServerConn {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set_param(&mut self, name: &str, value: &str) {
+        match self
+            .params
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.params.push((name.to_owned(), value.to_owned())),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Cancel keys. Each client gets its own random BackendKeyData; a CancelRequest carrying it
+//! is forwarded to the server connection that client holds at that moment, over TLS when
+//! server_tls_sslmode asks for it. Keys are 64 random bits, looked up exactly, so one client
+//! cannot reach another's backend.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use crate::backend::{BackendKey, BackendTarget, ConnectOptions, negotiate_tls};
+use crate::state::Generation;
+
+/// Where a cancel for a client goes right now.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub target: BackendTarget,
+    pub server_key: BackendKey,
+}
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    clients: Mutex<HashMap<BackendKey, Option<CancelTarget>>>,
+}
+
+impl CancelRegistry {
+    /// A fresh, unused key for a new client.
+    pub fn register(&self) -> BackendKey {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let key = BackendKey {
+                pid: rand::random::<i32>() & i32::MAX,
+                secret: rand::random(),
+            };
+            if key.pid != 0 && !clients.contains_key(&key) {
+                clients.insert(key, None);
+                return key;
+            }
+        }
+    }
+
+    pub fn set_target(&self, key: BackendKey, target: Option<CancelTarget>) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = clients.get_mut(&key) {
+            *slot = target;
+        }
+    }
+
+    pub fn unregister(&self, key: BackendKey) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+
+    pub fn lookup(&self, key: BackendKey) -> Option<CancelTarget> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+            .flatten()
+    }
+}
+
+/// Sends PostgreSQL's CancelRequest for `target` on a new connection, with the same TLS
+/// rules as any other server connection.
+pub async fn send_cancel(
+    target: &CancelTarget,
+    generation: &Generation,
+) -> Result<(), crate::backend::BackendError> {
+    let addr = target.target.addr_string();
+    let io_err = |source| crate::backend::BackendError::Connect {
+        addr: addr.clone(),
+        source,
+    };
+    let config = &generation.config;
+    let tcp = tokio::time::timeout(
+        config.server_connect_timeout.duration(),
+        tokio::net::TcpStream::connect((target.target.host.as_str(), target.target.port)),
+    )
+    .await
+    .map_err(|_| crate::backend::BackendError::Timeout {
+        addr: addr.clone(),
+        secs: config.server_connect_timeout.0,
+    })?
+    .map_err(io_err)?;
+    let mut stream = negotiate_tls(
+        tcp,
+        &target.target,
+        &ConnectOptions {
+            sslmode: config.server_tls_sslmode,
+            tls: generation.tls.connector.as_ref(),
+            tls_epoch: generation.tls_epoch,
+            timeout: config.server_connect_timeout.duration(),
+            id: 0,
+        },
+    )
+    .await?;
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(
+        target.server_key.pid,
+        target.server_key.secret,
+        &mut buf,
+    );
+    stream.write_all(&buf).await.map_err(io_err)?;
+    stream.flush().await.map_err(io_err)?;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_unknown_keys_find_nothing() {
+        let reg = CancelRegistry::default();
+        let a = reg.register();
+        let b = reg.register();
+        assert_ne!(a, b);
+        assert!(reg.lookup(a).is_none());
+        assert!(
+            reg.lookup(BackendKey {
+                pid: a.pid,
+                secret: a.secret.wrapping_add(1)
+            })
+            .is_none()
+        );
+        reg.unregister(a);
+        assert!(!reg.clients.lock().unwrap().contains_key(&a));
+    }
+}

@@ -1,0 +1,119 @@
+//! One client connection: negotiate (SSLRequest / GSSENCRequest / direct TLS, by
+//! client_tls_sslmode), log in (startup packet, authentication), then the idle/active loop
+//! that borrows a server for each transaction (or the whole session).
+
+mod auth;
+mod negotiate;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::protocol::{PgError, ProtocolError};
+use crate::state::Shared;
+use crate::stream::Stream;
+
+pub use negotiate::Negotiated;
+
+/// Why a client connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    /// Refused with an ErrorResponse the client should see.
+    #[error("{0}")]
+    Refused(PgError),
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("client_login_timeout expired before the client logged in")]
+    LoginTimeout,
+}
+
+impl From<PgError> for FrontendError {
+    fn from(e: PgError) -> Self {
+        FrontendError::Refused(e)
+    }
+}
+
+/// Counts a client for max_client_conn for as long as it lives.
+struct ClientSlot(Arc<Shared>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one client connection to its end. Never panics on client input; every refusal the
+/// protocol allows is sent as an ErrorResponse, and every end is logged with the peer.
+pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let id = shared.next_id();
+    let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        shared.clients.fetch_add(1, Ordering::Relaxed);
+        let slot = ClientSlot(shared.clone());
+        let generation = shared.snapshot();
+        let login_timeout = generation.config.client_login_timeout.non_zero();
+
+        let login = async {
+            let negotiated = negotiate::negotiate(tcp, &generation).await;
+            match negotiated {
+                Ok(Negotiated::Cancel(key)) => {
+                    session::forward_cancel(&shared, key).await;
+                    Ok(None)
+                }
+                Ok(Negotiated::Startup { stream, startup }) => {
+                    session::login(stream, startup, &shared, &generation, id)
+                        .await
+                        .map(Some)
+                }
+                Err((stream, err)) => Err((stream, err)),
+            }
+        };
+        let logged_in = match login_timeout {
+            Some(limit) => match tokio::time::timeout(limit, login).await {
+                Ok(result) => result,
+                Err(_) => Err((None, FrontendError::LoginTimeout)),
+            },
+            None => login.await,
+        };
+        match logged_in {
+            Ok(Some(session)) => session.run().await,
+            Ok(None) => {}
+            Err((stream, err)) => refuse(stream, err).await,
+        }
+        drop(slot);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Logs why a client was turned away and, where the protocol allows, tells it.
+async fn refuse(stream: Option<Stream>, err: FrontendError) {
+    match &err {
+        FrontendError::Refused(e) => tracing::info!(error = %e, "client refused"),
+        FrontendError::Protocol(e) if e.is_closed() => {
+            tracing::debug!("client closed the connection before logging in")
+        }
+        other => tracing::info!(error = %other, "client connection failed"),
+    }
+    let Some(mut stream) = stream else { return };
+    let message = match err {
+        FrontendError::Refused(e) => e,
+        FrontendError::Protocol(ProtocolError::Closed) | FrontendError::Tls(_) => return,
+        FrontendError::Protocol(e) => PgError::fatal(
+            crate::protocol::SqlState::PROTOCOL_VIOLATION,
+            format!("invalid startup packet or message: {e}"),
+        ),
+        FrontendError::LoginTimeout => return,
+    };
+    let _ = stream.write_all(&message.to_bytes()).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}

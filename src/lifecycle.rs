@@ -1,0 +1,204 @@
+//! Starting and stopping: build the first generation (config, TLS, auth_file), bind the
+//! listener, accept clients, reload on SIGHUP (the new generation is fully loaded before it
+//! replaces the old; a bad one changes nothing), and drain on SIGTERM / SIGINT.
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthError, UserList};
+use crate::config::{Config, ConfigErrors};
+use crate::state::{Generation, Shared};
+use crate::tls::{TlsError, TlsState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("auth_file: {0}")]
+    Auth(#[from] AuthError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Loads everything a generation needs from `config`. `previous` keeps the TLS epoch when
+/// the PostgreSQL-facing TLS material did not change.
+pub fn load_generation(
+    config: Config,
+    previous: Option<&Generation>,
+) -> Result<Generation, StartError> {
+    let tls = TlsState::load(&config)?;
+    let users = match &config.auth_file {
+        Some(path) => UserList::load(path)?,
+        None => UserList::default(),
+    };
+    let fingerprint = server_tls_fingerprint(&config);
+    let (id, tls_epoch) = match previous {
+        Some(prev) if server_tls_fingerprint(&prev.config) == fingerprint => {
+            (prev.id + 1, prev.tls_epoch)
+        }
+        Some(prev) => (prev.id + 1, prev.tls_epoch + 1),
+        None => (1, 1),
+    };
+    Ok(Generation {
+        id,
+        config: Arc::new(config),
+        tls: Arc::new(tls),
+        tls_epoch,
+        users: Arc::new(users),
+    })
+}
+
+/// Identity of the TLS material towards PostgreSQL: mode and the bytes of the files.
+fn server_tls_fingerprint(config: &Config) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!(
+        "{:?}{:?}",
+        config.server_tls_sslmode, config.server_tls_protocols
+    )
+    .hash(&mut hasher);
+    for path in [
+        &config.server_tls_ca_file,
+        &config.server_tls_cert_file,
+        &config.server_tls_key_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Logs the days left of every loaded certificate, warning from cert_expiry_warn_days on.
+pub fn log_certificate_expiry(generation: &Generation) {
+    let warn_days = i64::from(generation.config.cert_expiry_warn_days);
+    for cert in &generation.tls.certs {
+        let days = cert.days_left();
+        if days <= warn_days {
+            tracing::warn!(setting = cert.setting, file = %cert.path, subject = %cert.subject, days_left = days, not_after = %cert.not_after, "certificate expires soon");
+        } else {
+            tracing::info!(setting = cert.setting, file = %cert.path, subject = %cert.subject, days_left = days, "certificate loaded");
+        }
+    }
+}
+
+/// A bound, ready-to-serve pgmoat.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        crate::tls::install_default_provider();
+        let addr = format!("{}:{}", config.listen_addr, config.listen_port);
+        let generation = load_generation(config, None)?;
+        log_certificate_expiry(&generation);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        Ok(Server {
+            listener,
+            shared: Shared::new(generation),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until SIGTERM / SIGINT, reloading on SIGHUP.
+    pub async fn run(self) -> Result<(), StartError> {
+        let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+        let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listen = %addr, "pgmoat is accepting connections");
+        let tracker = TaskTracker::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        tracker.spawn(crate::frontend::handle_client(tcp, peer, self.shared.clone()));
+                    }
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    Err(e) => {
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = hangup.recv() => reload(&self.shared),
+                _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            }
+        }
+        drop(self.listener);
+        self.shared.shutdown.cancel();
+        tracker.close();
+        let timeout = self.shared.snapshot().config.shutdown_timeout.duration();
+        tokio::select! {
+            _ = tracker.wait() => tracing::info!("all clients finished"),
+            _ = tokio::time::sleep(timeout) => tracing::warn!(shutdown_timeout = ?timeout, "shutdown_timeout reached; closing remaining clients"),
+            _ = terminate.recv() => tracing::warn!("second signal: closing at once"),
+            _ = interrupt.recv() => tracing::warn!("second signal: closing at once"),
+        }
+        Ok(())
+    }
+}
+
+/// Re-reads the config file and every TLS and auth file. The new generation replaces the old
+/// only if all of it loads; otherwise the old one keeps serving and the error is logged.
+pub fn reload(shared: &Shared) {
+    let current = shared.snapshot();
+    let source = current.config.source.clone();
+    let result = Config::load(source.as_deref(), std::env::vars())
+        .map_err(StartError::from)
+        .and_then(|config| {
+            if (config.listen_addr.as_str(), config.listen_port)
+                != (
+                    current.config.listen_addr.as_str(),
+                    current.config.listen_port,
+                )
+            {
+                tracing::warn!(
+                    "listen_addr / listen_port changed: takes effect only after a restart"
+                );
+            }
+            load_generation(config, Some(&current))
+        });
+    match result {
+        Ok(generation) => {
+            log_certificate_expiry(&generation);
+            let tls_changed = generation.tls_epoch != current.tls_epoch;
+            shared.current.store(Arc::new(generation));
+            tracing::info!(
+                tls_towards_postgresql_changed = tls_changed,
+                "configuration reloaded"
+            );
+        }
+        Err(e) => {
+            tracing::error!(config = %source.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "environment".into()), error = %e, "reload failed; the previous configuration stays in effect");
+        }
+    }
+}

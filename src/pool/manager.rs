@@ -1,0 +1,103 @@
+//! deadpool's Manager for server connections: how one is made and when one is too old,
+//! too idle or too stale to hand out again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
+
+use crate::backend::{BackendError, BackendTarget, ConnectOptions, ServerConn, connect};
+use crate::state::Generation;
+
+pub struct ServerManager {
+    target: BackendTarget,
+    current: Arc<ArcSwap<Generation>>,
+    ids: Arc<AtomicU64>,
+}
+
+impl ServerManager {
+    pub fn new(
+        target: BackendTarget,
+        current: Arc<ArcSwap<Generation>>,
+        ids: Arc<AtomicU64>,
+    ) -> Self {
+        ServerManager {
+            target,
+            current,
+            ids,
+        }
+    }
+
+    pub fn target(&self) -> &BackendTarget {
+        &self.target
+    }
+}
+
+impl Manager for ServerManager {
+    type Type = ServerConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<ServerConn, BackendError> {
+        let generation = self.current.load_full();
+        let conn = connect(
+            &self.target,
+            ConnectOptions {
+                sslmode: generation.config.server_tls_sslmode,
+                tls: generation.tls.connector.as_ref(),
+                tls_epoch: generation.tls_epoch,
+                timeout: generation.config.server_connect_timeout.duration(),
+                id: self.ids.fetch_add(1, Ordering::Relaxed),
+            },
+        )
+        .await?;
+        tracing::debug!(
+            server_id = conn.id,
+            server = %self.target.addr_string(),
+            database = %self.target.dbname,
+            user = %self.target.user,
+            tls = conn.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("off"),
+            "server connection established"
+        );
+        Ok(conn)
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ServerConn,
+        metrics: &Metrics,
+    ) -> RecycleResult<BackendError> {
+        let generation = self.current.load();
+        let config = &generation.config;
+        if conn.tls_epoch != generation.tls_epoch {
+            return Err(RecycleError::message("TLS configuration reloaded"));
+        }
+        if config
+            .server_lifetime
+            .non_zero()
+            .is_some_and(|max| metrics.age() > max)
+        {
+            return Err(RecycleError::message("server_lifetime reached"));
+        }
+        let idle = metrics.last_used();
+        if config
+            .server_idle_timeout
+            .non_zero()
+            .is_some_and(|max| idle > max)
+        {
+            return Err(RecycleError::message("server_idle_timeout reached"));
+        }
+        if !conn.is_quiet().await {
+            return Err(RecycleError::message(
+                "server sent data or closed while idle",
+            ));
+        }
+        let check_query = config.server_check_query.trim();
+        if !check_query.is_empty() && idle > config.server_check_delay.duration() {
+            conn.simple_query(check_query)
+                .await
+                .map_err(RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,424 @@
+//! Moving frames between a client and the server it holds. Both directions are driven from
+//! one future, so neither side can block the other (a client streaming COPY data while the
+//! server sends notices cannot deadlock). Headers are read, bodies pass through, and only
+//! ReadyForQuery, ParameterStatus, CommandComplete and the Parse/Close completions are looked
+//! at: they tell when the server is free again and what session state changed. With prepared
+//! statements pooled, the client's Parse/Bind/Describe/Close are rewritten on the way in
+//! (`translate`).
+
+pub mod prepared;
+pub mod scan;
+pub mod translate;
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::backend::ServerConn;
+use crate::protocol::ProtocolError;
+use crate::protocol::messages::parse_parameter_status;
+use crate::stream::Stream;
+use prepared::{ClientStatements, Completion, CompletionQueue};
+use scan::{Scanner, Seen};
+use translate::{TranslateError, Translator, translate};
+
+/// Read granularity: big enough to batch many small messages per TLS record and per syscall.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One direction's buffers. Zero-copy mode forwards `buf[..ready]` in place; translate mode
+/// (client direction with prepared statements) moves messages into `out` first.
+#[derive(Debug, Default)]
+pub struct HalfBuffer {
+    pub buf: BytesMut,
+    ready: usize,
+    scanner: Scanner,
+    out: BytesMut,
+    /// Translate mode: unsent bytes of a message being streamed from `buf` to `out`.
+    copy_remaining: usize,
+    need_flush: bool,
+    /// Bytes still missing to complete the header or inspected message at the scan point.
+    needed: usize,
+    /// The client sent Terminate (client direction only).
+    terminated: bool,
+}
+
+impl HalfBuffer {
+    pub fn new() -> Self {
+        HalfBuffer {
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            ..Default::default()
+        }
+    }
+
+    /// True when at least a message header is buffered: the client wants something.
+    pub fn has_header(&self) -> bool {
+        self.buf.len() >= crate::protocol::Header::SIZE
+    }
+
+    /// True when the next buffered message is a whole Terminate.
+    pub fn starts_with_terminate(&self) -> bool {
+        self.buf.len() >= 5 && self.buf[0] == b'X'
+    }
+
+    /// Starts a new use of this (server-side) buffer with bytes the server connection had
+    /// already read; the scanner starts at a message boundary.
+    pub fn take_leftover(&mut self, leftover: &mut BytesMut) {
+        self.scanner = Scanner::default();
+        self.needed = 0;
+        if !leftover.is_empty() {
+            self.buf.extend_from_slice(leftover);
+            leftover.clear();
+        }
+    }
+
+    /// True when nothing of a message has been forwarded without the rest of it.
+    fn at_boundary(&self) -> bool {
+        self.ready == 0
+            && self.out.is_empty()
+            && self.scanner.at_boundary()
+            && self.copy_remaining == 0
+    }
+
+    /// Writes what is ready (in place or from `out`), then flushes. Pending while the writer
+    /// is full.
+    fn poll_write_ready<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>> {
+        while self.ready > 0 || !self.out.is_empty() {
+            let pending: &[u8] = if self.ready > 0 {
+                &self.buf[..self.ready]
+            } else {
+                &self.out
+            };
+            let n = ready!(Pin::new(&mut *writer).poll_write(cx, pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if self.ready > 0 {
+                self.buf.advance(n);
+                self.ready -= n;
+            } else {
+                self.out.advance(n);
+            }
+            self.need_flush = true;
+        }
+        if self.need_flush {
+            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+            self.need_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads more bytes; Ready(Ok(0)) is EOF.
+    pub fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        needed: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.buf.reserve(needed.max(READ_CHUNK));
+        tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut self.buf)
+    }
+}
+
+/// The transaction state both directions share.
+#[derive(Debug, Clone, Copy)]
+pub struct TxState {
+    /// Queries and Syncs sent whose ReadyForQuery has not come back yet.
+    pub outstanding: u32,
+    /// The last ReadyForQuery status: b'I' idle, b'T' in a transaction, b'E' failed one.
+    pub status: u8,
+    /// Extended-protocol messages were sent after the last Sync.
+    pub unsynced: bool,
+}
+
+impl Default for TxState {
+    fn default() -> Self {
+        TxState {
+            outstanding: 0,
+            status: b'I',
+            unsynced: false,
+        }
+    }
+}
+
+impl TxState {
+    pub fn server_idle(&self) -> bool {
+        self.outstanding == 0 && self.status == b'I' && !self.unsynced
+    }
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Transaction mode: the transaction is over and the server is idle and clean.
+    Released,
+    /// The client sent Terminate. `server_clean` says whether the server may be reused.
+    ClientTerminated { server_clean: bool },
+    /// The client closed, failed or broke the protocol. `server_clean` as above.
+    ClientGone {
+        server_clean: bool,
+        error: Option<ClientFault>,
+    },
+    /// The server closed, failed or broke the protocol; it must be discarded.
+    ServerGone(ProtocolError),
+}
+
+/// What a client did wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientFault {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("{0}")]
+    Translate(#[from] TranslateError),
+}
+
+impl ClientFault {
+    pub fn is_closed(&self) -> bool {
+        matches!(self, ClientFault::Protocol(e) if e.is_closed())
+    }
+}
+
+/// What the relay learnt that the session must remember.
+#[derive(Debug, Default)]
+pub struct SessionChanges {
+    /// ParameterStatus values the server reported (the client's own SETs).
+    pub params: Vec<(String, String)>,
+}
+
+pub struct Relay<'a> {
+    pub client: &'a mut Stream,
+    pub client_half: &'a mut HalfBuffer,
+    pub server: &'a mut ServerConn,
+    pub server_half: &'a mut HalfBuffer,
+    pub tx: &'a mut TxState,
+    pub changes: &'a mut SessionChanges,
+    /// Transaction mode: end with `Released` when the server becomes idle.
+    pub release_when_idle: bool,
+    /// Prepared statements pooled: the client's statements, and the server's bound.
+    pub statements: Option<(&'a mut ClientStatements, usize)>,
+    pub completions: CompletionQueue,
+}
+
+impl Relay<'_> {
+    pub async fn run(mut self) -> RelayEnd {
+        // What the client sent before this server was checked out.
+        if let Err(e) = self.scan_client() {
+            return self.client_gone(Some(e));
+        }
+        poll_fn(|cx| self.poll_relay(cx)).await
+    }
+
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        if let Poll::Ready(end) = self.poll_server_to_client(cx) {
+            return Poll::Ready(end);
+        }
+        self.poll_client_to_server(cx)
+    }
+
+    fn poll_server_to_client(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        loop {
+            if let Err(e) = ready!(self.server_half.poll_write_ready(cx, self.client)) {
+                return Poll::Ready(self.client_gone(Some(ProtocolError::from(e).into())));
+            }
+            if self.release_when_idle
+                && self.tx.server_idle()
+                && self.client_half.at_boundary()
+                && self.server_half.at_boundary()
+            {
+                return Poll::Ready(RelayEnd::Released);
+            }
+            let needed = self.server_half.needed;
+            match ready!(
+                self.server_half
+                    .poll_fill(cx, &mut self.server.stream, needed)
+            ) {
+                Ok(0) => return Poll::Ready(RelayEnd::ServerGone(ProtocolError::Closed)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(RelayEnd::ServerGone(e.into())),
+            }
+            if let Err(e) = self.scan_server() {
+                return Poll::Ready(RelayEnd::ServerGone(e));
+            }
+        }
+    }
+
+    fn scan_server(&mut self) -> Result<(), ProtocolError> {
+        let half = &mut *self.server_half;
+        let tx = &mut *self.tx;
+        let server = &mut *self.server;
+        let changes = &mut *self.changes;
+        let completions = &mut self.completions;
+        // Edits to ParseComplete / CloseComplete messages: (offset, replacement tag or
+        // None to drop the 5-byte message).
+        let mut edits: Vec<(usize, Option<u8>)> = Vec::new();
+        let result = half.scanner.scan(
+            &half.buf,
+            half.ready,
+            |tag| matches!(tag, b'Z' | b'S' | b'C' | b'1' | b'3'),
+            |seen, pos| {
+                let Seen::Whole(tag, body) = seen else { return true };
+                tracing::trace!(tag = %(tag as char), outstanding = tx.outstanding, "server message");
+                match tag {
+                    b'Z' => {
+                        tx.outstanding = tx.outstanding.saturating_sub(1);
+                        tx.status = body.first().copied().unwrap_or(b'I');
+                        for name in completions.batch_done() {
+                            server.statements.remove(&name);
+                        }
+                    }
+                    b'S' => {
+                        if let Ok((name, value)) = parse_parameter_status(body) {
+                            server.set_param(name, value);
+                            changes.params.push((name.to_owned(), value.to_owned()));
+                        }
+                    }
+                    b'C' => {
+                        // A completed SET / RESET may have changed session state that the
+                        // next client must not inherit.
+                        if body.starts_with(b"SET") || body.starts_with(b"RESET") {
+                            server.dirty = true;
+                        } else if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL") {
+                            server.statements.clear();
+                        }
+                    }
+                    b'1' => {
+                        if let Some(Completion::Parse { swallow: true, .. }) = completions.pop() {
+                            edits.push((pos, None));
+                        }
+                    }
+                    b'3' => match completions.pop() {
+                        Some(Completion::CloseAsParse) => edits.push((pos, Some(b'1'))),
+                        Some(Completion::SwallowClose) => edits.push((pos, None)),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+                true
+            },
+        )?;
+        let mut forward_to = result.forward_to;
+        for (pos, edit) in edits.into_iter().rev() {
+            match edit {
+                Some(tag) => half.buf[pos] = tag,
+                None => {
+                    let len = half.buf.len();
+                    half.buf.copy_within(pos + 5..len, pos);
+                    half.buf.truncate(len - 5);
+                    forward_to -= 5;
+                }
+            }
+        }
+        half.ready = forward_to;
+        half.needed = result.needed;
+        Ok(())
+    }
+
+    fn poll_client_to_server(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        loop {
+            if let Err(e) = ready!(
+                self.client_half
+                    .poll_write_ready(cx, &mut self.server.stream)
+            ) {
+                return Poll::Ready(RelayEnd::ServerGone(e.into()));
+            }
+            if self.client_half.terminated {
+                return Poll::Ready(RelayEnd::ClientTerminated {
+                    server_clean: self.server_clean(),
+                });
+            }
+            let needed = self.client_half.needed;
+            match ready!(self.client_half.poll_fill(cx, self.client, needed)) {
+                Ok(0) => return Poll::Ready(self.client_gone(None)),
+                Ok(_) => {}
+                Err(e) => {
+                    return Poll::Ready(self.client_gone(Some(ProtocolError::from(e).into())));
+                }
+            }
+            if let Err(e) = self.scan_client() {
+                return Poll::Ready(self.client_gone(Some(e)));
+            }
+        }
+    }
+
+    fn scan_client(&mut self) -> Result<(), ClientFault> {
+        match self.statements.as_mut() {
+            Some((statements, max_prepared)) => {
+                let half = &mut *self.client_half;
+                let mut tr = Translator {
+                    statements,
+                    server: &mut self.server.statements,
+                    queue: &mut self.completions,
+                    max_prepared: *max_prepared,
+                };
+                let progress = translate(
+                    &mut half.buf,
+                    &mut half.out,
+                    &mut half.copy_remaining,
+                    self.tx,
+                    &mut tr,
+                )?;
+                tracing::trace!(?progress, out = half.out.len(), tx = ?self.tx, "client messages translated");
+                half.needed = progress.needed;
+                half.terminated |= progress.terminated;
+                Ok(())
+            }
+            None => Ok(scan_client(self.client_half, self.tx)?),
+        }
+    }
+
+    fn server_clean(&self) -> bool {
+        self.tx.server_idle() && self.client_half.at_boundary() && self.server_half.at_boundary()
+    }
+
+    fn client_gone(&self, error: Option<ClientFault>) -> RelayEnd {
+        RelayEnd::ClientGone {
+            server_clean: self.server_clean(),
+            error,
+        }
+    }
+}
+
+/// Zero-copy scan of what the client sent: counts the messages that will each get a
+/// ReadyForQuery, and stops at Terminate (which is not forwarded: the server stays open for
+/// the pool).
+pub fn scan_client(half: &mut HalfBuffer, tx: &mut TxState) -> Result<(), ProtocolError> {
+    let mut terminated = false;
+    let result = half.scanner.scan(
+        &half.buf,
+        half.ready,
+        |tag| tag == b'X',
+        |seen, _| {
+            let tag = match seen {
+                Seen::Whole(tag, _) | Seen::Streamed(tag) => tag,
+            };
+            match tag {
+                b'X' => {
+                    terminated = true;
+                    return false;
+                }
+                b'Q' | b'S' | b'F' => {
+                    tx.outstanding += 1;
+                    tx.unsynced = false;
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' => tx.unsynced = true,
+                _ => {}
+            }
+            true
+        },
+    )?;
+    half.ready = result.forward_to;
+    half.needed = result.needed;
+    if terminated {
+        half.terminated = true;
+        // Whatever follows Terminate is meaningless.
+        half.buf.truncate(half.ready);
+    }
+    Ok(())
+}

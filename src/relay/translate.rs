@@ -1,0 +1,476 @@
+//! The client-to-server direction under transaction pooling with prepared statements on:
+//! messages are copied into an output buffer, and Parse / Bind / Describe / Close are
+//! rewritten to server-side statement names (see `prepared`). Everything else, COPY data and
+//! big Bind parameters included, streams through in chunks.
+
+use bytes::{Buf, BufMut, BytesMut};
+
+use super::TxState;
+use super::prepared::{
+    ClientStatements, Completion, CompletionQueue, NOOP_STATEMENT, ServerStatements, Statement,
+    close_statement,
+};
+use crate::protocol::messages::write_message;
+use crate::protocol::{Header, ProtocolError};
+
+/// A named Parse bigger than this is refused (PostgreSQL accepts up to 1 GB, but a pooler
+/// must hold it whole to replay it on other servers).
+pub const MAX_NAMED_PARSE: usize = 1024 * 1024;
+/// Bound for the portal and statement names at the front of a Bind.
+const MAX_BIND_PREFIX: usize = 64 * 1024;
+const MAX_SMALL: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("too many prepared statements in one connection (at most {0})")]
+    TooManyStatements(usize),
+    #[error("prepared statement text of {0} bytes is larger than pgmoat can pool (1 MiB)")]
+    StatementTooLarge(usize),
+}
+
+/// The prepared-statement context of one checkout.
+pub struct Translator<'a> {
+    pub statements: &'a mut ClientStatements,
+    pub server: &'a mut ServerStatements,
+    pub queue: &'a mut CompletionQueue,
+    pub max_prepared: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// More input bytes needed before the next message can be handled.
+    pub needed: usize,
+    pub terminated: bool,
+}
+
+/// Moves complete (or streamable) messages from `input` to `out`, rewriting as needed.
+/// `remaining` carries the unsent part of a message being streamed across calls.
+pub fn translate(
+    input: &mut BytesMut,
+    out: &mut BytesMut,
+    remaining: &mut usize,
+    tx: &mut TxState,
+    tr: &mut Translator<'_>,
+) -> Result<Progress, TranslateError> {
+    loop {
+        if *remaining > 0 {
+            if input.is_empty() {
+                return Ok(Progress::default());
+            }
+            let n = (*remaining).min(input.len());
+            out.extend_from_slice(&input[..n]);
+            input.advance(n);
+            *remaining -= n;
+            continue;
+        }
+        let Some(header) = Header::parse(input)? else {
+            return Ok(Progress {
+                needed: Header::SIZE - input.len(),
+                terminated: false,
+            });
+        };
+        let total = header.total();
+        match header.tag {
+            b'X' => {
+                if input.len() < total {
+                    return Ok(Progress {
+                        needed: total - input.len(),
+                        terminated: false,
+                    });
+                }
+                input.clear();
+                return Ok(Progress {
+                    needed: 0,
+                    terminated: true,
+                });
+            }
+            b'P' | b'D' | b'C' => {
+                tx.unsynced = true;
+                let limit = if header.tag == b'P' {
+                    MAX_NAMED_PARSE
+                } else {
+                    MAX_SMALL
+                };
+                if total > limit {
+                    // Only an unnamed Parse may be that big: it is never replayed.
+                    if header.tag == b'P' && input.get(Header::SIZE).is_some_and(|&b| b != 0) {
+                        return Err(TranslateError::StatementTooLarge(total));
+                    }
+                    if header.tag == b'P' {
+                        tr.queue.push(Completion::Parse {
+                            swallow: false,
+                            name: None,
+                        });
+                    } else if header.tag == b'C' {
+                        tr.queue.push(Completion::Close);
+                    }
+                    stream_through(input, out, remaining, total);
+                    continue;
+                }
+                if input.len() < total {
+                    return Ok(Progress {
+                        needed: total - input.len(),
+                        terminated: false,
+                    });
+                }
+                let msg = input.split_to(total);
+                match header.tag {
+                    b'P' => parse(&msg, out, tr)?,
+                    b'D' => describe(&msg, out, tr),
+                    _ => close(&msg, out, tr),
+                }
+            }
+            b'B' => {
+                tx.unsynced = true;
+                let scan_end = input.len().min(total);
+                let body = &input[Header::SIZE..scan_end];
+                let mut nuls = body
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == 0)
+                    .map(|(i, _)| i);
+                let (Some(portal_end), Some(stmt_end)) = (nuls.next(), nuls.next()) else {
+                    if scan_end == total {
+                        return Err(ProtocolError::Malformed(
+                            "Bind without portal and statement names",
+                        )
+                        .into());
+                    }
+                    if body.len() > MAX_BIND_PREFIX {
+                        return Err(ProtocolError::Malformed("Bind names too long").into());
+                    }
+                    return Ok(Progress {
+                        needed: 1,
+                        terminated: false,
+                    });
+                };
+                let name = &body[portal_end + 1..stmt_end];
+                let statement = std::str::from_utf8(name)
+                    .ok()
+                    .filter(|n| !n.is_empty())
+                    .and_then(|n| tr.statements.get(n).cloned());
+                match statement {
+                    Some(statement) => {
+                        ensure_prepared(&statement, out, tr);
+                        let prefix = Header::SIZE + stmt_end + 1;
+                        let new_len =
+                            header.len as usize - name.len() + statement.server_name.len();
+                        out.put_u8(b'B');
+                        out.put_u32(new_len as u32);
+                        out.extend_from_slice(&input[Header::SIZE..Header::SIZE + portal_end + 1]);
+                        out.extend_from_slice(statement.server_name.as_bytes());
+                        out.put_u8(0);
+                        input.advance(prefix);
+                        *remaining = total - prefix;
+                    }
+                    // Unnamed, or unknown: PostgreSQL gives the client the right answer.
+                    None => stream_through(input, out, remaining, total),
+                }
+            }
+            tag => {
+                match tag {
+                    b'Q' | b'S' | b'F' => {
+                        tx.outstanding += 1;
+                        tx.unsynced = false;
+                        tr.queue.batch_sent();
+                    }
+                    b'E' => tx.unsynced = true,
+                    _ => {}
+                }
+                stream_through(input, out, remaining, total);
+            }
+        }
+    }
+}
+
+fn stream_through(input: &mut BytesMut, out: &mut BytesMut, remaining: &mut usize, total: usize) {
+    let n = total.min(input.len());
+    out.extend_from_slice(&input[..n]);
+    input.advance(n);
+    *remaining = total - n;
+}
+
+fn parse(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) -> Result<(), TranslateError> {
+    let body = &msg[Header::SIZE..];
+    if body.first() == Some(&0) {
+        out.extend_from_slice(msg);
+        tr.queue.push(Completion::Parse {
+            swallow: false,
+            name: None,
+        });
+        return Ok(());
+    }
+    let Some((name, statement)) = Statement::from_parse(body) else {
+        return Err(ProtocolError::Malformed("Parse message").into());
+    };
+    if !tr.statements.insert(name.clone(), statement) {
+        return Err(TranslateError::TooManyStatements(
+            super::prepared::MAX_CLIENT_STATEMENTS,
+        ));
+    }
+    let Some(statement) = tr.statements.get(&name).cloned() else {
+        return Ok(());
+    };
+    if tr.server.contains(&statement.server_name) {
+        tr.server.touch(&statement.server_name);
+        // Already prepared here: a Close of a name that never exists answers in the
+        // Parse's place, and its CloseComplete becomes the ParseComplete.
+        close_statement(out, NOOP_STATEMENT);
+        tr.queue.push(Completion::CloseAsParse);
+    } else {
+        evict(&statement.server_name, out, tr);
+        out.extend_from_slice(&statement.parse);
+        tr.server.touch(&statement.server_name);
+        tr.queue.push(Completion::Parse {
+            swallow: false,
+            name: Some(statement.server_name.clone()),
+        });
+    }
+    Ok(())
+}
+
+fn ensure_prepared(statement: &Statement, out: &mut BytesMut, tr: &mut Translator<'_>) {
+    if tr.server.contains(&statement.server_name) {
+        tr.server.touch(&statement.server_name);
+        return;
+    }
+    evict(&statement.server_name, out, tr);
+    out.extend_from_slice(&statement.parse);
+    tr.server.touch(&statement.server_name);
+    tr.queue.push(Completion::Parse {
+        swallow: true,
+        name: Some(statement.server_name.clone()),
+    });
+}
+
+fn evict(keep: &str, out: &mut BytesMut, tr: &mut Translator<'_>) {
+    if let Some(victim) = tr.server.evict_for(tr.max_prepared, keep) {
+        close_statement(out, &victim);
+        tr.queue.push(Completion::SwallowClose);
+    }
+}
+
+/// Describe: a named statement is renamed (and prepared first if this server lacks it).
+fn describe(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
+    let body = &msg[Header::SIZE..];
+    if let Some(statement) = named_statement(body, tr) {
+        ensure_prepared(&statement, out, tr);
+        write_message(out, b'D', |b| {
+            b.put_u8(b'S');
+            b.put_slice(statement.server_name.as_bytes());
+            b.put_u8(0);
+        });
+        return;
+    }
+    out.extend_from_slice(msg);
+}
+
+/// Close: a named statement is forgotten for this client, but stays prepared on the server
+/// for whoever needs it next; the client still gets its CloseComplete.
+fn close(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
+    let body = &msg[Header::SIZE..];
+    tr.queue.push(Completion::Close);
+    if body.first() == Some(&b'S')
+        && let Some(name) = body
+            .get(1..body.len().saturating_sub(1))
+            .and_then(|n| std::str::from_utf8(n).ok())
+        && !name.is_empty()
+    {
+        tr.statements.remove(name);
+        close_statement(out, NOOP_STATEMENT);
+        return;
+    }
+    out.extend_from_slice(msg);
+}
+
+fn named_statement(body: &[u8], tr: &Translator<'_>) -> Option<std::sync::Arc<Statement>> {
+    if body.first() != Some(&b'S') {
+        return None;
+    }
+    let name = body.get(1..body.len().checked_sub(1)?)?;
+    let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty())?;
+    tr.statements.get(name).cloned()
+}
+
+/// How an idle client's buffered messages may be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleBatch {
+    /// The buffer starts with named Parse messages followed by Sync (what `PQprepare`
+    /// sends): pgmoat answers it without a server. `len` bytes, `parses` statements.
+    Local { len: usize, parses: usize },
+    /// It may become such a batch: read more first.
+    NeedMore,
+    /// Anything else needs a server.
+    Server,
+}
+
+/// Classifies what an idle client sent. Answering a prepare-only batch locally means a
+/// client never waits for a server just to prepare (a single-threaded client such as
+/// pgbench would otherwise deadlock against its own open transactions when it has more
+/// connections than the pool has servers); errors in the statement text then surface when
+/// it is first executed instead.
+pub fn classify_idle(buf: &[u8]) -> IdleBatch {
+    let mut pos = 0;
+    let mut parses = 0;
+    loop {
+        let Ok(Some(header)) = Header::parse(&buf[pos..]) else {
+            return if parses > 0 || pos == 0 && buf.first() == Some(&b'P') {
+                IdleBatch::NeedMore
+            } else {
+                IdleBatch::Server
+            };
+        };
+        let total = header.total();
+        match header.tag {
+            b'P' if total <= MAX_NAMED_PARSE => {
+                // Named only: an unnamed statement lives in one server session.
+                if buf.get(pos + Header::SIZE).is_some_and(|&b| b == 0) {
+                    return IdleBatch::Server;
+                }
+                if buf.len() < pos + total {
+                    return IdleBatch::NeedMore;
+                }
+                parses += 1;
+                pos += total;
+            }
+            b'S' if parses > 0 && total == Header::SIZE => {
+                return IdleBatch::Local {
+                    len: pos + total,
+                    parses,
+                };
+            }
+            _ => return IdleBatch::Server,
+        }
+    }
+}
+
+/// Registers the statements of a local batch and writes the client's answer
+/// (ParseComplete for each, then ReadyForQuery idle).
+pub fn answer_locally(
+    batch: &[u8],
+    statements: &mut ClientStatements,
+    reply: &mut BytesMut,
+) -> Result<(), TranslateError> {
+    let mut pos = 0;
+    while let Ok(Some(header)) = Header::parse(&batch[pos..]) {
+        let total = header.total();
+        if header.tag == b'P' {
+            let body = &batch[pos + Header::SIZE..pos + total];
+            let (name, statement) =
+                Statement::from_parse(body).ok_or(ProtocolError::Malformed("Parse message"))?;
+            if !statements.insert(name, statement) {
+                return Err(TranslateError::TooManyStatements(
+                    super::prepared::MAX_CLIENT_STATEMENTS,
+                ));
+            }
+            write_message(reply, b'1', |_| {});
+        }
+        pos += total;
+        if pos >= batch.len() {
+            break;
+        }
+    }
+    crate::protocol::messages::ready_for_query(reply, b'I');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn parse_msg(name: &str, query: &str) -> Vec<u8> {
+        let mut b = name.as_bytes().to_vec();
+        b.push(0);
+        b.extend_from_slice(query.as_bytes());
+        b.extend_from_slice(&[0, 0, 0]);
+        msg(b'P', &b)
+    }
+
+    #[test]
+    fn prepare_only_batches_are_answered_locally() {
+        let mut wire = parse_msg("P_0", "select 1");
+        assert_eq!(classify_idle(&wire), IdleBatch::NeedMore);
+        wire.extend(msg(b'S', b""));
+        let len = wire.len();
+        assert_eq!(classify_idle(&wire), IdleBatch::Local { len, parses: 1 });
+        let mut statements = ClientStatements::default();
+        let mut reply = BytesMut::new();
+        answer_locally(&wire, &mut statements, &mut reply).unwrap();
+        assert_eq!(&reply[..], b"1\0\0\0\x04Z\0\0\0\x05I");
+        assert!(statements.get("P_0").is_some());
+
+        assert_eq!(classify_idle(&parse_msg("", "select 1")), IdleBatch::Server);
+        assert_eq!(classify_idle(&msg(b'Q', b"select 1\0")), IdleBatch::Server);
+        let mut with_describe = parse_msg("a", "select 1");
+        with_describe.extend(msg(b'D', b"Sa\0"));
+        assert_eq!(classify_idle(&with_describe), IdleBatch::Server);
+        assert_eq!(classify_idle(b"P\0"), IdleBatch::NeedMore);
+    }
+
+    #[test]
+    fn binds_are_renamed_and_prepared_where_missing() {
+        let mut statements = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        let mut queue = CompletionQueue::default();
+        let mut tx = TxState::default();
+        let mut tr = Translator {
+            statements: &mut statements,
+            server: &mut server,
+            queue: &mut queue,
+            max_prepared: 10,
+        };
+        let mut input = BytesMut::new();
+        input.extend(parse_msg("P_0", "select $1"));
+        let mut bind_body = b"\0P_0\0".to_vec();
+        bind_body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+        input.extend(msg(b'B', &bind_body));
+        input.extend(msg(b'S', b""));
+        let mut out = BytesMut::new();
+        let mut remaining = 0;
+        let progress = translate(&mut input, &mut out, &mut remaining, &mut tx, &mut tr).unwrap();
+        assert!(!progress.terminated);
+        assert!(input.is_empty());
+        assert_eq!(tx.outstanding, 1);
+        // Parse under the server name, Bind renamed, Sync as is; nothing injected twice.
+        let name = tr.statements.get("P_0").unwrap().server_name.clone();
+        assert!(
+            out.windows(name.len())
+                .filter(|w| *w == name.as_bytes())
+                .count()
+                == 2
+        );
+        assert!(!out.windows(3).any(|w| w == b"P_0"));
+        assert_eq!(out[0], b'P');
+        assert!(tr.server.contains(&name));
+
+        // A second client's Bind on a server that lacks the statement gets a Parse injected.
+        let mut server2 = ServerStatements::default();
+        let mut queue2 = CompletionQueue::default();
+        let mut tr2 = Translator {
+            statements: &mut statements,
+            server: &mut server2,
+            queue: &mut queue2,
+            max_prepared: 10,
+        };
+        let mut input = BytesMut::from(&msg(b'B', &bind_body)[..]);
+        let mut out = BytesMut::new();
+        translate(&mut input, &mut out, &mut remaining, &mut tx, &mut tr2).unwrap();
+        assert_eq!(out[0], b'P');
+        assert_eq!(
+            queue2.pop(),
+            Some(Completion::Parse {
+                swallow: true,
+                name: Some(name)
+            })
+        );
+    }
+}

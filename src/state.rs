@@ -1,0 +1,62 @@
+//! State shared by every connection: the reloadable generation (config, TLS, auth_file)
+//! behind one `ArcSwap`, the pools, the cancel registry and the counters. A connection takes
+//! one snapshot of the generation when it starts and keeps it, so a reload never changes a
+//! handshake half-way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::UserList;
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::pool::PoolRegistry;
+use crate::tls::TlsState;
+
+/// Everything a reload replaces, validated as a whole before it is swapped in.
+pub struct Generation {
+    pub id: u64,
+    pub config: Arc<Config>,
+    pub tls: Arc<TlsState>,
+    /// Changes only when the TLS material towards PostgreSQL changes, so idle server
+    /// connections are retired only when they were made with old certificates.
+    pub tls_epoch: u64,
+    pub users: Arc<UserList>,
+}
+
+pub struct Shared {
+    pub current: Arc<ArcSwap<Generation>>,
+    pub pools: PoolRegistry,
+    pub cancel: CancelRegistry,
+    pub clients: AtomicUsize,
+    ids: Arc<AtomicU64>,
+    pub shutdown: CancellationToken,
+    /// Key for the fake SCRAM secrets of unknown users (random per process).
+    pub mock_key: [u8; 32],
+}
+
+impl Shared {
+    pub fn new(generation: Generation) -> Arc<Shared> {
+        let current = Arc::new(ArcSwap::from_pointee(generation));
+        let ids = Arc::new(AtomicU64::new(1));
+        Arc::new(Shared {
+            pools: PoolRegistry::new(current.clone(), ids.clone()),
+            current,
+            cancel: CancelRegistry::default(),
+            clients: AtomicUsize::new(0),
+            ids,
+            shutdown: CancellationToken::new(),
+            mock_key: rand::random(),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
