@@ -136,8 +136,15 @@ impl Server {
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %addr, "pgmoat is accepting connections");
         let tracker = TaskTracker::new();
+        tokio::spawn(crate::pool::run_janitor(self.shared.clone()));
+        // Certificates are checked at start, at each reload, and daily.
+        let mut daily = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(86_400),
+            Duration::from_secs(86_400),
+        );
         loop {
             tokio::select! {
+                _ = daily.tick() => log_certificate_expiry(&self.shared.snapshot()),
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         tracker.spawn(crate::frontend::handle_client(tcp, peer, self.shared.clone()));

@@ -46,6 +46,8 @@ pub struct ServerConn {
     pub dirty: bool,
     /// Prepared statements this server holds for pooled clients.
     pub statements: crate::relay::prepared::ServerStatements,
+    /// max_db_connections / max_user_connections permits, held until the connection closes.
+    pub permits: crate::pool::ConnectionPermits,
 }
 
 impl ServerConn {

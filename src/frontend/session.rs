@@ -5,7 +5,6 @@ use std::future::poll_fn;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use deadpool::managed::Object;
 use tokio::io::AsyncWriteExt;
 
 use super::FrontendError;
@@ -303,7 +302,7 @@ impl ClientSession {
             };
             if let Err(e) = self.sync_params(&mut server).await {
                 tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
-                drop(Object::take(server));
+                server.discard();
                 self.fail(e).await;
                 return;
             }
@@ -363,7 +362,7 @@ impl ClientSession {
                 }
                 RelayEnd::ServerGone(e) => {
                     tracing::warn!(error = %e, server_id = server.id, "server connection lost during a query");
-                    drop(Object::take(server));
+                    server.discard();
                     self.fail(PgError::fatal(
                         SqlState::CONNECTION_FAILURE,
                         "server closed the connection unexpectedly",
@@ -443,7 +442,7 @@ async fn release(mut server: ServerObject) {
     }
     if let Err(e) = reset(&mut server, "RESET ALL").await {
         tracing::warn!(error = %e, "resetting a server connection failed; closing it");
-        drop(Object::take(server));
+        server.discard();
     }
 }
 
@@ -451,7 +450,7 @@ async fn release(mut server: ServerObject) {
 /// session mode); anything else is closed, so no half-finished transaction is handed on.
 async fn finish(mut server: ServerObject, clean: bool, mode: PoolMode, generation: &Generation) {
     if !clean {
-        drop(Object::take(server));
+        server.discard();
         return;
     }
     let reset_query = generation.config.server_reset_query.trim();
@@ -464,7 +463,7 @@ async fn finish(mut server: ServerObject, clean: bool, mode: PoolMode, generatio
         && let Err(e) = reset(&mut server, query).await
     {
         tracing::warn!(error = %e, "resetting a server connection failed; closing it");
-        drop(Object::take(server));
+        server.discard();
     }
 }
 

@@ -7,25 +7,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 
+use super::{CrossPoolLimits, PoolKey};
 use crate::backend::{BackendError, BackendTarget, ConnectOptions, ServerConn, connect};
 use crate::state::Generation;
 
 pub struct ServerManager {
+    key: PoolKey,
     target: BackendTarget,
     current: Arc<ArcSwap<Generation>>,
     ids: Arc<AtomicU64>,
+    limits: CrossPoolLimits,
 }
 
 impl ServerManager {
     pub fn new(
+        key: PoolKey,
         target: BackendTarget,
         current: Arc<ArcSwap<Generation>>,
         ids: Arc<AtomicU64>,
+        limits: CrossPoolLimits,
     ) -> Self {
         ServerManager {
+            key,
             target,
             current,
             ids,
+            limits,
         }
     }
 
@@ -40,7 +47,16 @@ impl Manager for ServerManager {
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
         let generation = self.current.load_full();
-        let conn = connect(
+        let config = &generation.config;
+        let max_db = config
+            .database(&self.key.database)
+            .and_then(|d| d.max_db_connections)
+            .unwrap_or(config.max_db_connections);
+        let permits = self
+            .limits
+            .acquire(&self.key, max_db, config.max_user_connections)
+            .await?;
+        let mut conn = connect(
             &self.target,
             ConnectOptions {
                 sslmode: generation.config.server_tls_sslmode,
@@ -51,6 +67,7 @@ impl Manager for ServerManager {
             },
         )
         .await?;
+        conn.permits = permits;
         tracing::debug!(
             server_id = conn.id,
             server = %self.target.addr_string(),
