@@ -6,6 +6,8 @@ mod ca;
 mod files;
 mod issue;
 mod params;
+#[cfg(test)]
+mod tls_tests;
 
 use std::path::{Path, PathBuf};
 
