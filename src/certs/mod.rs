@@ -3,6 +3,7 @@
 //! written atomically with key files at 0600, and the library API is what the CLI and tests use.
 
 mod ca;
+pub mod certinfo;
 mod files;
 mod issue;
 mod params;
