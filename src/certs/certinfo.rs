@@ -96,6 +96,20 @@ impl CertInfo {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS UTC`, for tables and logs.
+pub fn format_utc(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// Every certificate in a PEM file, in file order; other sections (keys) are skipped.
 pub fn read_pem_file(path: &Path) -> Result<Vec<CertInfo>, CertsError> {
     read_pem_certs(path)?
@@ -242,6 +256,14 @@ mod tests {
         let missing = read_pem_file(&dir.path().join("nope.crt")).unwrap_err();
         assert!(matches!(missing, CertsError::Io { .. }));
         assert!(CertInfo::from_der(b"\x30\x03\x02\x01\x01").is_err());
+    }
+
+    #[test]
+    fn utc_formatting() {
+        let t = OffsetDateTime::from_unix_timestamp(1_772_593_567)
+            .unwrap()
+            .to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert_eq!(format_utc(t), "2026-03-04 03:06:07 UTC");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod ca;
 pub mod certinfo;
+mod check;
 mod files;
 mod issue;
 mod params;
@@ -15,6 +16,10 @@ use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
 pub use ca::init_ca;
+pub use check::{
+    CertCheck, ChainStatus, CheckOptions, CheckReport, DEFAULT_CRITICAL_DAYS, DEFAULT_WARN_DAYS,
+    FileIssue, Status, check,
+};
 pub use issue::{SanEntry, issue, parse_san};
 
 /// Everything that can go wrong in the cert tool. Messages name the file involved and, where
