@@ -245,10 +245,12 @@ impl Checker<'_> {
                 files.push(entry);
             }
         }
-        // Plain .crt files first, so a certificate is reported under NAME.crt and its
-        // NAME-combined.pem copy is folded into it rather than the other way round.
+        // Subdirectories (the CA) first; then plain .crt files before .pem, so a certificate
+        // is reported under NAME.crt and its NAME-combined.pem copy is folded into it.
         files.sort_by_key(|p| {
+            let in_top = p.parent() == Some(dir);
             (
+                in_top,
                 p.parent().map(Path::to_path_buf),
                 extension_rank(p),
                 p.clone(),

@@ -5,6 +5,7 @@
 mod ca;
 pub mod certinfo;
 mod check;
+pub mod cli;
 mod files;
 mod issue;
 mod params;
@@ -20,6 +21,7 @@ pub use check::{
     CertCheck, ChainStatus, CheckOptions, CheckReport, DEFAULT_CRITICAL_DAYS, DEFAULT_WARN_DAYS,
     FileIssue, Status, check,
 };
+pub use cli::{CertsCommand, run};
 pub use issue::{SanEntry, issue, parse_san};
 
 /// Everything that can go wrong in the cert tool. Messages name the file involved and, where
