@@ -137,6 +137,24 @@ fn no_ca_means_not_checked() {
     let report = run(&[copy], None);
     assert_eq!(report.certs[0].chain, ChainStatus::NoCa);
     assert_eq!(report.exit_code(), 0);
+
+    // The CA file on its own: nothing to verify it against, but its expiry still counts.
+    let report = run(&[pki.path().join("ca/ca.crt")], None);
+    assert_eq!(report.certs[0].chain, ChainStatus::NoCa);
+    assert!(report.certs[0].info.is_ca);
+    assert_eq!(report.exit_code(), 0);
+    let with_ca = run(
+        &[pki.path().join("ca/ca.crt")],
+        Some(pki.path().join("ca/ca.crt")),
+    );
+    assert_eq!(with_ca.certs[0].chain, ChainStatus::TrustAnchor);
+    let other = Pki::new();
+    let foreign_ca = run(
+        &[other.path().join("ca/ca.crt")],
+        Some(pki.path().join("ca/ca.crt")),
+    );
+    assert_eq!(foreign_ca.certs[0].chain, ChainStatus::OtherCa);
+    assert_eq!(foreign_ca.exit_code(), 0);
 }
 
 #[test]
