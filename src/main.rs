@@ -49,6 +49,11 @@ enum Command {
         #[arg(env = "PGMOAT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The built-in certificate tool: a CA, server and client certificates, expiry checks.
+    Certs {
+        #[command(subcommand)]
+        command: pgmoat::certs::cli::CertsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +99,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Certs { command } => Ok(pgmoat::certs::cli::run(command)?),
         Command::CheckConfig { config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             pgmoat::tls::install_default_provider();
