@@ -1,6 +1,8 @@
 //! The `pgmoat` command line: parses arguments, sets up logging, and hands over to the
 //! library. The only place that uses `anyhow`.
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,6 +50,13 @@ enum Command {
     CheckConfig {
         #[arg(env = "PGMOAT_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Start a throwaway TLS PostgreSQL, make certificates, run pgmoat in front of it and
+    /// print a psql command that connects through it.
+    Demo {
+        /// Port for pgmoat to listen on.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
     },
     /// The built-in certificate tool: a CA, server and client certificates, expiry checks.
     Certs {
@@ -97,6 +106,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 let server = Server::bind(config).await?;
                 server.run().await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { port } => {
+            demo::run(port)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs { command } => Ok(pgmoat::certs::cli::run(command)?),
