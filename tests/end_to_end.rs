@@ -1,0 +1,87 @@
+//! The whole moat in one test: psql with sslmode=verify-full and a client certificate through
+//! pgmoat (mutual TLS in), verify-full TLS out, and PostgreSQL reporting ssl = t for the
+//! backend pgmoat uses.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn psql_verify_full_with_client_certificate_reaches_postgresql_over_tls() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let config = ConfigBuilder::new(&pki, &db)
+        .client_sslmode("verify-full")
+        .auth_type("cert")
+        // alice's backend login is SCRAM with the auth_file password.
+        .build();
+    let pgmoat = Pgmoat::start(&config);
+    let conn = conninfo(
+        pgmoat.port(),
+        "alice",
+        APP_DB,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", pki.ca.to_str().unwrap()),
+            ("sslcert", pki.alice.crt.to_str().unwrap()),
+            ("sslkey", pki.alice.key.to_str().unwrap()),
+        ],
+    );
+    let out = psql(
+        &[
+            "-XAtq",
+            "-c",
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "SHOW ssl",
+        ],
+        &conn,
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        output_text(&out),
+        pgmoat.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap_or_default();
+    assert!(
+        first.starts_with("t|TLSv1."),
+        "backend not on TLS: {stdout}"
+    );
+    assert_eq!(lines.next(), Some("on"));
+}
+
+#[test]
+fn pgbench_runs_through_the_moat() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    db.sql(APP_DB, "GRANT ALL ON SCHEMA public TO alice");
+    let pgmoat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "4")
+            .build(),
+    );
+    let conn = conninfo(
+        pgmoat.port(),
+        "alice",
+        APP_DB,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", pki.ca.to_str().unwrap()),
+            ("password", ALICE_PASSWORD),
+        ],
+    );
+    let init = pgbench(&["-i", "-s", "1", "-q"], &conn);
+    assert!(init.status.success(), "{}", output_text(&init));
+    for mode in ["simple", "extended", "prepared"] {
+        let run = pgbench(&["-M", mode, "-c", "8", "-j", "2", "-t", "20"], &conn);
+        let text = output_text(&run);
+        assert!(run.status.success(), "-M {mode}: {text}\n{}", pgmoat.log());
+        assert!(
+            text.contains("number of failed transactions: 0"),
+            "-M {mode}: {text}"
+        );
+    }
+}
