@@ -47,9 +47,8 @@ pub fn load_generation(
     };
     let fingerprint = server_tls_fingerprint(&config);
     let (id, tls_epoch) = match previous {
-        Some(prev) if server_tls_fingerprint(&prev.config) == fingerprint => {
-            (prev.id + 1, prev.tls_epoch)
-        }
+        // Compared with what the previous generation read then, not with the files now.
+        Some(prev) if prev.server_tls_fingerprint == fingerprint => (prev.id + 1, prev.tls_epoch),
         Some(prev) => (prev.id + 1, prev.tls_epoch + 1),
         None => (1, 1),
     };
@@ -58,6 +57,7 @@ pub fn load_generation(
         config: Arc::new(config),
         tls: Arc::new(tls),
         tls_epoch,
+        server_tls_fingerprint: fingerprint,
         users: Arc::new(users),
     })
 }

@@ -23,6 +23,8 @@ pub struct Generation {
     /// Changes only when the TLS material towards PostgreSQL changes, so idle server
     /// connections are retired only when they were made with old certificates.
     pub tls_epoch: u64,
+    /// Digest of the PostgreSQL-facing TLS files as they were read for this generation.
+    pub server_tls_fingerprint: u64,
     pub users: Arc<UserList>,
 }
 
