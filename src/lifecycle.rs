@@ -96,6 +96,30 @@ pub fn log_certificate_expiry(generation: &Generation) {
     }
 }
 
+const WATCH_PERIOD: Duration = Duration::from_secs(2);
+
+/// Modification times and sizes of every file a reload would re-read.
+fn watched_files_stamp(config: &Config) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let files = [
+        &config.source,
+        &config.auth_file,
+        &config.client_tls_cert_file,
+        &config.client_tls_key_file,
+        &config.client_tls_ca_file,
+        &config.server_tls_ca_file,
+        &config.server_tls_cert_file,
+        &config.server_tls_key_file,
+    ];
+    for path in files.into_iter().flatten() {
+        if let Ok(meta) = std::fs::metadata(path) {
+            meta.modified().ok().hash(&mut hasher);
+            meta.len().hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
 /// A bound, ready-to-serve pgmoat.
 pub struct Server {
     listener: TcpListener,
@@ -142,6 +166,10 @@ impl Server {
             tokio::time::Instant::now() + Duration::from_secs(86_400),
             Duration::from_secs(86_400),
         );
+        // watch_files: poll modification times (follows symlinks, so a Kubernetes secret
+        // volume's atomic symlink swap is seen too).
+        let mut watch = tokio::time::interval(WATCH_PERIOD);
+        let mut last_stamp: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = daily.tick() => log_certificate_expiry(&self.shared.snapshot()),
@@ -156,6 +184,19 @@ impl Server {
                     }
                 },
                 _ = hangup.recv() => reload(&self.shared),
+                _ = watch.tick() => {
+                    let generation = self.shared.snapshot();
+                    if generation.config.watch_files {
+                        let now = watched_files_stamp(&generation.config);
+                        if last_stamp.is_some_and(|last| last != now) {
+                            tracing::info!("watch_files: a certificate, key, auth or config file changed; reloading");
+                            reload(&self.shared);
+                        }
+                        last_stamp = Some(now);
+                    } else {
+                        last_stamp = None;
+                    }
+                }
                 _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             }

@@ -247,3 +247,24 @@ async fn open_transactions_survive_and_new_backends_use_the_new_client_certifica
 fn decimal(hex: &str) -> String {
     u128::from_str_radix(hex, 16).unwrap().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_files_reloads_without_a_signal() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let live = live_dir(&pki);
+    certs_issue(&pki, &live, "pgmoat", &["--san", SERVER_SANS]);
+    let config = ConfigBuilder::new(&pki, &db)
+        .set_path("client_tls_cert_file", &live.join("pgmoat.crt"))
+        .set_path("client_tls_key_file", &live.join("pgmoat.key"))
+        .set("watch_files", "true")
+        .build();
+    let pgmoat = Pgmoat::start(&config);
+    let before = served_serial(pgmoat.port(), &pki.ca).await;
+    let mark = pgmoat.log_mark();
+    certs_issue(&pki, &live, "pgmoat", &["--san", SERVER_SANS]);
+    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(15));
+    let after = served_serial(pgmoat.port(), &pki.ca).await;
+    assert_ne!(after, before);
+    assert_eq!(after, file_serial(&live.join("pgmoat.crt")));
+}
