@@ -59,6 +59,7 @@ pub fn load_generation(
         tls_epoch,
         server_tls_fingerprint: fingerprint,
         users: Arc::new(users),
+        scram_cache: Default::default(),
     })
 }
 

@@ -26,6 +26,7 @@ pub struct Generation {
     /// Digest of the PostgreSQL-facing TLS files as they were read for this generation.
     pub server_tls_fingerprint: u64,
     pub users: Arc<UserList>,
+    pub scram_cache: crate::frontend::ScramCache,
 }
 
 pub struct Shared {

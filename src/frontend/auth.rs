@@ -28,6 +28,32 @@ pub struct AuthContext<'a> {
     pub users: &'a UserList,
     /// Per-process key for the fake SCRAM secret of unknown users.
     pub mock_key: &'a [u8],
+    /// SCRAM verifiers derived from plain-text auth_file passwords, made once per user.
+    pub scram_cache: &'a ScramCache,
+}
+
+/// Verifiers for plain-text secrets: deriving one costs 4096 PBKDF2 rounds, and a fresh
+/// random salt at every login would also tell a prober which users exist (unknown users get
+/// a stable fake salt). One per user per generation, so a reload picks up new passwords.
+#[derive(Default)]
+pub struct ScramCache {
+    secrets: std::sync::Mutex<std::collections::HashMap<String, ScramSecret>>,
+}
+
+impl ScramCache {
+    fn get(&self, user: &str, users: &UserList) -> Option<ScramSecret> {
+        let secret = users.get(user)?;
+        if !matches!(secret, Secret::Plain(_)) {
+            return secret.to_scram();
+        }
+        let mut cache = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = cache.get(user) {
+            return Some(cached.clone());
+        }
+        let derived = secret.to_scram()?;
+        cache.insert(user.to_owned(), derived.clone());
+        Some(derived)
+    }
 }
 
 pub async fn authenticate(stream: &mut Stream, ctx: &AuthContext<'_>) -> Result<(), FrontendError> {
@@ -40,7 +66,7 @@ pub async fn authenticate(stream: &mut Stream, ctx: &AuthContext<'_>) -> Result<
             secret => md5(stream, ctx, secret).await,
         },
         AuthType::ScramSha256 => {
-            let secret = ctx.users.get(ctx.user).and_then(Secret::to_scram);
+            let secret = ctx.scram_cache.get(ctx.user, ctx.users);
             scram(stream, ctx, secret).await
         }
     }

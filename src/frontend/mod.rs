@@ -3,6 +3,8 @@
 //! that borrows a server for each transaction (or the whole session).
 
 mod auth;
+
+pub use auth::ScramCache;
 mod negotiate;
 mod session;
 

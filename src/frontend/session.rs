@@ -101,6 +101,7 @@ pub async fn login(
         user: &user,
         users: &generation.users,
         mock_key: &shared.mock_key,
+        scram_cache: &generation.scram_cache,
     };
     if let Err(e) = authenticate(&mut stream, &ctx).await {
         return Err((Some(stream), e));

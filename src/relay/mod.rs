@@ -263,8 +263,9 @@ impl Relay<'_> {
             half.ready,
             |tag| matches!(tag, b'Z' | b'S' | b'C' | b'1' | b'3'),
             |seen, pos| {
-                let Seen::Whole(tag, body) = seen else { return true };
-                tracing::trace!(tag = %(tag as char), outstanding = tx.outstanding, "server message");
+                let Seen::Whole(tag, body) = seen else {
+                    return true;
+                };
                 match tag {
                     b'Z' => {
                         tx.outstanding = tx.outstanding.saturating_sub(1);
@@ -284,7 +285,9 @@ impl Relay<'_> {
                         // next client must not inherit.
                         if body.starts_with(b"SET") || body.starts_with(b"RESET") {
                             server.dirty = true;
-                        } else if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL") {
+                        } else if body.starts_with(b"DISCARD ALL")
+                            || body.starts_with(b"DEALLOCATE ALL")
+                        {
                             server.statements.clear();
                         }
                     }
@@ -364,7 +367,6 @@ impl Relay<'_> {
                     self.tx,
                     &mut tr,
                 )?;
-                tracing::trace!(?progress, out = half.out.len(), tx = ?self.tx, "client messages translated");
                 half.needed = progress.needed;
                 half.terminated |= progress.terminated;
                 Ok(())
