@@ -85,3 +85,36 @@ fn pgbench_runs_through_the_moat() {
         );
     }
 }
+
+/// The PgBouncer habit: auth_file holds the SCRAM verifier copied from pg_authid, no
+/// password anywhere. pgmoat checks the client against the verifier and logs in to
+/// PostgreSQL with the key the client's proof revealed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scram_verifier_from_pg_authid_is_enough_for_both_logins() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let verifier = db.sql(
+        APP_DB,
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'",
+    );
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    let config = ConfigBuilder::new(&pki, &db)
+        .userlist(&[("alice", verifier.as_str())])
+        .build();
+    let pgmoat = Pgmoat::start(&config);
+    let tls = || Some(tls_client_config(&pki.ca, None));
+    let client = connect(pgmoat.port(), "alice", Some(ALICE_PASSWORD), APP_DB, tls())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pgmoat.log()));
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, "alice");
+    let wrong = connect(pgmoat.port(), "alice", Some("nope"), APP_DB, tls()).await;
+    let Err(err) = wrong else {
+        panic!("a wrong password is refused")
+    };
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("28P01"));
+}

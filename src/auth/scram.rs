@@ -315,7 +315,7 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
     result
 }
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = keyed_hmac(key);
     for part in parts {
         mac.update(part);
@@ -335,7 +335,7 @@ fn keyed_hmac(key: &[u8]) -> Hmac<Sha256> {
     Hmac::new(&block)
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 

@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::scram_keys::{KeyedScram, ScramKeys};
 use super::{BackendError, BackendKey, ServerConn};
 use crate::config::SslMode;
 use crate::protocol::error::ErrorFields;
@@ -27,6 +28,8 @@ pub struct BackendTarget {
     pub dbname: String,
     pub user: String,
     pub password: Option<String>,
+    /// SCRAM keys learnt from a client's login, when auth_file holds only a verifier.
+    pub scram_keys: Option<ScramKeys>,
 }
 
 impl std::fmt::Debug for BackendTarget {
@@ -37,6 +40,7 @@ impl std::fmt::Debug for BackendTarget {
             .field("dbname", &self.dbname)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("scram_keys", &self.scram_keys.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -204,6 +208,7 @@ async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), Back
     send(conn, &mut out).await.map_err(proto)?;
 
     let mut scram: Option<ScramSha256> = None;
+    let mut keyed: Option<KeyedScram> = None;
     loop {
         let msg = read_message(&mut conn.stream, &mut conn.read_buf, MAX_LOGIN_MESSAGE)
             .await
@@ -245,14 +250,35 @@ async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), Back
                                 method: code,
                             });
                         }
-                        let password = password(target)?;
-                        // Channel binding is not claimed: pgmoat verifies the server itself
-                        // (verify-full), and a 'y' flag would trip PostgreSQL's downgrade check.
-                        let client =
-                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                        frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)
-                            .map_err(|e| proto(e.into()))?;
-                        scram = Some(client);
+                        match (&target.password, &target.scram_keys) {
+                            (None, Some(keys)) => {
+                                let client = KeyedScram::new(keys.clone());
+                                frontend::sasl_initial_response(
+                                    SCRAM_SHA_256,
+                                    &client.client_first(),
+                                    &mut out,
+                                )
+                                .map_err(|e| proto(e.into()))?;
+                                keyed = Some(client);
+                            }
+                            _ => {
+                                let password = password(target)?;
+                                // Channel binding is not claimed: pgmoat verifies the server
+                                // itself (verify-full), and a 'y' flag would trip PostgreSQL's
+                                // downgrade check.
+                                let client = ScramSha256::new(
+                                    password.as_bytes(),
+                                    ChannelBinding::unsupported(),
+                                );
+                                frontend::sasl_initial_response(
+                                    SCRAM_SHA_256,
+                                    client.message(),
+                                    &mut out,
+                                )
+                                .map_err(|e| proto(e.into()))?;
+                                scram = Some(client);
+                            }
+                        }
                         send(conn, &mut out).await.map_err(proto)?;
                     }
                     11 | 12 => {
@@ -260,6 +286,21 @@ async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), Back
                             addr: addr.clone(),
                             reason: e.to_string(),
                         };
+                        if let Some(client) = keyed.as_mut() {
+                            let keyed_err = |reason: String| BackendError::Scram {
+                                addr: addr.clone(),
+                                reason,
+                            };
+                            if code == 11 {
+                                let message = client.client_final(&body).map_err(keyed_err)?;
+                                frontend::sasl_response(&message, &mut out)
+                                    .map_err(|e| proto(e.into()))?;
+                                send(conn, &mut out).await.map_err(proto)?;
+                            } else {
+                                client.verify_server_final(&body).map_err(keyed_err)?;
+                            }
+                            continue;
+                        }
                         let Some(client) = scram.as_mut() else {
                             return Err(BackendError::Scram {
                                 addr: addr.clone(),

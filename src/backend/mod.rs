@@ -5,6 +5,7 @@
 mod connect;
 mod error;
 mod query;
+pub mod scram_keys;
 
 use std::net::SocketAddr;
 use std::time::Instant;

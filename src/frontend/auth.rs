@@ -56,14 +56,19 @@ impl ScramCache {
     }
 }
 
-pub async fn authenticate(stream: &mut Stream, ctx: &AuthContext<'_>) -> Result<(), FrontendError> {
+/// Authenticates the client. After a SCRAM exchange, returns the ClientKey its proof
+/// revealed (used to log in to PostgreSQL when auth_file holds only a verifier).
+pub async fn authenticate(
+    stream: &mut Stream,
+    ctx: &AuthContext<'_>,
+) -> Result<Option<[u8; 32]>, FrontendError> {
     match ctx.auth_type {
-        AuthType::Trust => Ok(()),
-        AuthType::Cert => check_certificate(stream, ctx.user),
+        AuthType::Trust => Ok(None),
+        AuthType::Cert => check_certificate(stream, ctx.user).map(|_| None),
         AuthType::Md5 => match ctx.users.get(ctx.user) {
             // PostgreSQL, too, switches to SCRAM when only a SCRAM verifier is stored.
             Some(Secret::Scram(secret)) => scram(stream, ctx, Some(secret.clone())).await,
-            secret => md5(stream, ctx, secret).await,
+            secret => md5(stream, ctx, secret).await.map(|_| None),
         },
         AuthType::ScramSha256 => {
             let secret = ctx.scram_cache.get(ctx.user, ctx.users);
@@ -162,7 +167,7 @@ async fn scram(
     stream: &mut Stream,
     ctx: &AuthContext<'_>,
     secret: Option<ScramSecret>,
-) -> Result<(), FrontendError> {
+) -> Result<Option<[u8; 32]>, FrontendError> {
     // Unknown users (and users without a usable secret) run the whole exchange against a
     // fake secret and fail at the end, exactly like a wrong password.
     let known = secret.is_some();
@@ -189,7 +194,7 @@ async fn scram(
     }
     authentication_sasl_final(&mut out, &server_final);
     send(stream, &mut out).await?;
-    Ok(())
+    Ok(server.client_key())
 }
 
 fn scram_failure(err: ScramError, user: &str) -> FrontendError {

@@ -9,6 +9,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::FrontendError;
 use super::auth::{AuthContext, authenticate};
+use crate::auth::Secret;
+use crate::backend::scram_keys::ScramKeys;
 use crate::backend::{BackendKey, ServerConn};
 use crate::cancel::{CancelTarget, send_cancel};
 use crate::config::PoolMode;
@@ -103,8 +105,23 @@ pub async fn login(
         mock_key: &shared.mock_key,
         scram_cache: &generation.scram_cache,
     };
-    if let Err(e) = authenticate(&mut stream, &ctx).await {
-        return Err((Some(stream), e));
+    let client_key = match authenticate(&mut stream, &ctx).await {
+        Ok(key) => key,
+        Err(e) => return Err((Some(stream), e)),
+    };
+    let mut settings = settings;
+    if settings.target.password.is_none()
+        && settings.target.user == user
+        && let (Some(client_key), Some(Secret::Scram(verifier))) =
+            (client_key, generation.users.get(&user))
+    {
+        // Only a verifier is known: log in to PostgreSQL with the key this client proved.
+        settings.target.scram_keys = Some(ScramKeys {
+            client_key,
+            server_key: verifier.server_key,
+            salt: verifier.salt.clone(),
+            iterations: verifier.iterations,
+        });
     }
 
     let mut params: Vec<(String, String)> = startup

@@ -72,6 +72,7 @@ impl PoolSettings {
                 dbname: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
                 user,
                 password,
+                scram_keys: None,
             },
             size: entry.pool_size.unwrap_or(config.default_pool_size).max(1),
             reserve_size: config.reserve_pool_size,
