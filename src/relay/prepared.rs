@@ -21,9 +21,10 @@ use crate::protocol::messages::write_message;
 /// Closing a statement that does not exist is not an error, and answers CloseComplete.
 pub const NOOP_STATEMENT: &str = "pgmoat_noop";
 
-/// Bound on the statements one client may hold, so a client cannot grow pgmoat's memory
-/// without limit.
+/// Bounds on the statements one client may hold (count and total text), so a client cannot
+/// grow pgmoat's memory without limit.
 pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+pub const MAX_CLIENT_STATEMENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// A client's statement as it exists on servers.
 #[derive(Debug)]
@@ -67,6 +68,7 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<String, Arc<Statement>>,
+    bytes: usize,
 }
 
 impl ClientStatements {
@@ -74,17 +76,24 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
-    /// False when the client already holds the maximum.
+    /// False when the client already holds the maximum (count or bytes).
     pub fn insert(&mut self, name: String, statement: Statement) -> bool {
-        if self.by_name.len() >= MAX_CLIENT_STATEMENTS && !self.by_name.contains_key(&name) {
+        let replaced = self.by_name.get(&name).map_or(0, |s| s.parse.len());
+        let bytes = self.bytes - replaced + statement.parse.len();
+        if (self.by_name.len() >= MAX_CLIENT_STATEMENTS && replaced == 0)
+            || bytes > MAX_CLIENT_STATEMENT_BYTES
+        {
             return false;
         }
+        self.bytes = bytes;
         self.by_name.insert(name, Arc::new(statement));
         true
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.by_name.remove(name);
+        if let Some(removed) = self.by_name.remove(name) {
+            self.bytes -= removed.parse.len();
+        }
     }
 
     pub fn len(&self) -> usize {
