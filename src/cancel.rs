@@ -4,7 +4,7 @@
 //! cannot reach another's backend.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -15,7 +15,7 @@ use crate::state::Generation;
 /// Where a cancel for a client goes right now.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub target: BackendTarget,
+    pub target: Arc<BackendTarget>,
     pub server_key: BackendKey,
 }
 

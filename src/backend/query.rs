@@ -1,7 +1,7 @@
 //! Simple-query round trips pgmoat runs on its own behalf (health checks, parameter sync,
 //! resets): the responses are consumed here and never reach a client.
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use super::{BackendError, ServerConn};
 use crate::protocol::ProtocolError;
@@ -56,16 +56,17 @@ impl ServerConn {
 
     /// True when the server has sent nothing since the connection went idle: no stray
     /// message (say, a FATAL before a restart) and no EOF. Never blocks.
-    pub async fn is_quiet(&mut self) -> bool {
+    pub fn is_quiet(&mut self) -> bool {
         if !self.read_buf.is_empty() {
             return false;
         }
-        use tokio::io::AsyncReadExt;
+        // One poll with a no-op waker: Ready means data or EOF, both fatal for reuse; Pending
+        // means nothing arrived. No timer, no task wake-up.
         let mut probe = [0u8; 1];
-        // A zero timeout polls the read once: Ready means data or EOF, both fatal for reuse.
-        matches!(
-            tokio::time::timeout(std::time::Duration::ZERO, self.stream.read(&mut probe)).await,
-            Err(_elapsed)
-        )
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
     }
 }

@@ -327,7 +327,7 @@ impl ClientSession {
             self.shared.cancel.set_target(
                 self.key,
                 Some(CancelTarget {
-                    target: self.pool.settings.target.clone(),
+                    target: self.pool.cancel_target.clone(),
                     server_key: server.key,
                 }),
             );

@@ -104,7 +104,7 @@ impl Manager for ServerManager {
         {
             return Err(RecycleError::message("server_idle_timeout reached"));
         }
-        if !conn.is_quiet().await {
+        if !conn.is_quiet() {
             return Err(RecycleError::message(
                 "server sent data or closed while idle",
             ));

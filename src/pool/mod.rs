@@ -87,6 +87,8 @@ impl PoolSettings {
 pub struct ServerPool {
     pub key: PoolKey,
     pub settings: PoolSettings,
+    /// Where cancel requests for this pool's servers go (shared, not cloned per checkout).
+    pub cancel_target: Arc<BackendTarget>,
     pub pool: Pool<ServerManager>,
     gates: Mutex<Gates>,
     /// ParameterStatus values a new client is told at login (server_version and so on),
@@ -289,6 +291,7 @@ impl PoolRegistry {
             .expect("a runtime is configured, so building the pool cannot fail");
         let server_pool = Arc::new(ServerPool {
             key: key.clone(),
+            cancel_target: Arc::new(settings.target.clone()),
             gates: Mutex::new(Gates::new(settings.size, settings.reserve_size)),
             settings,
             pool,
