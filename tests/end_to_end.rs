@@ -118,3 +118,68 @@ async fn a_scram_verifier_from_pg_authid_is_enough_for_both_logins() {
     };
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("28P01"));
 }
+
+/// Startup settings are the client's own: applied on whatever server it gets, and never seen
+/// by the next client of that server.
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_settings_follow_their_client_and_do_not_leak() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let pgmoat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "1")
+            .build(),
+    );
+    let tls = || tls_client_config(&pki.ca, None);
+    let mut with_options = pg_config(pgmoat.port(), "alice", Some(ALICE_PASSWORD), APP_DB);
+    with_options
+        .options("-c statement_timeout=1234 -c search_path=pg_catalog")
+        .application_name("client-a");
+    let a = connect_config(with_options, Some(tls())).await.unwrap();
+    let b = connect(
+        pgmoat.port(),
+        "bob",
+        Some(BOB_PASSWORD),
+        APP_DB,
+        Some(tls()),
+    )
+    .await
+    .unwrap();
+    let plain = connect(
+        pgmoat.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        Some(tls()),
+    )
+    .await
+    .unwrap();
+    let show = "SELECT current_setting('statement_timeout'), current_setting('search_path'), current_setting('application_name')";
+    for _ in 0..3 {
+        let row = a.query_one(show, &[]).await.unwrap();
+        assert_eq!(
+            (
+                row.get::<_, String>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2)
+            ),
+            ("1234ms".into(), "pg_catalog".into(), "client-a".into())
+        );
+        let row = plain.query_one(show, &[]).await.unwrap();
+        assert_eq!(
+            (
+                row.get::<_, String>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2)
+            ),
+            (
+                "0".into(),
+                "\"$user\", public".into(),
+                "pgmoat-tests".into()
+            ),
+            "another client of the same server sees the defaults"
+        );
+        // bob has his own pool; still fine.
+        b.query_one("SELECT 1", &[]).await.unwrap();
+    }
+}

@@ -393,17 +393,38 @@ impl ClientSession {
     }
 
     /// Applies the client's settings on the server where they differ.
+    /// Makes the server's settings what this client expects: its own settings applied, and
+    /// anything an earlier client applied (that this one did not ask for) reset, so nothing
+    /// carries over from one client to the next.
     async fn sync_params(&self, server: &mut ServerConn) -> Result<(), PgError> {
         let mut sql = String::new();
         for (name, value) in &self.params {
-            if server.param(name) == Some(value.as_str()) {
+            if server.param(name) != Some(value.as_str()) {
+                sql.push_str(&format!(
+                    "SET {} = {};",
+                    quote_ident(name),
+                    quote_literal(value)
+                ));
+            }
+        }
+        let mut reset = Vec::new();
+        for (name, value) in &server.params {
+            if self
+                .params
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
                 continue;
             }
-            sql.push_str(&format!(
-                "SET {} = {};",
-                quote_ident(name),
-                quote_literal(value)
-            ));
+            let initial = server
+                .initial_params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
+            if initial != Some(value) {
+                sql.push_str(&format!("RESET {};", quote_ident(name)));
+                reset.push(name.clone());
+            }
         }
         if sql.is_empty() {
             return Ok(());
@@ -412,6 +433,21 @@ impl ClientSession {
             .simple_query(&sql)
             .await
             .map_err(|e| e.to_pg_error())?;
+        for name in reset {
+            match server
+                .initial_params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            {
+                Some((_, initial)) => {
+                    let initial = initial.clone();
+                    server.set_param(&name, &initial);
+                }
+                None => server
+                    .params
+                    .retain(|(k, _)| !k.eq_ignore_ascii_case(&name)),
+            }
+        }
         // Recorded as the client spelt them, so the next checkout compares equal.
         for (name, value) in &self.params {
             server.set_param(name, value);
