@@ -352,7 +352,7 @@ impl ClientSession {
 
             match end {
                 RelayEnd::Released => {
-                    release(server).await;
+                    release(server, &self.generation).await;
                 }
                 RelayEnd::ClientTerminated { server_clean } => {
                     finish(server, server_clean, mode, &self.generation).await;
@@ -490,11 +490,17 @@ impl ClientSession {
 
 /// Transaction mode: the transaction is over. A server whose session state a client changed
 /// is reset first, so the next client cannot inherit it.
-async fn release(mut server: ServerObject) {
-    if !server.dirty {
-        return;
-    }
-    if let Err(e) = reset(&mut server, "RESET ALL").await {
+/// With server_reset_query_always, server_reset_query runs after every transaction, as in
+/// PgBouncer.
+async fn release(mut server: ServerObject, generation: &Generation) {
+    let config = &generation.config;
+    let always = config.server_reset_query_always && !config.server_reset_query.trim().is_empty();
+    let query = match (always, server.dirty) {
+        (true, _) => config.server_reset_query.trim(),
+        (false, true) => "RESET ALL",
+        (false, false) => return,
+    };
+    if let Err(e) = reset(&mut server, query).await {
         tracing::warn!(error = %e, "resetting a server connection failed; closing it");
         server.discard();
     }
@@ -525,6 +531,11 @@ async fn reset(server: &mut ServerConn, query: &str) -> Result<(), crate::backen
     server.simple_query(query).await?;
     server.params = server.initial_params.clone();
     server.dirty = false;
+    if !query.eq_ignore_ascii_case("RESET ALL") {
+        // DISCARD ALL (the default reset query) also drops prepared statements; any other
+        // query may too, so nothing is assumed prepared afterwards.
+        server.statements.clear();
+    }
     Ok(())
 }
 

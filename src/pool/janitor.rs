@@ -31,14 +31,11 @@ pub async fn run_janitor(shared: Arc<Shared>) {
                 pool.resize(settings.size, settings.reserve_size);
             }
             let idle_timeout = config.server_idle_timeout.non_zero();
-            let lifetime = config.server_lifetime.non_zero();
-            if idle_timeout.is_some() || lifetime.is_some() {
-                pool.pool.retain(|_, metrics| {
-                    let too_idle = idle_timeout.is_some_and(|t| metrics.last_used() > t);
-                    let too_old = lifetime.is_some_and(|t| metrics.age() > t);
-                    !(too_idle || too_old)
-                });
-            }
+            let lifetime = config.server_lifetime.duration();
+            pool.pool.retain(|_, metrics| {
+                let too_idle = idle_timeout.is_some_and(|t| metrics.last_used() > t);
+                !(too_idle || metrics.age() > lifetime)
+            });
             let status = pool.pool.status();
             let min = config.min_pool_size.min(pool.settings.size);
             if status.size < min {

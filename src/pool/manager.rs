@@ -89,11 +89,8 @@ impl Manager for ServerManager {
         if conn.tls_epoch != generation.tls_epoch {
             return Err(RecycleError::message("TLS configuration reloaded"));
         }
-        if config
-            .server_lifetime
-            .non_zero()
-            .is_some_and(|max| metrics.age() > max)
-        {
+        // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
+        if metrics.age() > config.server_lifetime.duration() {
             return Err(RecycleError::message("server_lifetime reached"));
         }
         let idle = metrics.last_used();
