@@ -101,6 +101,7 @@ async fn connect_inner(
         tls_epoch: opts.tls_epoch,
         dirty: false,
         statements: Default::default(),
+        registration: None,
     };
     login(&mut conn, target).await?;
     conn.initial_params = conn.params.clone();

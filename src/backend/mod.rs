@@ -46,6 +46,8 @@ pub struct ServerConn {
     pub dirty: bool,
     /// Prepared statements this server holds for pooled clients.
     pub statements: crate::relay::prepared::ServerStatements,
+    /// Its entry in SHOW SERVERS, removed when the connection is dropped.
+    pub registration: Option<crate::stats::ServerRegistration>,
 }
 
 impl ServerConn {

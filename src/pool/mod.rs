@@ -18,8 +18,9 @@ use crate::backend::{BackendError, BackendTarget};
 use crate::config::{Config, PoolMode};
 use crate::protocol::{PgError, SqlState};
 use crate::state::Generation;
+use crate::stats::{Registry, ServerEntry};
 
-pub use manager::ServerManager;
+pub use manager::{ServerManager, close_needed};
 
 pub type ServerObject = Object<ServerManager>;
 
@@ -133,14 +134,21 @@ pub struct PoolRegistry {
     pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
     current: Arc<ArcSwap<Generation>>,
     ids: Arc<AtomicU64>,
+    /// Where server connections register for SHOW SERVERS.
+    servers: Arc<Registry<ServerEntry>>,
 }
 
 impl PoolRegistry {
-    pub fn new(current: Arc<ArcSwap<Generation>>, ids: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        current: Arc<ArcSwap<Generation>>,
+        ids: Arc<AtomicU64>,
+        servers: Arc<Registry<ServerEntry>>,
+    ) -> Self {
         PoolRegistry {
             pools: Mutex::new(HashMap::new()),
             current,
             ids,
+            servers,
         }
     }
 
@@ -163,7 +171,8 @@ impl PoolRegistry {
             settings.target.clone(),
             self.current.clone(),
             self.ids.clone(),
-        );
+        )
+        .registering_in(key.clone(), self.servers.clone());
         let pool = Pool::builder(manager)
             .max_size(settings.size)
             .queue_mode(QueueMode::Lifo)
