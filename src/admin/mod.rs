@@ -237,3 +237,6 @@ fn extended_refused() -> PgError {
         "the admin console supports only the simple query protocol",
     )
 }
+
+#[cfg(test)]
+mod tests;

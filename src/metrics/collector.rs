@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -49,12 +49,12 @@ fn gauges<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
     Ok(())
 }
 
-fn counters(
+fn counters<N: EncodeCounterValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     totals: &BTreeMap<PoolKey, Totals>,
-    value: impl Fn(&Totals) -> f64,
+    value: impl Fn(&Totals) -> N,
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (key, t) in totals {
@@ -96,7 +96,7 @@ impl Collector for PoolCollector {
         gauges(
             &mut encoder,
             "clients",
-            "Client connections by pool and state",
+            "Client connections by pool and state.",
             clients,
         )?;
         let servers = keys.iter().flat_map(|(key, o)| {
@@ -114,13 +114,13 @@ impl Collector for PoolCollector {
         gauges(
             &mut encoder,
             "servers",
-            "Server connections by pool and state",
+            "Server connections by pool and state.",
             servers,
         )?;
         gauges(
             &mut encoder,
             "wait_queue_length",
-            "Checkouts waiting for a free server connection",
+            "Checkouts waiting for a free server connection.",
             pools
                 .iter()
                 .map(|p| (pool_labels(&p.key), count(p.pool.status().waiting))),
@@ -128,7 +128,7 @@ impl Collector for PoolCollector {
         gauges(
             &mut encoder,
             "pool_size",
-            "Maximum server connections of the pool",
+            "Maximum server connections of the pool.",
             pools
                 .iter()
                 .map(|p| (pool_labels(&p.key), count(p.pool.status().max_size))),
@@ -139,58 +139,58 @@ impl Collector for PoolCollector {
         counters(
             &mut encoder,
             "transactions",
-            "Transactions completed through pgmoat",
+            "Transactions completed through pgmoat.",
             &totals,
-            |t| t.xact_count as f64,
+            |t| t.xact_count,
         )?;
         counters(
             &mut encoder,
             "queries",
-            "Queries (ReadyForQuery round trips) completed through pgmoat",
+            "Queries (ReadyForQuery round trips) completed through pgmoat.",
             &totals,
-            |t| t.query_count as f64,
+            |t| t.query_count,
         )?;
         counters(
             &mut encoder,
             "received_bytes",
-            "Bytes received from clients and forwarded to servers",
+            "Bytes received from clients and forwarded to servers.",
             &totals,
-            |t| t.bytes_received as f64,
+            |t| t.bytes_received,
         )?;
         counters(
             &mut encoder,
             "sent_bytes",
-            "Bytes sent to clients",
+            "Bytes sent to clients.",
             &totals,
-            |t| t.bytes_sent as f64,
+            |t| t.bytes_sent,
         )?;
         counters(
             &mut encoder,
             "transaction_seconds",
-            "Time servers spent in client transactions",
+            "Time servers spent in client transactions.",
             &totals,
             |t| secs(t.xact_time),
         )?;
         counters(
             &mut encoder,
             "query_seconds",
-            "Time servers spent executing client queries",
+            "Time servers spent executing client queries.",
             &totals,
             |t| secs(t.query_time),
         )?;
         counters(
             &mut encoder,
             "server_assignments",
-            "Times a server connection was given to a client",
+            "Times a server connection was given to a client.",
             &totals,
-            |t| t.server_assignment_count as f64,
+            |t| t.server_assignment_count,
         )?;
 
         let generation = self.shared.snapshot();
         gauges(
             &mut encoder,
             "certificate_not_after_seconds",
-            "Expiry (Unix time) of every certificate pgmoat loaded",
+            "Expiry (Unix time) of every certificate pgmoat loaded.",
             generation.tls.certs.iter().map(|c| {
                 (
                     [
@@ -204,7 +204,7 @@ impl Collector for PoolCollector {
         )?;
         let accepting = encoder.encode_descriptor(
             "accepting",
-            "1 while pgmoat accepts new clients, 0 once it is shutting down",
+            "1 while pgmoat accepts new clients, 0 once it is shutting down.",
             None,
             MetricType::Gauge,
         )?;

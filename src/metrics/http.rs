@@ -89,3 +89,33 @@ fn respond(shared: &Arc<Shared>, method: &Method, path: &str) -> Response<Full<B
         _ => reply(StatusCode::NOT_FOUND, TEXT, "try /metrics or /health\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_health_follow_the_shutdown() {
+        let shared = super::super::tests::shared();
+        let ok = respond(&shared, &Method::GET, "/metrics");
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[CONTENT_TYPE], OPENMETRICS);
+        assert_eq!(
+            respond(&shared, &Method::GET, "/health").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&shared, &Method::GET, "/nope").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            respond(&shared, &Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        shared.shutdown.cancel();
+        assert_eq!(
+            respond(&shared, &Method::GET, "/health").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

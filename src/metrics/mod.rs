@@ -137,7 +137,86 @@ pub fn render(shared: &Arc<Shared>) -> Result<String, std::fmt::Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::{Config, FileChecks};
+    use crate::pool::PoolKey;
+    use crate::stats::ClientEntry;
+
+    pub(super) fn shared() -> Arc<Shared> {
+        let text = r#"
+client_tls_sslmode = "disable"
+server_tls_sslmode = "disable"
+auth_type = "trust"
+[databases.app]
+host = "127.0.0.1"
+"#;
+        let config =
+            Config::from_toml_str_with(text, Path::new("t.toml"), FileChecks::Skip).unwrap();
+        Shared::new(crate::lifecycle::load_generation(config, None).unwrap())
+    }
+
+    #[test]
+    fn scrape_shows_pools_events_and_the_end_marker() {
+        let shared = shared();
+        let key = PoolKey {
+            database: "app".into(),
+            user: "alice".into(),
+        };
+        let stats = shared.stats.pool(&key);
+        stats.record_wait(Duration::from_millis(2));
+        stats.record_query();
+        stats.record_xact(Duration::from_millis(1));
+        let _client = shared.stats.clients.register(
+            1,
+            ClientEntry::new(
+                1,
+                "127.0.0.1:1".parse().unwrap(),
+                None,
+                "alice".into(),
+                "app".into(),
+                "alice".into(),
+                String::new(),
+                None,
+            ),
+        );
+        shared.metrics.tls_handshake_ok();
+        shared
+            .metrics
+            .tls_handshake_failed(&std::io::ErrorKind::UnexpectedEof.into());
+        shared.metrics.auth_failed();
+        shared.metrics.reloaded(false);
+
+        let text = render(&shared).unwrap();
+        for line in [
+            r#"pgmoat_clients{database="app",user="alice",state="idle"} 1"#,
+            r#"pgmoat_clients{database="app",user="alice",state="waiting"} 0"#,
+            r#"pgmoat_transactions_total{database="app",user="alice"} 1"#,
+            r#"pgmoat_queries_total{database="app",user="alice"} 1"#,
+            r#"pgmoat_server_assignments_total{database="app",user="alice"} 1"#,
+            r#"pgmoat_wait_seconds_count{database="app",user="alice"} 1"#,
+            r#"pgmoat_tls_handshakes_total{result="ok",reason=""} 1"#,
+            r#"pgmoat_tls_handshakes_total{result="failed",reason="eof"} 1"#,
+            "pgmoat_auth_failures_total 1",
+            r#"pgmoat_reloads_total{result="failed"} 1"#,
+            "pgmoat_accepting 1",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        shared.shutdown.cancel();
+        assert!(
+            render(&shared)
+                .unwrap()
+                .lines()
+                .any(|l| l == "pgmoat_accepting 0")
+        );
+    }
 
     fn tls_error(e: rustls::Error) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::InvalidData, e)
