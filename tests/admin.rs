@@ -190,8 +190,7 @@ async fn stats_users_may_only_show_and_others_may_not_log_in() {
         Some(s.tls()),
     )
     .await
-    .err()
-    .expect("carol is neither admin nor stats user");
+    .expect_err("carol is neither admin nor stats user");
     let db = err.as_db_error().expect("a FATAL from pgmoat");
     assert_eq!(db.code().code(), "28000");
     assert_eq!(db.message(), "not allowed");
