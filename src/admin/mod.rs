@@ -2,6 +2,7 @@
 //! commands (SHOW ..., RELOAD, PAUSE, RESUME, RECONNECT, SHUTDOWN) over the simple query
 //! protocol. admin_users may do everything, stats_users only SHOW.
 
+mod columns;
 mod command;
 mod control;
 mod pause;
@@ -21,10 +22,10 @@ use crate::state::Shared;
 use crate::stats::ClientRegistration;
 use crate::stream::Stream;
 
+pub use columns::{CERTS, CONFIG, DATABASES, LISTS, POOLS, SOCKETS, STATS};
 pub use command::{Command, ParseError, Show, parse};
 pub use pause::{PauseError, PauseGate};
 pub use result::{ResultSet, Type};
-pub use show::{CERTS, CONFIG, DATABASES, LISTS, POOLS, SOCKETS, STATS};
 
 /// Database names that reach the console instead of a pool.
 pub const CONSOLE_DATABASES: [&str; 2] = ["pgbouncer", "pgmoat"];
@@ -118,9 +119,9 @@ fn show_command(shared: &Shared, what: Show, out: &mut BytesMut) {
         Show::Pools => show::pools(shared),
         Show::Clients => show::clients(shared),
         Show::Servers => show::servers(shared),
-        Show::Stats => show::stats(shared, show::STATS),
-        Show::StatsTotals => show::stats(shared, show::STATS_TOTALS),
-        Show::StatsAverages => show::stats(shared, show::STATS_AVERAGES),
+        Show::Stats => show::stats(shared, columns::STATS),
+        Show::StatsTotals => show::stats(shared, columns::STATS_TOTALS),
+        Show::StatsAverages => show::stats(shared, columns::STATS_AVERAGES),
         Show::Totals => show::totals(shared),
         Show::Databases => show::databases(shared),
         Show::Config => show::config(shared),
