@@ -278,16 +278,6 @@ impl ClientSession {
         let mut server_half = HalfBuffer::new();
         loop {
             let mut tx = TxState::default();
-            // Draining: a client whose transaction just ended gets no new one, even if its
-            // next query is already here.
-            if self.shared.shutdown.is_cancelled() {
-                self.fail(PgError::fatal(
-                    SqlState::ADMIN_SHUTDOWN,
-                    "pgmoat is shutting down",
-                ))
-                .await;
-                return;
-            }
             // Idle: wait until the client sends something before taking a server.
             while !client_half.has_header() {
                 let read = tokio::select! {
@@ -343,6 +333,16 @@ impl ClientSession {
                 }
             }
 
+            // Draining: no new transaction, even for a query that is already here (pipelined,
+            // or read in the same instant the shutdown began).
+            if self.shared.shutdown.is_cancelled() {
+                self.fail(PgError::fatal(
+                    SqlState::ADMIN_SHUTDOWN,
+                    "pgmoat is shutting down",
+                ))
+                .await;
+                return;
+            }
             let mut server = match self.checkout().await {
                 Ok(server) => server,
                 Err(e) => {
