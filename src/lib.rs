@@ -1,6 +1,7 @@
 //! pgmoat: a PostgreSQL connection pooler that terminates client TLS (optionally mutual TLS),
 //! pools backend connections, and re-encrypts every backend connection with verify-full TLS.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
@@ -8,10 +9,12 @@ pub mod certs;
 pub mod config;
 pub mod frontend;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
 pub mod relay;
 pub mod state;
+pub mod stats;
 pub mod stream;
 pub mod tls;

@@ -1,6 +1,8 @@
 //! Starting and stopping: build the first generation (config, TLS, auth_file), bind the
 //! listener, accept clients, reload on SIGHUP (the new generation is fully loaded before it
-//! replaces the old; a bad one changes nothing), and drain on SIGTERM / SIGINT.
+//! replaces the old; a bad one changes nothing), serve metrics, and drain on SIGTERM / SIGINT
+//! or the console's SHUTDOWN: stop accepting, let transactions in flight finish up to
+//! shutdown_timeout, then close; a second signal closes at once.
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -124,25 +126,42 @@ fn watched_files_stamp(config: &Config) -> u64 {
 /// A bound, ready-to-serve pgmoat.
 pub struct Server {
     listener: TcpListener,
+    /// The metrics_addr listener, when configured.
+    metrics: Option<TcpListener>,
     shared: Arc<Shared>,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         crate::tls::install_default_provider();
         let addr = format!("{}:{}", config.listen_addr, config.listen_port);
+        let metrics_addr = config.metrics_addr.clone();
         let generation = load_generation(config, None)?;
         log_certificate_expiry(&generation);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
+        let listener = bind(&addr).await?;
+        let metrics = match metrics_addr.as_deref() {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         Ok(Server {
             listener,
+            metrics,
             shared: Shared::new(generation),
         })
+    }
+
+    /// Where /metrics is served, if metrics_addr is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -153,13 +172,16 @@ impl Server {
         self.shared.clone()
     }
 
-    /// Serves until SIGTERM / SIGINT, reloading on SIGHUP.
-    pub async fn run(self) -> Result<(), StartError> {
+    /// Serves until SIGTERM / SIGINT (or SHUTDOWN on the console), reloading on SIGHUP.
+    pub async fn run(mut self) -> Result<(), StartError> {
         let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %addr, "pgmoat is accepting connections");
+        if let Some(listener) = self.metrics.take() {
+            tokio::spawn(crate::metrics::serve(listener, self.shared.clone()));
+        }
         let tracker = TaskTracker::new();
         tokio::spawn(crate::pool::run_janitor(self.shared.clone()));
         // Certificates are checked at start, at each reload, and daily.
@@ -184,14 +206,14 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = hangup.recv() => reload(&self.shared),
+                _ = hangup.recv() => { let _ = reload(&self.shared); }
                 _ = watch.tick() => {
                     let generation = self.shared.snapshot();
                     if generation.config.watch_files {
                         let now = watched_files_stamp(&generation.config);
                         if last_stamp.is_some_and(|last| last != now) {
                             tracing::info!("watch_files: a certificate, key, auth or config file changed; reloading");
-                            reload(&self.shared);
+                            let _ = reload(&self.shared);
                         }
                         last_stamp = Some(now);
                     } else {
@@ -200,6 +222,7 @@ impl Server {
                 }
                 _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = self.shared.shutdown.cancelled() => { tracing::info!("SHUTDOWN from the admin console: shutting down"); break; }
             }
         }
         drop(self.listener);
@@ -217,8 +240,9 @@ impl Server {
 }
 
 /// Re-reads the config file and every TLS and auth file. The new generation replaces the old
-/// only if all of it loads; otherwise the old one keeps serving and the error is logged.
-pub fn reload(shared: &Shared) {
+/// only if all of it loads; otherwise the old one keeps serving and the error is logged (and
+/// returned, for the console's RELOAD).
+pub fn reload(shared: &Shared) -> Result<(), StartError> {
     let current = shared.snapshot();
     let source = current.config.source.clone();
     let result = Config::load(source.as_deref(), std::env::vars())
@@ -245,9 +269,13 @@ pub fn reload(shared: &Shared) {
                 tls_towards_postgresql_changed = tls_changed,
                 "configuration reloaded"
             );
+            shared.metrics.reloaded(true);
+            Ok(())
         }
         Err(e) => {
             tracing::error!(config = %source.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "environment".into()), error = %e, "reload failed; the previous configuration stays in effect");
+            shared.metrics.reloaded(false);
+            Err(e)
         }
     }
 }

@@ -106,6 +106,7 @@ async fn connect_inner(
         dirty: false,
         statements: Default::default(),
         permits: Default::default(),
+        registration: None,
     };
     login(&mut conn, target).await?;
     conn.initial_params = conn.params.clone();

@@ -49,6 +49,8 @@ pub struct ServerConn {
     pub statements: crate::relay::prepared::ServerStatements,
     /// max_db_connections / max_user_connections permits, held until the connection closes.
     pub permits: crate::pool::ConnectionPermits,
+    /// Its entry in SHOW SERVERS, removed when the connection is dropped.
+    pub registration: Option<crate::stats::ServerRegistration>,
 }
 
 impl ServerConn {

@@ -5,6 +5,7 @@
 mod auth;
 
 pub use auth::ScramCache;
+mod console;
 mod negotiate;
 mod session;
 
@@ -18,6 +19,7 @@ use tracing::Instrument;
 
 use crate::protocol::{PgError, ProtocolError};
 use crate::state::Shared;
+use crate::stats::{ClientEntry, ClientRegistration, TlsSummary};
 use crate::stream::Stream;
 
 pub use negotiate::Negotiated;
@@ -64,7 +66,7 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         let login_timeout = generation.config.client_login_timeout.non_zero();
 
         let login = async {
-            let negotiated = negotiate::negotiate(tcp, &generation).await;
+            let negotiated = negotiate::negotiate(tcp, &generation, &shared.metrics).await;
             match negotiated {
                 Ok(Negotiated::Cancel(key)) => {
                     session::forward_cancel(&shared, key).await;
@@ -94,6 +96,46 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     }
     .instrument(span)
     .await
+}
+
+/// Counts a login refused by authentication (not one the client simply abandoned, as psql
+/// does when it first tries without a password).
+fn count_auth_failure(shared: &Shared, err: &FrontendError) {
+    if matches!(err, FrontendError::Refused(_)) {
+        shared.metrics.auth_failed();
+    }
+}
+
+/// Lists a logged-in client in SHOW CLIENTS until the registration is dropped.
+/// `names` is (user, database, pool user).
+fn register_client(
+    shared: &Shared,
+    stream: &Stream,
+    id: u64,
+    names: (&str, &str, &str),
+    application_name: &str,
+) -> ClientRegistration {
+    let (user, database, pool_user) = names;
+    let tcp = stream.tcp();
+    let peer = tcp
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let tls = stream
+        .tls_info()
+        .map(|info| TlsSummary::new(&info, stream.peer_certificate()));
+    shared.stats.clients.register(
+        id,
+        ClientEntry::new(
+            id,
+            peer,
+            tcp.local_addr().ok(),
+            user.to_owned(),
+            database.to_owned(),
+            pool_user.to_owned(),
+            application_name.to_owned(),
+            tls,
+        ),
+    )
 }
 
 /// Logs why a client was turned away and, where the protocol allows, tells it.

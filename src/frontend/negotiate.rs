@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use super::FrontendError;
 use crate::backend::BackendKey;
 use crate::config::SslMode;
+use crate::metrics::Metrics;
 use crate::protocol::startup::{StartupMessage, StartupPacket, read_startup_packet};
 use crate::protocol::{PgError, SqlState};
 use crate::state::Generation;
@@ -29,7 +30,11 @@ pub enum Negotiated {
 
 type Failure = (Option<Stream>, FrontendError);
 
-pub async fn negotiate(mut tcp: TcpStream, generation: &Generation) -> Result<Negotiated, Failure> {
+pub async fn negotiate(
+    mut tcp: TcpStream,
+    generation: &Generation,
+    metrics: &Metrics,
+) -> Result<Negotiated, Failure> {
     let config = &generation.config;
     let acceptor = generation.tls.acceptor.clone();
 
@@ -55,7 +60,7 @@ pub async fn negotiate(mut tcp: TcpStream, generation: &Generation) -> Result<Ne
                 )),
             ));
         };
-        let stream = accept_tls(tcp, acceptor).await?;
+        let stream = accept_tls(tcp, acceptor, metrics).await?;
         if alpn(&stream) != Some(ALPN_POSTGRESQL) {
             return Err((
                 Some(stream),
@@ -90,7 +95,7 @@ pub async fn negotiate(mut tcp: TcpStream, generation: &Generation) -> Result<Ne
                 if let Err(e) = tcp.write_all(b"S").await {
                     return Err((None, FrontendError::Protocol(e.into())));
                 }
-                let stream = accept_tls(tcp, acceptor).await?;
+                let stream = accept_tls(tcp, acceptor, metrics).await?;
                 return after_tls(stream).await;
             }
             StartupPacket::Cancel { pid, secret } => {
@@ -133,9 +138,11 @@ pub async fn negotiate(mut tcp: TcpStream, generation: &Generation) -> Result<Ne
 async fn accept_tls(
     tcp: TcpStream,
     acceptor: Arc<rustls::ServerConfig>,
+    metrics: &Metrics,
 ) -> Result<Stream, Failure> {
     match tokio_rustls::TlsAcceptor::from(acceptor).accept(tcp).await {
         Ok(tls) => {
+            metrics.tls_handshake_ok();
             let stream = Stream::Accepted(Box::new(tls));
             if let Some(info) = stream.tls_info() {
                 tracing::debug!(
@@ -147,7 +154,10 @@ async fn accept_tls(
             }
             Ok(stream)
         }
-        Err(e) => Err((None, FrontendError::Tls(e))),
+        Err(e) => {
+            metrics.tls_handshake_failed(&e);
+            Err((None, FrontendError::Tls(e)))
+        }
     }
 }
 

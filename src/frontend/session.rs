@@ -3,12 +3,14 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::FrontendError;
 use super::auth::{AuthContext, authenticate};
+use crate::admin::AdminSession;
 use crate::auth::Secret;
 use crate::backend::scram_keys::ScramKeys;
 use crate::backend::{BackendKey, ServerConn};
@@ -25,6 +27,7 @@ use crate::relay::prepared::ClientStatements;
 use crate::relay::translate::{IdleBatch, answer_locally, classify_idle};
 use crate::relay::{HalfBuffer, Relay, RelayEnd, SessionChanges, TxState};
 use crate::state::{Generation, Shared};
+use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
 
 type Failure = (Option<Stream>, FrontendError);
@@ -45,6 +48,25 @@ pub struct ClientSession {
     database: String,
     /// Named prepared statements (transaction mode with max_prepared_statements > 0).
     statements: ClientStatements,
+    /// This client in SHOW CLIENTS, with its state.
+    entry: ClientRegistration,
+    /// Its pool's counters.
+    stats: Arc<PoolStats>,
+}
+
+/// A client past login: a pooled session or an admin console session.
+pub enum LoggedIn {
+    Pool(ClientSession),
+    Console(AdminSession),
+}
+
+impl LoggedIn {
+    pub async fn run(self) {
+        match self {
+            LoggedIn::Pool(session) => session.run().await,
+            LoggedIn::Console(session) => session.run().await,
+        }
+    }
 }
 
 impl Drop for ClientSession {
@@ -59,7 +81,7 @@ pub async fn login(
     shared: &Arc<Shared>,
     generation: &Arc<Generation>,
     id: u64,
-) -> Result<ClientSession, Failure> {
+) -> Result<LoggedIn, Failure> {
     let config = &generation.config;
     macro_rules! refuse {
         ($err:expr) => {
@@ -84,6 +106,12 @@ pub async fn login(
             "replication connections are not supported by pgmoat; connect to PostgreSQL directly",
         ));
     }
+    // Before max_client_conn: an operator must get in when the pooler is full.
+    if crate::admin::is_console_database(&database) {
+        return super::console::login(stream, &startup, &user, &database, shared, generation, id)
+            .await
+            .map(LoggedIn::Console);
+    }
     let max_clients = config.max_client_conn;
     if shared.clients.load(std::sync::atomic::Ordering::Relaxed) > max_clients {
         refuse!(PgError::fatal(
@@ -107,7 +135,10 @@ pub async fn login(
     };
     let client_key = match authenticate(&mut stream, &ctx).await {
         Ok(key) => key,
-        Err(e) => return Err((Some(stream), e)),
+        Err(e) => {
+            super::count_auth_failure(shared, &e);
+            return Err((Some(stream), e));
+        }
     };
     let mut settings = settings;
     if settings.target.password.is_none()
@@ -145,6 +176,14 @@ pub async fn login(
         database: database.clone(),
         user: settings.target.user.clone(),
     };
+    let stats = shared.stats.pool(&key);
+    let entry = super::register_client(
+        shared,
+        &stream,
+        id,
+        (&user, &database, &key.user),
+        startup.param("application_name").unwrap_or(""),
+    );
     let pool = shared.pools.get_or_create(key, settings);
     let server_params = match pool.startup_params() {
         Some(p) => p,
@@ -183,6 +222,8 @@ pub async fn login(
         user,
         database,
         statements: ClientStatements::default(),
+        entry,
+        stats,
     };
     let mut session = session;
     if let Err(e) = session.stream.write_all(&out).await {
@@ -198,7 +239,7 @@ pub async fn login(
         tls = session.stream.tls_info().map(|t| t.version).unwrap_or_else(|| "off".into()),
         "client logged in"
     );
-    Ok(session)
+    Ok(LoggedIn::Pool(session))
 }
 
 /// `options` of the startup packet: `-c name=value` and `--name=value`, space-separated
@@ -311,7 +352,17 @@ impl ClientSession {
                 }
             }
 
-            let mut server = match self.pool.checkout(&self.generation).await {
+            // Draining: no new transaction, even for a query that is already here (pipelined,
+            // or read in the same instant the shutdown began).
+            if self.shared.shutdown.is_cancelled() {
+                self.fail(PgError::fatal(
+                    SqlState::ADMIN_SHUTDOWN,
+                    "pgmoat is shutting down",
+                ))
+                .await;
+                return;
+            }
+            let mut server = match self.checkout().await {
                 Ok(server) => server,
                 Err(e) => {
                     self.fail(e).await;
@@ -344,13 +395,21 @@ impl ClientSession {
                 statements: (pool_statements && mode == PoolMode::Transaction)
                     .then_some((&mut self.statements, max_prepared)),
                 completions: Default::default(),
+                stats: &self.stats,
+                shutdown: (mode == PoolMode::Session)
+                    .then(|| Box::pin(self.shared.shutdown.clone().cancelled_owned())),
             }
             .run()
             .await;
             self.shared.cancel.set_target(self.key, None);
+            self.entry.set_idle();
             self.remember(changes);
 
             match end {
+                // Session mode ends a relay only to drain: reset as when the client leaves.
+                RelayEnd::Released if mode == PoolMode::Session => {
+                    finish(server, true, mode, &self.generation).await;
+                }
                 RelayEnd::Released => {
                     release(server, &self.generation).await;
                 }
@@ -392,7 +451,23 @@ impl ClientSession {
         }
     }
 
-    /// Applies the client's settings on the server where they differ.
+    /// Waits for a server: at the PAUSE gate, then in the pool's queue. The client shows as
+    /// waiting meanwhile, then as active.
+    async fn checkout(&self) -> Result<ServerObject, PgError> {
+        let started = Instant::now();
+        self.entry.set_waiting();
+        self.shared.pause.pass(&self.database, &self.entry).await;
+        let result = self.pool.checkout(&self.generation).await;
+        match &result {
+            Ok(server) => {
+                self.stats.record_wait(started.elapsed());
+                self.entry.set_active(server.id);
+            }
+            Err(_) => self.entry.set_idle(),
+        }
+        result
+    }
+
     /// Makes the server's settings what this client expects: its own settings applied, and
     /// anything an earlier client applied (that this one did not ask for) reset, so nothing
     /// carries over from one client to the next.

@@ -10,6 +10,7 @@ use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use super::{CrossPoolLimits, PoolKey};
 use crate::backend::{BackendError, BackendTarget, ConnectOptions, ServerConn, connect};
 use crate::state::Generation;
+use crate::stats::{Registry, ServerEntry, TlsSummary};
 
 pub struct ServerManager {
     key: PoolKey,
@@ -17,6 +18,13 @@ pub struct ServerManager {
     current: Arc<ArcSwap<Generation>>,
     ids: Arc<AtomicU64>,
     limits: CrossPoolLimits,
+    /// The pool's key and the registry its connections are listed in (SHOW SERVERS).
+    registry: Option<(PoolKey, Arc<Registry<ServerEntry>>)>,
+}
+
+/// RECONNECT was issued for this connection: close it rather than reuse it.
+pub fn close_needed(conn: &ServerConn) -> bool {
+    conn.registration.as_ref().is_some_and(|r| r.close_needed())
 }
 
 impl ServerManager {
@@ -33,7 +41,14 @@ impl ServerManager {
             current,
             ids,
             limits,
+            registry: None,
         }
+    }
+
+    /// Lists every connection this manager makes under `key` in `registry`.
+    pub fn registering_in(mut self, key: PoolKey, registry: Arc<Registry<ServerEntry>>) -> Self {
+        self.registry = Some((key, registry));
+        self
     }
 
     pub fn target(&self) -> &BackendTarget {
@@ -68,6 +83,29 @@ impl Manager for ServerManager {
         )
         .await?;
         conn.permits = permits;
+        if let Some((key, registry)) = &self.registry {
+            // The client certificate on this connection is the one pgmoat presents.
+            let own_cert = generation
+                .tls
+                .certs
+                .iter()
+                .find(|c| c.setting == "server_tls_cert_file");
+            let tls = conn.tls.as_ref().map(|info| TlsSummary {
+                version: info.version.clone(),
+                cipher: info.cipher.clone(),
+                cert_subject: own_cert.map(|c| c.subject.clone()),
+                cert_not_after: own_cert.map(|c| c.not_after),
+            });
+            let entry = ServerEntry::new(
+                conn.id,
+                key.clone(),
+                conn.addr,
+                conn.stream.tcp().local_addr().ok(),
+                conn.key.pid,
+                tls,
+            );
+            conn.registration = Some(registry.register(conn.id, entry));
+        }
         tracing::debug!(
             server_id = conn.id,
             server = %self.target.addr_string(),
@@ -88,6 +126,9 @@ impl Manager for ServerManager {
         let config = &generation.config;
         if conn.tls_epoch != generation.tls_epoch {
             return Err(RecycleError::message("TLS configuration reloaded"));
+        }
+        if close_needed(conn) {
+            return Err(RecycleError::message("RECONNECT was issued"));
         }
         // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
         if metrics.age() > config.server_lifetime.duration() {

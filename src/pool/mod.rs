@@ -22,12 +22,13 @@ use crate::backend::{BackendError, BackendTarget};
 use crate::config::{Config, PoolMode};
 use crate::protocol::{PgError, SqlState};
 use crate::state::Generation;
+use crate::stats::{Registry, ServerEntry};
 
 pub use janitor::run_janitor;
 pub use lent::Lent;
 pub use limits::ConnectionPermits;
 use limits::NamedLimits;
-pub use manager::ServerManager;
+pub use manager::{ServerManager, close_needed};
 
 pub type ServerObject = Lent;
 
@@ -246,16 +247,23 @@ pub struct PoolRegistry {
     ids: Arc<AtomicU64>,
     db_limits: Arc<NamedLimits>,
     user_limits: Arc<NamedLimits>,
+    /// Where server connections register for SHOW SERVERS.
+    servers: Arc<Registry<ServerEntry>>,
 }
 
 impl PoolRegistry {
-    pub fn new(current: Arc<ArcSwap<Generation>>, ids: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        current: Arc<ArcSwap<Generation>>,
+        ids: Arc<AtomicU64>,
+        servers: Arc<Registry<ServerEntry>>,
+    ) -> Self {
         PoolRegistry {
             pools: Arc::new(Mutex::new(HashMap::new())),
             current,
             ids,
             db_limits: Arc::default(),
             user_limits: Arc::default(),
+            servers,
         }
     }
 
@@ -282,7 +290,8 @@ impl PoolRegistry {
                 db_limits: self.db_limits.clone(),
                 user_limits: self.user_limits.clone(),
             },
-        );
+        )
+        .registering_in(key.clone(), self.servers.clone());
         let pool = Pool::builder(manager)
             .max_size(settings.size + settings.reserve_size)
             .queue_mode(QueueMode::Lifo)

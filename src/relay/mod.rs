@@ -10,17 +10,21 @@ pub mod prepared;
 pub mod scan;
 pub mod translate;
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::backend::ServerConn;
 use crate::protocol::ProtocolError;
 use crate::protocol::messages::parse_parameter_status;
+use crate::stats::PoolStats;
 use crate::stream::Stream;
 use prepared::{ClientStatements, Completion, CompletionQueue};
 use scan::{Scanner, Seen};
@@ -83,12 +87,13 @@ impl HalfBuffer {
             && self.copy_remaining == 0
     }
 
-    /// Writes what is ready (in place or from `out`), then flushes. Pending while the writer
-    /// is full.
+    /// Writes what is ready (in place or from `out`), then flushes, adding what each write
+    /// call took to `written`. Pending while the writer is full.
     fn poll_write_ready<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         writer: &mut W,
+        written: &AtomicU64,
     ) -> Poll<io::Result<()>> {
         while self.ready > 0 || !self.out.is_empty() {
             let pending: &[u8] = if self.ready > 0 {
@@ -100,6 +105,7 @@ impl HalfBuffer {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            written.fetch_add(n as u64, Ordering::Relaxed);
             if self.ready > 0 {
                 self.buf.advance(n);
                 self.ready -= n;
@@ -136,6 +142,10 @@ pub struct TxState {
     pub status: u8,
     /// Extended-protocol messages were sent after the last Sync.
     pub unsynced: bool,
+    /// Since when the server has had queries to answer (for query_time).
+    pub busy_since: Option<Instant>,
+    /// Since when the current transaction runs (for xact_time).
+    pub xact_since: Option<Instant>,
 }
 
 impl Default for TxState {
@@ -144,6 +154,8 @@ impl Default for TxState {
             outstanding: 0,
             status: b'I',
             unsynced: false,
+            busy_since: None,
+            xact_since: None,
         }
     }
 }
@@ -204,6 +216,11 @@ pub struct Relay<'a> {
     /// Prepared statements pooled: the client's statements, and the server's bound.
     pub statements: Option<(&'a mut ClientStatements, usize)>,
     pub completions: CompletionQueue,
+    /// The pool's counters: queries, transactions, bytes, times.
+    pub stats: &'a PoolStats,
+    /// Session mode: pgmoat is shutting down once this completes; the relay then ends with
+    /// `Released` as soon as the server is idle, so the drain does not wait for the client.
+    pub shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl Relay<'_> {
@@ -212,10 +229,17 @@ impl Relay<'_> {
         if let Err(e) = self.scan_client() {
             return self.client_gone(Some(e));
         }
+        self.note_busy();
         poll_fn(|cx| self.poll_relay(cx)).await
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        if let Some(shutdown) = self.shutdown.as_mut()
+            && shutdown.as_mut().poll(cx).is_ready()
+        {
+            self.shutdown = None;
+            self.release_when_idle = true;
+        }
         if let Poll::Ready(end) = self.poll_server_to_client(cx) {
             return Poll::Ready(end);
         }
@@ -224,7 +248,11 @@ impl Relay<'_> {
 
     fn poll_server_to_client(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         loop {
-            if let Err(e) = ready!(self.server_half.poll_write_ready(cx, self.client)) {
+            if let Err(e) = ready!(self.server_half.poll_write_ready(
+                cx,
+                self.client,
+                self.stats.bytes_sent()
+            )) {
                 return Poll::Ready(self.client_gone(Some(ProtocolError::from(e).into())));
             }
             if self.release_when_idle
@@ -255,6 +283,7 @@ impl Relay<'_> {
         let server = &mut *self.server;
         let changes = &mut *self.changes;
         let completions = &mut self.completions;
+        let stats = self.stats;
         // Edits to ParseComplete / CloseComplete messages: (offset, replacement tag or
         // None to drop the 5-byte message).
         let mut edits: Vec<(usize, Option<u8>)> = Vec::new();
@@ -270,6 +299,7 @@ impl Relay<'_> {
                     b'Z' => {
                         tx.outstanding = tx.outstanding.saturating_sub(1);
                         tx.status = body.first().copied().unwrap_or(b'I');
+                        ready_for_query_seen(tx, stats);
                         for name in completions.batch_done() {
                             server.statements.remove(&name);
                         }
@@ -325,10 +355,11 @@ impl Relay<'_> {
 
     fn poll_client_to_server(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         loop {
-            if let Err(e) = ready!(
-                self.client_half
-                    .poll_write_ready(cx, &mut self.server.stream)
-            ) {
+            if let Err(e) = ready!(self.client_half.poll_write_ready(
+                cx,
+                &mut self.server.stream,
+                self.stats.bytes_received()
+            )) {
                 return Poll::Ready(RelayEnd::ServerGone(e.into()));
             }
             if self.client_half.terminated {
@@ -347,6 +378,18 @@ impl Relay<'_> {
             if let Err(e) = self.scan_client() {
                 return Poll::Ready(self.client_gone(Some(e)));
             }
+            self.note_busy();
+        }
+    }
+
+    /// The client's messages just scanned may have given an idle server work: start the
+    /// query (and transaction) clocks.
+    #[inline]
+    fn note_busy(&mut self) {
+        if self.tx.outstanding > 0 && self.tx.busy_since.is_none() {
+            let now = Instant::now();
+            self.tx.busy_since = Some(now);
+            self.tx.xact_since.get_or_insert(now);
         }
     }
 
@@ -383,6 +426,26 @@ impl Relay<'_> {
         RelayEnd::ClientGone {
             server_clean: self.server_clean(),
             error,
+        }
+    }
+}
+
+/// Counts a ReadyForQuery: one query done; the server idle again stops the query clock;
+/// status 'I' ends a transaction (an autocommit statement or a COMMIT / ROLLBACK).
+#[inline]
+fn ready_for_query_seen(tx: &mut TxState, stats: &PoolStats) {
+    stats.record_query();
+    if tx.outstanding == 0
+        && let Some(since) = tx.busy_since.take()
+    {
+        stats.record_query_time(since.elapsed());
+    }
+    if tx.status == b'I' {
+        let since = tx.xact_since.take();
+        stats.record_xact(since.map(|t| t.elapsed()).unwrap_or_default());
+        if tx.outstanding > 0 {
+            // Pipelined: the next transaction is already under way.
+            tx.xact_since = Some(Instant::now());
         }
     }
 }

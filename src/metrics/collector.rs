@@ -1,0 +1,214 @@
+//! Numbers sampled at scrape time rather than kept as metrics: clients and servers by state
+//! and the wait queue of each pool, the per-pool counters from `stats`, and the expiry of
+//! every loaded certificate (which changes on reload).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::pool::PoolKey;
+use crate::state::Shared;
+use crate::stats::{Occupancy, Totals};
+
+pub struct PoolCollector {
+    shared: Arc<Shared>,
+}
+
+impl PoolCollector {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        PoolCollector { shared }
+    }
+}
+
+impl std::fmt::Debug for PoolCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolCollector")
+    }
+}
+
+fn pool_labels(key: &PoolKey) -> [(&'static str, &str); 2] {
+    [("database", &key.database), ("user", &key.user)]
+}
+
+/// One gauge family: a descriptor, then one sample per label set.
+fn gauges<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counters<N: EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    totals: &BTreeMap<PoolKey, Totals>,
+    value: impl Fn(&Totals) -> N,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (key, t) in totals {
+        ConstCounter::new(value(t)).encode(metric.encode_family(&pool_labels(key))?)?;
+    }
+    Ok(())
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let occupancy = self.shared.stats.occupancy();
+        let pools = self.shared.pools.all();
+        let mut keys: BTreeMap<PoolKey, Occupancy> = occupancy.clone();
+        for pool in &pools {
+            keys.entry(pool.key.clone()).or_default();
+        }
+
+        let clients = keys.iter().flat_map(|(key, o)| {
+            [
+                ("active", o.cl_active),
+                ("waiting", o.cl_waiting),
+                ("idle", o.cl_idle),
+            ]
+            .map(|(state, n)| {
+                (
+                    [
+                        ("database", key.database.as_str()),
+                        ("user", key.user.as_str()),
+                        ("state", state),
+                    ],
+                    count(n),
+                )
+            })
+        });
+        gauges(
+            &mut encoder,
+            "clients",
+            "Client connections by pool and state.",
+            clients,
+        )?;
+        let servers = keys.iter().flat_map(|(key, o)| {
+            [("active", o.sv_active), ("idle", o.sv_idle)].map(|(state, n)| {
+                (
+                    [
+                        ("database", key.database.as_str()),
+                        ("user", key.user.as_str()),
+                        ("state", state),
+                    ],
+                    count(n),
+                )
+            })
+        });
+        gauges(
+            &mut encoder,
+            "servers",
+            "Server connections by pool and state.",
+            servers,
+        )?;
+        gauges(
+            &mut encoder,
+            "wait_queue_length",
+            "Checkouts waiting for a free server connection.",
+            pools
+                .iter()
+                .map(|p| (pool_labels(&p.key), count(p.pool.status().waiting))),
+        )?;
+        gauges(
+            &mut encoder,
+            "pool_size",
+            "Maximum server connections of the pool.",
+            pools
+                .iter()
+                .map(|p| (pool_labels(&p.key), count(p.pool.status().max_size))),
+        )?;
+
+        let totals = self.shared.stats.totals();
+        let secs = |us: u64| us as f64 / 1e6;
+        counters(
+            &mut encoder,
+            "transactions",
+            "Transactions completed through pgmoat.",
+            &totals,
+            |t| t.xact_count,
+        )?;
+        counters(
+            &mut encoder,
+            "queries",
+            "Queries (ReadyForQuery round trips) completed through pgmoat.",
+            &totals,
+            |t| t.query_count,
+        )?;
+        counters(
+            &mut encoder,
+            "received_bytes",
+            "Bytes received from clients and forwarded to servers.",
+            &totals,
+            |t| t.bytes_received,
+        )?;
+        counters(
+            &mut encoder,
+            "sent_bytes",
+            "Bytes sent to clients.",
+            &totals,
+            |t| t.bytes_sent,
+        )?;
+        counters(
+            &mut encoder,
+            "transaction_seconds",
+            "Time servers spent in client transactions.",
+            &totals,
+            |t| secs(t.xact_time),
+        )?;
+        counters(
+            &mut encoder,
+            "query_seconds",
+            "Time servers spent executing client queries.",
+            &totals,
+            |t| secs(t.query_time),
+        )?;
+        counters(
+            &mut encoder,
+            "server_assignments",
+            "Times a server connection was given to a client.",
+            &totals,
+            |t| t.server_assignment_count,
+        )?;
+
+        let generation = self.shared.snapshot();
+        gauges(
+            &mut encoder,
+            "certificate_not_after_seconds",
+            "Expiry (Unix time) of every certificate pgmoat loaded.",
+            generation.tls.certs.iter().map(|c| {
+                (
+                    [
+                        ("setting", c.setting),
+                        ("subject", c.subject.as_str()),
+                        ("serial", c.serial.as_str()),
+                    ],
+                    c.not_after.unix_timestamp(),
+                )
+            }),
+        )?;
+        let accepting = encoder.encode_descriptor(
+            "accepting",
+            "1 while pgmoat accepts new clients, 0 once it is shutting down.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(!self.shared.shutdown.is_cancelled())).encode(accepting)?;
+        Ok(())
+    }
+}
