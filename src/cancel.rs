@@ -110,6 +110,22 @@ pub async fn send_cancel(
     Ok(())
 }
 
+/// A client's CancelRequest: forwarded to the server it holds right now, if any.
+pub async fn forward_cancel(shared: &crate::state::Shared, key: BackendKey) {
+    let Some(target) = shared.cancel.lookup(key) else {
+        tracing::debug!("cancel request for an unknown key or an idle client; ignored");
+        return;
+    };
+    let generation = shared.snapshot();
+    match send_cancel(&target, &generation).await {
+        Ok(()) => tracing::info!(
+            server_pid = target.server_key.pid,
+            "cancel request forwarded"
+        ),
+        Err(e) => tracing::warn!(error = %e, "forwarding a cancel request failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ mod auth;
 
 pub use auth::ScramCache;
 mod console;
+mod login;
 mod negotiate;
 mod session;
 
@@ -69,11 +70,11 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             let negotiated = negotiate::negotiate(tcp, &generation, &shared.metrics).await;
             match negotiated {
                 Ok(Negotiated::Cancel(key)) => {
-                    session::forward_cancel(&shared, key).await;
+                    crate::cancel::forward_cancel(&shared, key).await;
                     Ok(None)
                 }
                 Ok(Negotiated::Startup { stream, startup }) => {
-                    session::login(stream, startup, &shared, &generation, id)
+                    login::login(stream, startup, &shared, &generation, id)
                         .await
                         .map(Some)
                 }
