@@ -96,37 +96,6 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     });
 }
 
-pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
-    write_message(buf, b'T', |b| {
-        b.put_u16(columns.len() as u16);
-        for col in columns {
-            b.put_slice(col.as_bytes());
-            b.put_u8(0);
-            b.put_u32(0); // table oid
-            b.put_u16(0); // column number
-            b.put_u32(25); // text
-            b.put_i16(-1);
-            b.put_i32(-1);
-            b.put_u16(0); // text format
-        }
-    });
-}
-
-pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
-    write_message(buf, b'D', |b| {
-        b.put_u16(values.len() as u16);
-        for v in values {
-            match v {
-                Some(v) => {
-                    b.put_u32(v.len() as u32);
-                    b.put_slice(v.as_bytes());
-                }
-                None => b.put_i32(-1),
-            }
-        }
-    });
-}
-
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
     write_message(buf, b'C', |b| {
         b.put_slice(tag.as_bytes());
