@@ -26,6 +26,14 @@ use crate::stream::Stream;
 
 type Failure = (Option<Stream>, FrontendError);
 
+/// The newest protocol version pgmoat speaks, as NegotiateProtocolVersion carries it.
+const PROTOCOL_3_0: u32 = 3 << 16;
+
+async fn write_all_flush(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 /// Startup parameters that are not settings and are never replayed on a server.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
@@ -64,6 +72,16 @@ pub async fn login(
         ));
     };
     let database = startup.param("database").unwrap_or(&user).to_owned();
+    // As PostgreSQL does: right after the startup packet, before authentication, with the
+    // full newest version pgmoat speaks (3.0) and the protocol options it does not know.
+    let options = startup.protocol_options();
+    if startup.minor > 0 || !options.is_empty() {
+        let mut negotiate = BytesMut::new();
+        negotiate_protocol_version(&mut negotiate, PROTOCOL_3_0, &options);
+        if let Err(e) = write_all_flush(&mut stream, &negotiate).await {
+            return Err((None, FrontendError::Protocol(e.into())));
+        }
+    }
     tracing::Span::current().record("user", user.as_str());
     tracing::debug!(%user, %database, "startup");
     if startup
@@ -166,10 +184,6 @@ pub async fn login(
 
     let cancel_key = shared.cancel.register();
     let mut out = BytesMut::new();
-    let options = startup.protocol_options();
-    if startup.minor > 0 || !options.is_empty() {
-        negotiate_protocol_version(&mut out, 0, &options);
-    }
     authentication_ok(&mut out);
     for (name, value) in &server_params {
         let value = params

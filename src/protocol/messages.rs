@@ -76,11 +76,12 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     write_message(buf, b'Z', |b| b.put_u8(status));
 }
 
-/// NegotiateProtocolVersion: the newest minor version pgmoat speaks (3.0) and the protocol
-/// options it does not understand.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u32, unsupported: &[&str]) {
+/// NegotiateProtocolVersion: the newest version pgmoat speaks (PostgreSQL sends the whole
+/// version code, major << 16 | minor, and libpq compares it so) and the protocol options it
+/// does not understand.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_version: u32, unsupported: &[&str]) {
     write_message(buf, b'v', |b| {
-        b.put_u32(newest_minor);
+        b.put_u32(newest_version);
         b.put_u32(unsupported.len() as u32);
         for opt in unsupported {
             b.put_slice(opt.as_bytes());

@@ -199,6 +199,18 @@ impl CompletionQueue {
         self.sent_batches += 1;
     }
 
+    /// `n` Syncs counted as batch ends were ignored by PostgreSQL (sent during COPY IN).
+    pub fn forget_batches(&mut self, n: u32) {
+        let n = u64::from(n);
+        if n == 0 {
+            return;
+        }
+        self.sent_batches = self.sent_batches.saturating_sub(n);
+        for p in &mut self.pending {
+            p.batch = p.batch.min(self.sent_batches);
+        }
+    }
+
     /// The next completion of the current batch, for a ParseComplete or CloseComplete.
     pub fn pop(&mut self) -> Option<Completion> {
         while self

@@ -87,7 +87,7 @@ pub fn translate(
                 });
             }
             b'P' | b'D' | b'C' => {
-                tx.unsynced = true;
+                tx.client_message(header.tag);
                 let limit = if header.tag == b'P' {
                     MAX_NAMED_PARSE
                 } else {
@@ -123,7 +123,7 @@ pub fn translate(
                 }
             }
             b'B' => {
-                tx.unsynced = true;
+                tx.client_message(header.tag);
                 let scan_end = input.len().min(total);
                 let body = &input[Header::SIZE..scan_end];
                 let mut nuls = body
@@ -170,14 +170,8 @@ pub fn translate(
                 }
             }
             tag => {
-                match tag {
-                    b'Q' | b'S' | b'F' => {
-                        tx.outstanding += 1;
-                        tx.unsynced = false;
-                        tr.queue.batch_sent();
-                    }
-                    b'E' => tx.unsynced = true,
-                    _ => {}
+                if tx.client_message(tag) {
+                    tr.queue.batch_sent();
                 }
                 stream_through(input, out, remaining, total);
             }
