@@ -387,9 +387,9 @@ async fn backend_logins_scram_entry_password_cert_and_a_wrong_password() {
     )
     .await
     .expect("a failed backend login left the client hanging");
-    let err = result
-        .err()
-        .expect("login through a broken backend login worked");
+    let Err(err) = result else {
+        panic!("login through a broken backend login worked");
+    };
     let db_err = err
         .as_db_error()
         .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
