@@ -1,0 +1,437 @@
+//! Clients that misbehave on the wire: garbage, oversized or unknown-version startup packets,
+//! lengths that lie, and clients that vanish half-way through TLS or SCRAM. Each gets an
+//! ErrorResponse where the protocol allows one (or is closed), is logged with its peer, and
+//! costs nobody else anything: no panic, no hang, no dirty server connection handed on.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// The ways a client misbehaves. Each is run both one by one (with exact expectations) and
+/// fifty at once next to a well-behaved client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bad {
+    /// An HTTP request sent to the PostgreSQL port.
+    Http,
+    /// Random bytes.
+    Garbage,
+    /// A byte that looks like a TLS handshake, then random bytes.
+    TlsGarbage,
+    /// A startup packet claiming 100000 bytes (PostgreSQL's bound is 10000).
+    HugeStartup,
+    /// Protocol version 2.0.
+    ProtocolV2,
+    /// A startup packet claiming 200 bytes, with 20 sent: it must not wait forever.
+    ShortStartup,
+    /// SSLRequest accepted, then half a ClientHello, then gone.
+    MidTlsClose,
+    /// TLS done, then gone before the startup packet.
+    TlsThenClose,
+    /// Gone right after the server's SASL request.
+    ScramVanish,
+    /// Gone after the server-first message.
+    ScramVanishLater,
+    /// A SASL initial response that is no such thing.
+    MalformedSaslResponse,
+    /// A password message claiming 1 GB.
+    HugePasswordMessage,
+    /// A query where the password response belongs.
+    QueryDuringAuth,
+}
+
+const ALL: [Bad; 13] = [
+    Bad::Http,
+    Bad::Garbage,
+    Bad::TlsGarbage,
+    Bad::HugeStartup,
+    Bad::ProtocolV2,
+    Bad::ShortStartup,
+    Bad::MidTlsClose,
+    Bad::TlsThenClose,
+    Bad::ScramVanish,
+    Bad::ScramVanishLater,
+    Bad::MalformedSaslResponse,
+    Bad::HugePasswordMessage,
+    Bad::QueryDuringAuth,
+];
+
+/// Deterministic noise (xorshift), so a failure can be reproduced.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn tagged(tag: u8, len: u32, body: &[u8]) -> Vec<u8> {
+    let mut msg = vec![tag];
+    msg.extend_from_slice(&len.to_be_bytes());
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// Runs one bad client to its end; returns what pgmoat answered (`Closed` for the clients
+/// that leave without waiting). Panics if pgmoat hangs.
+async fn run_bad(bad: Bad, port: u16, pki: &Pki, seed: u64) -> Answer {
+    let tls = || tls_client_config(&pki.ca, None);
+    let started_scram = || async {
+        let mut stream = raw_tls_connect(port, tls()).await;
+        raw_scram_login(
+            &mut stream,
+            "alice",
+            APP_DB,
+            ALICE_PASSWORD,
+            ScramStop::BeforeClientFirst,
+        )
+        .await;
+        stream
+    };
+    // Writes may fail once pgmoat has given up on us; what it answered is what counts.
+    match bad {
+        Bad::Http | Bad::Garbage | Bad::TlsGarbage | Bad::HugeStartup | Bad::ProtocolV2 => {
+            let mut tcp = tcp_connect(port).await;
+            let bytes = match bad {
+                Bad::Http => b"GET / HTTP/1.1\r\nHost: pgmoat\r\n\r\n".to_vec(),
+                Bad::Garbage => {
+                    let mut bytes = noise(seed, 4096);
+                    // Not 0x16, which would make it a TLS attempt.
+                    bytes[0] = 0x7f;
+                    bytes
+                }
+                Bad::TlsGarbage => {
+                    let mut bytes = noise(seed, 512);
+                    bytes[0] = 0x16;
+                    bytes
+                }
+                // Only the length: everything sent is read, so the answer is not lost to a
+                // reset.
+                Bad::HugeStartup => 100_000u32.to_be_bytes().to_vec(),
+                _ => {
+                    let mut packet = 20u32.to_be_bytes().to_vec();
+                    packet.extend_from_slice(&0x0002_0000u32.to_be_bytes());
+                    packet.extend_from_slice(b"user\0alice\0\0\0\0\0");
+                    packet
+                }
+            };
+            let _ = tcp.write_all(&bytes).await;
+            read_answer(&mut tcp).await
+        }
+        Bad::ShortStartup => {
+            let mut tcp = tcp_connect(port).await;
+            let mut packet = 200u32.to_be_bytes().to_vec();
+            packet.extend_from_slice(&0x0003_0000u32.to_be_bytes());
+            packet.extend_from_slice(b"user\0alice\0");
+            let _ = tcp.write_all(&packet).await;
+            expect_closed_within(&mut tcp, Duration::from_secs(15)).await;
+            Answer::Closed
+        }
+        Bad::MidTlsClose => {
+            let mut tcp = tcp_connect(port).await;
+            tcp.write_all(&SSL_REQUEST).await.unwrap();
+            let mut partial = vec![0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4];
+            partial.extend(noise(seed, 20));
+            let _ = tcp.write_all(&partial).await;
+            Answer::Closed
+        }
+        Bad::TlsThenClose => {
+            let mut stream = raw_tls_connect(port, tls()).await;
+            let _ = stream.shutdown().await;
+            Answer::Closed
+        }
+        Bad::ScramVanish => {
+            drop(started_scram().await);
+            Answer::Closed
+        }
+        Bad::ScramVanishLater => {
+            let mut stream = raw_tls_connect(port, tls()).await;
+            raw_scram_login(
+                &mut stream,
+                "alice",
+                APP_DB,
+                ALICE_PASSWORD,
+                ScramStop::AfterServerFirst,
+            )
+            .await;
+            Answer::Closed
+        }
+        Bad::MalformedSaslResponse | Bad::HugePasswordMessage | Bad::QueryDuringAuth => {
+            let mut stream = started_scram().await;
+            let message = match bad {
+                Bad::MalformedSaslResponse => {
+                    let body = b"SCRAM-SHA-256\0\0\0\0\x05junk!";
+                    tagged(b'p', 4 + body.len() as u32, body)
+                }
+                Bad::HugePasswordMessage => tagged(b'p', 1 << 30, &noise(seed, 64)),
+                _ => query_message("SELECT 1"),
+            };
+            let _ = stream.write_all(&message).await;
+            let _ = stream.flush().await;
+            read_answer(&mut stream).await
+        }
+    }
+}
+
+/// What each bad client must get when it waits for an answer.
+fn check(bad: Bad, answer: &Answer) -> bool {
+    let is = |code: &str| matches!(answer, Answer::Error { sqlstate, .. } if sqlstate == code);
+    match bad {
+        Bad::HugeStartup
+        | Bad::MalformedSaslResponse
+        | Bad::HugePasswordMessage
+        | Bad::QueryDuringAuth => is("08P01"),
+        Bad::ProtocolV2 => is("0A000"),
+        // pgmoat cannot know how much of it was read before the error went out.
+        Bad::Http | Bad::Garbage => is("08P01") || *answer == Answer::Closed,
+        // A TLS alert or a close: never a plaintext ErrorResponse.
+        Bad::TlsGarbage => !matches!(answer, Answer::Error { .. }),
+        _ => *answer == Answer::Closed,
+    }
+}
+
+fn still_running(pgmoat: &mut Pgmoat) {
+    assert!(
+        pgmoat.wait_exit(Duration::ZERO).is_none(),
+        "pgmoat died:\n{}",
+        pgmoat.log()
+    );
+}
+
+/// No PostgreSQL is needed: all of this ends before a server connection is wanted.
+#[tokio::test]
+async fn each_bad_client_is_answered_or_closed_and_logged_with_its_peer() {
+    let pki = Pki::new();
+    let mut pgmoat = Pgmoat::start(
+        &ConfigBuilder::for_port(&pki, 1)
+            .set("client_login_timeout", "2")
+            .build(),
+    );
+    let port = pgmoat.port();
+    let mut wrong = Vec::new();
+    for (i, bad) in ALL.into_iter().enumerate() {
+        let started = Instant::now();
+        let answer = run_bad(bad, port, &pki, i as u64 + 1).await;
+        if !check(bad, &answer) {
+            wrong.push(format!("{bad:?}: {answer:?}"));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{bad:?} took too long"
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "unexpected answers:\n{}",
+        wrong.join("\n")
+    );
+
+    // Still serving: a TLS handshake and a startup get as far as authentication.
+    let mut stream = raw_tls_connect(port, tls_client_config(&pki.ca, None)).await;
+    raw_scram_login(
+        &mut stream,
+        "alice",
+        APP_DB,
+        ALICE_PASSWORD,
+        ScramStop::AfterServerFirst,
+    )
+    .await;
+    still_running(&mut pgmoat);
+
+    let log = pgmoat.plain_log();
+    for needle in [
+        "invalid startup packet length 100000",
+        "unsupported frontend protocol 2.0",
+        "message of type 'p' is 1073741825 bytes long",
+    ] {
+        let logged_with_peer = log
+            .lines()
+            .any(|l| l.contains(needle) && l.contains("peer=127.0.0.1:"));
+        assert!(
+            logged_with_peer,
+            "no line with {needle:?} and the peer:\n{log}"
+        );
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test]
+async fn a_lying_length_after_login_never_hands_on_a_dirty_server() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    // One server connection: if a dirty one were handed on, the next client would get it.
+    let pgmoat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "1")
+            .build(),
+    );
+    let port = pgmoat.port();
+    let good = connect(
+        port,
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
+
+    let lies: [(&str, Vec<u8>, bool); 3] = [
+        // Shorter than the length word itself.
+        ("length 2", tagged(b'Q', 2, b""), false),
+        // 1 GB promised, 100 bytes sent, then the client is gone.
+        ("length 1 GB", tagged(b'Q', 1 << 30, &[b'x'; 100]), true),
+        // Negative as a signed int.
+        (
+            "length 0xffffffff",
+            tagged(b'Q', u32::MAX, b"SELECT 1"),
+            false,
+        ),
+    ];
+    for (i, (what, message, then_close)) in lies.into_iter().enumerate() {
+        let marker = format!("dirty-{i}");
+        let mut stream = raw_tls_connect(port, tls_client_config(&pki.ca, None)).await;
+        let login = raw_scram_login(
+            &mut stream,
+            "alice",
+            APP_DB,
+            ALICE_PASSWORD,
+            ScramStop::Done,
+        )
+        .await;
+        assert_eq!(login.last().map(|m| m.tag), Some(b'Z'), "{login:?}");
+        // An open transaction with an uncommitted row holds the one server connection.
+        let reply = raw_query(
+            &mut stream,
+            &format!("BEGIN; INSERT INTO items (v) VALUES ('{marker}')"),
+        )
+        .await;
+        assert_eq!(
+            reply.last().map(|m| m.body.clone()),
+            Some(b"T".to_vec()),
+            "{reply:?}"
+        );
+        let _ = stream.write_all(&message).await;
+        let _ = stream.flush().await;
+        if then_close {
+            drop(stream);
+        } else {
+            let answer = read_answer(&mut stream).await;
+            assert!(
+                matches!(&answer, Answer::Error { sqlstate, .. } if sqlstate == "08P01"),
+                "{what}: {answer:?}"
+            );
+            expect_closed_within(&mut stream, Duration::from_secs(10)).await;
+        }
+
+        // The next query gets a clean server, promptly: the open transaction is gone and its
+        // row with it.
+        let count: i64 = tokio::time::timeout(
+            Duration::from_secs(10),
+            good.query_one("SELECT count(*) FROM items WHERE v = $1", &[&marker]),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what}: the good client waited for a server\n{}",
+                pgmoat.log()
+            )
+        })
+        .unwrap()
+        .get(0);
+        assert_eq!(
+            count, 0,
+            "{what}: a server in the bad client's transaction was reused"
+        );
+        let in_tx: bool = good
+            .query_one("SELECT txid_current_if_assigned() IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            !in_tx,
+            "{what}: the good client landed inside a transaction"
+        );
+    }
+    assert!(!pgmoat.log().contains("panicked"), "{}", pgmoat.log());
+}
+
+#[tokio::test]
+async fn fifty_bad_clients_at_once_cost_a_good_client_nothing() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let mut pgmoat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("client_login_timeout", "2")
+            .build(),
+    );
+    let port = pgmoat.port();
+    let good = connect(
+        port,
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
+
+    let pki = std::sync::Arc::new(pki);
+    let mut bad_clients = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let bad = ALL[i % ALL.len()];
+        let pki = pki.clone();
+        bad_clients.spawn(async move {
+            let answer = run_bad(bad, port, &pki, i as u64 + 100).await;
+            (bad, answer)
+        });
+    }
+
+    // The good client keeps working the whole time, each query promptly.
+    let mut queries = 0;
+    let mut wrong = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !bad_clients.is_empty() {
+        let got: i32 = tokio::time::timeout(
+            Duration::from_secs(10),
+            good.query_one("SELECT $1::int4", &[&queries]),
+        )
+        .await
+        .expect("the good client's query was held up")
+        .unwrap()
+        .get(0);
+        assert_eq!(got, queries);
+        queries += 1;
+        while let Some(done) = bad_clients.try_join_next() {
+            let (bad, answer) = done.unwrap();
+            if !check(bad, &answer) {
+                wrong.push(format!("{bad:?}: {answer:?}"));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bad clients still running after 60 s"
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "unexpected answers:\n{}",
+        wrong.join("\n")
+    );
+    assert!(queries > 0);
+    still_running(&mut pgmoat);
+    let got: i32 = good.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(got, 7);
+    let log = pgmoat.plain_log();
+    let peers = log
+        .lines()
+        .filter(|l| l.contains("peer=127.0.0.1:") && l.contains("client connection failed"))
+        .count();
+    assert!(peers >= 10, "refusals not logged with their peers:\n{log}");
+}
