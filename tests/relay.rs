@@ -195,6 +195,32 @@ async fn tls_to_postgresql_extended_protocol_and_pooled_prepared_statements() {
     let got: i32 = a.query_one(&double, &[&21i32]).await.unwrap().get(0);
     assert_eq!(got, 42);
 
+    // COPY TO STDOUT and pipelined queries (one failing) give the server back too: the
+    // other client gets it at once.
+    let out: Vec<Bytes> = a
+        .copy_out("COPY (SELECT generate_series(1, 3)) TO STDOUT")
+        .await
+        .unwrap()
+        .map(|chunk| chunk.unwrap())
+        .collect()
+        .await;
+    assert_eq!(out.concat(), b"1\n2\n3\n");
+    let (ok, failed) = tokio::join!(
+        a.query_one(&double, &[&4i32]),
+        a.query_one("SELECT 1 / $1::int4", &[&0i32])
+    );
+    assert_eq!(ok.unwrap().get::<_, i32>(0), 8);
+    assert_eq!(
+        failed.unwrap_err().code(),
+        Some(&SqlState::DIVISION_BY_ZERO)
+    );
+    let got: String = tokio::time::timeout(Duration::from_secs(10), b.query_one(&shout, &[&"b"]))
+        .await
+        .expect("the other client waited for the one server connection")
+        .unwrap()
+        .get(0);
+    assert_eq!(got, "b!");
+
     // Parameters into a table, a rolled-back transaction, and a count through the other
     // client.
     for i in 0..50 {
