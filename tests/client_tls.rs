@@ -107,6 +107,25 @@ async fn every_client_tls_sslmode_against_every_kind_of_client() {
                 }
             }
         }
+        if mode == "disable" {
+            // libpq's default, sslmode=prefer: SSLRequest, 'N', then the same connection goes
+            // on in plaintext.
+            let out = psql(
+                &["-Atc", "SELECT 1"],
+                &conninfo(
+                    pgmoat.port(),
+                    "alice",
+                    APP_DB,
+                    &[("sslmode", "prefer"), ("password", ALICE_PASSWORD)],
+                ),
+            );
+            if !out.status.success() {
+                wrong.push(format!(
+                    "disable x psql sslmode=prefer: {}",
+                    output_text(&out)
+                ));
+            }
+        }
         if mode == "require" {
             let out = psql(
                 &["-Atc", "SELECT 1"],
