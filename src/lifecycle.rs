@@ -21,9 +21,11 @@ use crate::tls::{TlsError, TlsState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    // Transparent: main prints the whole source chain, so "{0}" plus the source would say
+    // everything twice.
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("auth_file: {0}")]
     Auth(#[from] AuthError),

@@ -16,6 +16,15 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// A rustls client config trusting `ca`, optionally presenting a client certificate.
 pub fn tls_client_config(ca: &Path, client: Option<(&Path, &Path)>) -> ClientConfig {
+    tls_client_config_versions(ca, client, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`tls_client_config`] offering only the given TLS versions (e.g. `&[&rustls::version::TLS12]`).
+pub fn tls_client_config_versions(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> ClientConfig {
     super::init_crypto();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
@@ -24,7 +33,7 @@ pub fn tls_client_config(ca: &Path, client: Option<(&Path, &Path)>) -> ClientCon
     let builder = ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots);
     match client {
@@ -127,7 +136,22 @@ pub fn pgbench(args: &[&str], conninfo: &str) -> Output {
     libpq_tool("pgbench", &[], args, conninfo)
 }
 
+/// [`psql`] with extra environment variables (e.g. `PGPASSWORD`), set after the cleanup.
+pub fn psql_env(args: &[&str], conninfo: &str, env: &[(&str, &str)]) -> Output {
+    libpq_tool_env("psql", &["-X"], args, conninfo, env)
+}
+
 fn libpq_tool(program: &str, fixed: &[&str], args: &[&str], conninfo: &str) -> Output {
+    libpq_tool_env(program, fixed, args, conninfo, &[])
+}
+
+fn libpq_tool_env(
+    program: &str,
+    fixed: &[&str],
+    args: &[&str],
+    conninfo: &str,
+    env: &[(&str, &str)],
+) -> Output {
     let path = pgmoat::pgcluster::client_program(program);
     Command::new(&path)
         .args(fixed)
@@ -141,6 +165,7 @@ fn libpq_tool(program: &str, fixed: &[&str], args: &[&str], conninfo: &str) -> O
         .env_remove("PGUSER")
         .env_remove("PGPASSWORD")
         .env_remove("PGDATABASE")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", path.display()))

@@ -32,6 +32,13 @@ impl ConfigBuilder {
     /// `verify-full` with the Pki CA and pgmoat's client cert, `scram-sha-256` against a
     /// userlist holding alice and bob, and `[databases.app]` pointing at the TestDb.
     pub fn new(pki: &Pki, db: &TestDb) -> ConfigBuilder {
+        ConfigBuilder::for_port(pki, db.port())
+    }
+
+    /// [`new`](Self::new) without a running PostgreSQL: `[databases.app]` points at
+    /// localhost:`pg_port` (for tests that never reach a server, e.g. config checks or
+    /// refusals before login).
+    pub fn for_port(pki: &Pki, pg_port: u16) -> ConfigBuilder {
         let settings = [
             ("auth_type", toml_str("scram-sha-256")),
             ("client_tls_sslmode", toml_str("require")),
@@ -55,7 +62,7 @@ impl ConfigBuilder {
                 ("bob".to_owned(), BOB_PASSWORD.to_owned()),
             ]),
             files_dir: pki.dir.path().to_owned(),
-            pg_port: db.port(),
+            pg_port,
         }
     }
 

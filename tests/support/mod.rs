@@ -6,14 +6,20 @@
 mod client;
 mod config;
 mod db;
+mod logs;
 mod pgmoat;
 mod pki;
+mod raw;
 
 pub use client::*;
 pub use config::*;
 pub use db::*;
+#[allow(unused_imports)]
+pub use logs::*;
 pub use pgmoat::*;
 pub use pki::*;
+#[allow(unused_imports)]
+pub use raw::*;
 
 use std::sync::Once;
 
