@@ -1,19 +1,26 @@
 //! Shared integration-test support: certificates from pgmoat's own cert tool, a throwaway TLS
 //! PostgreSQL with the test roles, pgmoat as a subprocess with a generated config, and clients
 //! (tokio-postgres over rustls, psql, pgbench). Each test file includes it with `mod support;`.
-#![allow(dead_code)]
+// Each test file uses a different part of the support code.
+#![allow(dead_code, unused_imports)]
 
 mod client;
 mod config;
 mod db;
 mod pgmoat;
 mod pki;
+mod pool;
+pub mod raw;
+mod tap;
 
 pub use client::*;
 pub use config::*;
 pub use db::*;
 pub use pgmoat::*;
 pub use pki::*;
+pub use pool::*;
+pub use raw::{RawClient, RawError, RawMsg, send_cancel_request};
+pub use tap::*;
 
 use std::sync::Once;
 
