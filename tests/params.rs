@@ -66,9 +66,6 @@ async fn a_plain_set_is_gone_before_the_next_client_runs() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: when a client comes back, sync_params re-applies its own SETs of reported \
-            settings (TimeZone, IntervalStyle, standard_conforming_strings) without marking \
-            the backend dirty, so the next client inherits them (src/frontend/session.rs)"]
 async fn a_plain_set_stays_out_of_other_clients_after_its_client_comes_back() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
@@ -138,9 +135,6 @@ async fn each_clients_own_settings_are_in_effect_on_the_shared_backend() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: set_config() of a reported parameter is seen (ParameterStatus) and kept for \
-            its client, but the backend is not marked dirty, so the next client inherits it \
-            (src/relay/mod.rs scan_server 'S')"]
 async fn set_config_of_a_reported_setting_does_not_leak() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
@@ -154,9 +148,6 @@ async fn set_config_of_a_reported_setting_does_not_leak() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a client's startup parameters and options are SET on a shared backend by \
-            sync_params without marking it dirty; the next client, which never set them, \
-            inherits them (src/frontend/session.rs sync_params)"]
 async fn each_clients_settings_follow_it_and_only_it() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
@@ -209,10 +200,6 @@ fn with_schema_elsewhere(pki: &Pki) -> TestDb {
 }
 
 #[tokio::test]
-#[ignore = "BUG: sync_params sends SET name = 'value', which makes a list setting given at \
-            startup (-c search_path=elsewhere,public) one quoted element \
-            (\"elsewhere,public\"); set_config(name, value, false) keeps PostgreSQL's startup \
-            semantics (src/frontend/session.rs sync_params)"]
 async fn a_list_valued_startup_option_means_what_it_means_to_postgresql() {
     let pki = Pki::new();
     let db = with_schema_elsewhere(&pki);
@@ -231,9 +218,6 @@ async fn a_list_valued_startup_option_means_what_it_means_to_postgresql() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: startup `options` (-c search_path=...) are applied by sync_params without \
-            marking the backend dirty, and search_path is not a reported parameter, so the \
-            next client runs with the other client's search_path (src/frontend/session.rs)"]
 async fn startup_options_apply_on_every_transaction_of_their_client_only() {
     let pki = Pki::new();
     let db = with_schema_elsewhere(&pki);
@@ -266,9 +250,6 @@ async fn startup_options_apply_on_every_transaction_of_their_client_only() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: startup parameters (client_encoding, TimeZone, application_name) of one \
-            client stay on the shared backend for the next client (src/frontend/session.rs \
-            sync_params)"]
 async fn startup_parameters_follow_their_client_only() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);

@@ -374,18 +374,42 @@ impl ClientSession {
         }
     }
 
-    /// Applies the client's settings on the server where they differ.
+    /// Applies the client's settings on the server where they differ, and puts back the
+    /// server's own values of settings an earlier client chose (startup parameters, options,
+    /// its re-applied SETs) that this client did not: sync_params never marks the server
+    /// dirty, so nothing else would undo them. set_config takes a value as a startup packet
+    /// gives it (`SET x = 'a,b'` would make a list setting one quoted element).
     async fn sync_params(&self, server: &mut ServerConn) -> Result<(), PgError> {
+        let set = |name: &str, value: &str| {
+            format!(
+                "SELECT pg_catalog.set_config({}, {}, false);",
+                quote_literal(name),
+                quote_literal(value)
+            )
+        };
         let mut sql = String::new();
         for (name, value) in &self.params {
-            if server.param(name) == Some(value.as_str()) {
+            if server.param(name) != Some(value.as_str()) {
+                sql.push_str(&set(name, value));
+            }
+        }
+        for (name, value) in &server.params {
+            if self
+                .params
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
                 continue;
             }
-            sql.push_str(&format!(
-                "SET {} = {};",
-                quote_ident(name),
-                quote_literal(value)
-            ));
+            match server
+                .initial_params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
+                Some((_, initial)) if initial == value => {}
+                Some((_, initial)) => sql.push_str(&set(name, initial)),
+                None => sql.push_str(&format!("RESET {};", quote_ident(name))),
+            }
         }
         if sql.is_empty() {
             return Ok(());
@@ -395,6 +419,7 @@ impl ClientSession {
             .await
             .map_err(|e| e.to_pg_error())?;
         // Recorded as the client spelt them, so the next checkout compares equal.
+        server.params = server.initial_params.clone();
         for (name, value) in &self.params {
             server.set_param(name, value);
         }
