@@ -3,8 +3,6 @@
 //! itself provides changes: host names (localhost instead of service names), ports, and file
 //! ownership (the script's chown is for container users).
 
-// Not every helper is used here (ConfigBuilder: this test runs the deploy config as it is).
-#[allow(unused_imports)]
 mod support;
 
 use std::fs::{self, File};

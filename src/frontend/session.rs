@@ -226,21 +226,25 @@ impl ClientSession {
         result
     }
 
-    /// Makes the server's settings what this client expects: its own settings applied, and
-    /// anything an earlier client applied (that this one did not ask for) reset, so nothing
-    /// carries over from one client to the next.
+    /// Applies the client's settings on the server where they differ, and puts back the
+    /// server's own values of settings an earlier client chose (startup parameters, options,
+    /// its re-applied SETs) that this client did not: sync_params never marks the server
+    /// dirty, so nothing else would undo them. set_config takes a value as a startup packet
+    /// gives it (`SET x = 'a,b'` would make a list setting one quoted element).
     async fn sync_params(&self, server: &mut ServerConn) -> Result<(), PgError> {
+        let set = |name: &str, value: &str| {
+            format!(
+                "SELECT pg_catalog.set_config({}, {}, false);",
+                quote_literal(name),
+                quote_literal(value)
+            )
+        };
         let mut sql = String::new();
         for (name, value) in &self.params {
             if server.param(name) != Some(value.as_str()) {
-                sql.push_str(&format!(
-                    "SET {} = {};",
-                    quote_ident(name),
-                    quote_literal(value)
-                ));
+                sql.push_str(&set(name, value));
             }
         }
-        let mut reset = Vec::new();
         for (name, value) in &server.params {
             if self
                 .params
@@ -249,14 +253,14 @@ impl ClientSession {
             {
                 continue;
             }
-            let initial = server
+            match server
                 .initial_params
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v);
-            if initial != Some(value) {
-                sql.push_str(&format!("RESET {};", quote_ident(name)));
-                reset.push(name.clone());
+            {
+                Some((_, initial)) if initial == value => {}
+                Some((_, initial)) => sql.push_str(&set(name, initial)),
+                None => sql.push_str(&format!("RESET {};", quote_ident(name))),
             }
         }
         if sql.is_empty() {
@@ -266,22 +270,8 @@ impl ClientSession {
             .simple_query(&sql)
             .await
             .map_err(|e| e.to_pg_error())?;
-        for name in reset {
-            match server
-                .initial_params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-            {
-                Some((_, initial)) => {
-                    let initial = initial.clone();
-                    server.set_param(&name, &initial);
-                }
-                None => server
-                    .params
-                    .retain(|(k, _)| !k.eq_ignore_ascii_case(&name)),
-            }
-        }
         // Recorded as the client spelt them, so the next checkout compares equal.
+        server.params = server.initial_params.clone();
         for (name, value) in &self.params {
             server.set_param(name, value);
         }

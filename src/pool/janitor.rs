@@ -3,6 +3,7 @@
 //! client to trip over them, and keep min_pool_size connections open.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::PoolSettings;
@@ -38,13 +39,29 @@ pub async fn run_janitor(shared: Arc<Shared>) {
             });
             let status = pool.pool.status();
             let min = config.min_pool_size.min(pool.settings.size);
-            if status.size < min {
+            if status.size < min && !pool.prewarming.swap(true, Ordering::AcqRel) {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    // A checkout creates the connection; dropping it parks it idle.
-                    if let Err(e) = pool.pool.get().await {
-                        tracing::warn!(database = %pool.key.database, error = ?e, "could not open a min_pool_size connection");
+                    // Take up to min_pool_size connections at once, without waiting for busy
+                    // ones: a checkout hands back idle connections first, so only holding
+                    // them all makes the pool open the missing ones.
+                    let no_wait = deadpool::managed::Timeouts {
+                        wait: Some(Duration::ZERO),
+                        ..pool.pool.timeouts()
+                    };
+                    let mut held = Vec::with_capacity(min);
+                    for _ in 0..min {
+                        match pool.pool.timeout_get(&no_wait).await {
+                            Ok(conn) => held.push(conn),
+                            Err(deadpool::managed::PoolError::Timeout(_)) => break,
+                            Err(e) => {
+                                tracing::warn!(database = %pool.key.database, error = ?e, "could not open a min_pool_size connection");
+                                break;
+                            }
+                        }
                     }
+                    drop(held);
+                    pool.prewarming.store(false, Ordering::Release);
                 });
             }
         }

@@ -92,6 +92,8 @@ pub struct ServerPool {
     pub cancel_target: Arc<BackendTarget>,
     pub pool: Pool<ServerManager>,
     gates: Mutex<Gates>,
+    /// A min_pool_size top-up is running.
+    pub(super) prewarming: std::sync::atomic::AtomicBool,
     /// ParameterStatus values a new client is told at login (server_version and so on),
     /// learnt from the first server connection.
     startup_params: Mutex<Option<Vec<(String, String)>>>,
@@ -238,6 +240,10 @@ impl ServerPool {
     }
 }
 
+/// How often a connection waiting on max_db_connections / max_user_connections looks for an
+/// idle connection of another pool to close.
+const LIMIT_RETRY: Duration = Duration::from_millis(100);
+
 type PoolMap = Mutex<HashMap<PoolKey, Arc<ServerPool>>>;
 
 /// All pools, created on first use, and the limits that span them.
@@ -302,6 +308,7 @@ impl PoolRegistry {
             key: key.clone(),
             cancel_target: Arc::new(settings.target.clone()),
             gates: Mutex::new(Gates::new(settings.size, settings.reserve_size)),
+            prewarming: Default::default(),
             settings,
             pool,
             startup_params: Mutex::new(None),
@@ -345,17 +352,19 @@ impl CrossPoolLimits {
         ];
         for (semaphore, by_db) in wanted {
             let Some(semaphore) = semaphore else { continue };
-            let permit = match semaphore.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    self.close_one_idle(key, by_db);
-                    semaphore
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| BackendError::NoAddress {
-                            host: "limit".into(),
-                            port: 0,
-                        })?
+            let permit = loop {
+                if let Ok(p) = semaphore.clone().try_acquire_owned() {
+                    break p;
+                }
+                // Another pool's connection may go idle at any time: keep trying to close
+                // one while waiting, as PgBouncer does, rather than only once.
+                self.close_one_idle(key, by_db);
+                tokio::select! {
+                    p = semaphore.clone().acquire_owned() => match p {
+                        Ok(p) => break p,
+                        Err(_) => return Err(BackendError::NoAddress { host: "limit".into(), port: 0 }),
+                    },
+                    _ = tokio::time::sleep(LIMIT_RETRY) => {}
                 }
             };
             permits.push(permit);

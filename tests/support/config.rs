@@ -135,6 +135,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Points `[databases.app]` at another port on 127.0.0.1 (e.g. a [`crate::support::TcpTap`]
+    /// in front of the TestDb).
+    pub fn server_port(mut self, port: u16) -> Self {
+        self.pg_port = port;
+        self
+    }
+
     /// The TOML text (writes the userlist file, if any, next to the Pki).
     pub fn build(&self) -> String {
         let mut text = String::new();

@@ -1,7 +1,8 @@
 //! Shared integration-test support: certificates from pgmoat's own cert tool, a throwaway TLS
 //! PostgreSQL with the test roles, pgmoat as a subprocess with a generated config, and clients
 //! (tokio-postgres over rustls, psql, pgbench). Each test file includes it with `mod support;`.
-#![allow(dead_code)]
+// Each test file uses a different part of the support code.
+#![allow(dead_code, unused_imports)]
 
 mod client;
 mod config;
@@ -9,17 +10,21 @@ mod db;
 mod logs;
 mod pgmoat;
 mod pki;
+mod pool;
 mod raw;
+mod tap;
+pub mod wire;
 
 pub use client::*;
 pub use config::*;
 pub use db::*;
-#[allow(unused_imports)]
 pub use logs::*;
 pub use pgmoat::*;
 pub use pki::*;
-#[allow(unused_imports)]
+pub use pool::*;
 pub use raw::*;
+pub use tap::*;
+pub use wire::{RawClient, RawError, RawMsg, send_cancel_request};
 
 use std::sync::Once;
 

@@ -1,0 +1,142 @@
+//! Real drivers beyond Rust, where the driver is the point: asyncpg (named prepared
+//! statements everywhere, a client-side pool larger than pgmoat's) and psycopg 3 (libpq:
+//! prepare=True, executemany in pipeline mode, COPY) through pgmoat in transaction mode, with
+//! verify-full TLS. The scripts live in tests/drivers/; they run in a venv at
+//! target/driver-venv, made once from tests/drivers/requirements.txt (.ci/run makes it too).
+
+mod support;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The driver venv, created if missing; fails the test, saying why, when it cannot be made.
+fn driver_python() -> PathBuf {
+    let venv = root().join("target").join("driver-venv");
+    let lock = root().join("target").join("driver-venv.lock");
+    let script = root().join("tests").join("drivers").join("make-venv.sh");
+    // flock: the test binaries run in parallel and must not build the venv twice at once.
+    let made = Command::new("flock")
+        .arg(&lock)
+        .arg("bash")
+        .arg(&script)
+        .arg(&venv)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running flock for {}: {e}", script.display()));
+    assert!(
+        made.status.success(),
+        "could not create the Python venv for the driver tests at {} \
+         (needs python3 with venv and PyPI access):\n{}",
+        venv.display(),
+        output_text(&made)
+    );
+    venv.join("bin").join("python")
+}
+
+/// Runs a driver script against pgmoat; kills it after `limit`.
+fn run_script(python: &Path, script: &str, moat: &Pgmoat, pki: &Pki, limit: Duration) -> Output {
+    let script = root().join("tests").join("drivers").join(script);
+    let stem = script.file_stem().unwrap().to_string_lossy().into_owned();
+    // Files, not pipes: a chatty script cannot block on a full pipe while we wait.
+    let out_path = moat.dir().join(format!("{stem}.out"));
+    let err_path = moat.dir().join(format!("{stem}.err"));
+    let mut child = Command::new(python)
+        .arg(&script)
+        .env("PGMOAT_PORT", moat.port().to_string())
+        .env("PGMOAT_CA", &pki.ca)
+        .env("PGMOAT_PASSWORD", ALICE_PASSWORD)
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("PGSSLMODE")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    }
+}
+
+fn transaction_pool(pki: &Pki, db: &TestDb, size: usize) -> Pgmoat {
+    Pgmoat::start(
+        &ConfigBuilder::new(pki, db)
+            .set_str("pool_mode", "transaction")
+            .set("default_pool_size", &size.to_string())
+            .set("max_client_conn", "100")
+            .build(),
+    )
+}
+
+#[test]
+fn asyncpg_pool_of_20_over_4_backends() {
+    let python = driver_python();
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = transaction_pool(&pki, &db, 4);
+    let out = run_script(
+        &python,
+        "asyncpg_pool.py",
+        &moat,
+        &pki,
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n--- pgmoat log tail ---\n{}",
+        output_text(&out),
+        log_tail(&moat)
+    );
+    assert_eq!(db.count("SELECT count(*) FROM items"), 200 * 4);
+    assert!(db.backends_of("alice") <= 4);
+}
+
+#[test]
+fn psycopg_prepared_executemany_and_copy_over_3_backends() {
+    let python = driver_python();
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = transaction_pool(&pki, &db, 3);
+    let out = run_script(
+        &python,
+        "psycopg_checks.py",
+        &moat,
+        &pki,
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n--- pgmoat log tail ---\n{}",
+        output_text(&out),
+        log_tail(&moat)
+    );
+    assert_eq!(db.count("SELECT count(*) FROM items"), 8 * (50 + 100));
+    assert!(db.backends_of("alice") <= 3);
+}
+
+/// The end of pgmoat's (debug-level, long) log.
+fn log_tail(moat: &Pgmoat) -> String {
+    let log = moat.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}

@@ -1,0 +1,122 @@
+//! PostgreSQL restarted or stopped under pgmoat: idle clients carry on (their pooled backends
+//! died, so pgmoat notices at checkout and opens new ones), a transaction that was open fails
+//! for its own client only, and while the server is down queries fail instead of hanging.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio_postgres::Client;
+
+async fn pid(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_carry_on_after_a_postgresql_restart() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "3")
+            .build(),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(moat_client(&moat, &pki, "alice").await);
+    }
+    // Three backends in the pool, all idle once the transactions end.
+    let mut before = Vec::new();
+    for client in &clients {
+        client.batch_execute("BEGIN").await.unwrap();
+        before.push(pid(client).await.unwrap());
+    }
+    for client in &clients {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(db.backends_of("alice"), 3);
+
+    db.restart().unwrap();
+
+    for (i, client) in clients.iter().enumerate() {
+        let after = pid(client)
+            .await
+            .unwrap_or_else(|e| panic!("client {i} after the restart: {e:?}\n{}", moat.log()));
+        assert!(
+            !before.contains(&after),
+            "a pre-restart backend pid came back"
+        );
+        client
+            .execute(
+                "INSERT INTO items (v) VALUES ($1)",
+                &[&format!("client {i}")],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(db.count("SELECT count(*) FROM items"), 3);
+    let newcomer = moat_client(&moat, &pki, "alice").await;
+    assert_eq!(
+        text_value(&newcomer, "SELECT count(*) FROM items").await,
+        "3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_across_a_restart_fails_for_its_client_only() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(&ConfigBuilder::new(&pki, &db).build());
+    let in_tx = moat_client(&moat, &pki, "alice").await;
+    let idle = moat_client(&moat, &pki, "alice").await;
+    // Simple protocol: a prepared query would leave its Close in flight, and that Close
+    // would be the one caught by the restart.
+    text_value(&idle, "SELECT 1").await;
+    in_tx.batch_execute("BEGIN").await.unwrap();
+    in_tx
+        .execute("INSERT INTO items (v) VALUES ('lost')", &[])
+        .await
+        .unwrap();
+
+    db.restart().unwrap();
+
+    assert!(
+        in_tx.batch_execute("COMMIT").await.is_err(),
+        "a transaction survived a PostgreSQL restart?"
+    );
+    pid(&idle)
+        .await
+        .unwrap_or_else(|e| panic!("idle client after the restart: {e:?}\n{}", moat.log()));
+    assert_eq!(db.count("SELECT count(*) FROM items"), 0);
+    let newcomer = moat_client(&moat, &pki, "alice").await;
+    pid(&newcomer).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_while_postgresql_is_down_fail_and_service_resumes() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("server_connect_timeout", "3")
+            .build(),
+    );
+    let client = moat_client(&moat, &pki, "alice").await;
+    pid(&client).await.unwrap();
+
+    db.stop().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), pid(&client))
+        .await
+        .expect("a query hung while PostgreSQL was down");
+    assert!(outcome.is_err(), "a query succeeded with PostgreSQL down");
+
+    db.start_again().unwrap();
+    let newcomer = moat_client(&moat, &pki, "alice").await;
+    pid(&newcomer)
+        .await
+        .unwrap_or_else(|e| panic!("after PostgreSQL came back: {e:?}\n{}", moat.log()));
+}
