@@ -71,17 +71,39 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgmoat: {e:#}");
+            eprintln!("pgmoat: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: many library errors already quote their source in
+/// their own message, so a cause whose text is already there is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt, prelude::*};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (text, json) = match format {
-        LogFormat::Text => (Some(fmt::layer().with_writer(std::io::stderr)), None),
+        // Colours only for a terminal: log files and log collectors get plain text.
+        LogFormat::Text => (
+            Some(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            ),
+            None,
+        ),
         LogFormat::Json => (None, Some(fmt::layer().json().with_writer(std::io::stderr))),
     };
     tracing_subscriber::registry()

@@ -105,6 +105,7 @@ async fn connect_inner(
         tls_epoch: opts.tls_epoch,
         dirty: false,
         statements: Default::default(),
+        polite_close: true,
         permits: Default::default(),
         registration: None,
     };

@@ -45,12 +45,35 @@ pub struct ServerConn {
     /// A session-level setting may have changed (a `SET` completed), so the connection is
     /// reset before anyone else gets it.
     pub dirty: bool,
+    /// Between messages, so a Terminate on close cannot land inside an unfinished message.
+    /// Cleared when a connection is discarded in the middle of something.
+    pub polite_close: bool,
     /// Prepared statements this server holds for pooled clients.
     pub statements: crate::relay::prepared::ServerStatements,
     /// max_db_connections / max_user_connections permits, held until the connection closes.
     pub permits: crate::pool::ConnectionPermits,
     /// Its entry in SHOW SERVERS, removed when the connection is dropped.
     pub registration: Option<crate::stats::ServerRegistration>,
+}
+
+impl Drop for ServerConn {
+    /// Says goodbye properly (Terminate, then TLS close_notify) when that can be done without
+    /// waiting, so PostgreSQL logs a clean disconnection instead of a reset connection. One
+    /// poll with a no-op waker: a full socket just means the goodbye is skipped.
+    fn drop(&mut self) {
+        if !self.polite_close {
+            return;
+        }
+        use std::pin::Pin;
+        use tokio::io::AsyncWrite;
+        const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut stream = Pin::new(&mut self.stream);
+        if let std::task::Poll::Ready(Ok(5)) = stream.as_mut().poll_write(&mut cx, &TERMINATE) {
+            let _ = stream.as_mut().poll_flush(&mut cx);
+            let _ = stream.as_mut().poll_shutdown(&mut cx);
+        }
+    }
 }
 
 impl ServerConn {

@@ -367,7 +367,12 @@ fn quote_ident(name: &str) -> String {
 }
 
 fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    // An E'' literal reads backslashes the same whatever standard_conforming_strings says.
+    if value.contains('\\') {
+        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +382,7 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b'c"), "E'a\\\\b''c'");
         assert_eq!(quote_ident("Time\"Zone"), "\"Time\"\"Zone\"");
     }
 }

@@ -22,7 +22,9 @@ pub struct Lent {
 impl Lent {
     /// Closes the connection instead of returning it (a client left mid-transaction, the
     /// server broke, a reset failed): its pool slot is freed at once.
-    pub fn discard(self) {
+    pub fn discard(mut self) {
+        // Its state is unknown: no goodbye message that could land mid-message.
+        self.obj.polite_close = false;
         drop(Object::take(self.obj));
     }
 }
