@@ -112,9 +112,22 @@ async fn queries_while_postgresql_is_down_fail_and_service_resumes() {
     let outcome = tokio::time::timeout(Duration::from_secs(20), pid(&client))
         .await
         .expect("a query hung while PostgreSQL was down");
-    assert!(outcome.is_err(), "a query succeeded with PostgreSQL down");
+    let err = outcome.expect_err("a query succeeded with PostgreSQL down");
+    // An ERROR for that query (SQLSTATE 08001), not the end of the client's connection.
+    let db_error = err
+        .as_db_error()
+        .expect("an ErrorResponse, not a closed connection");
+    assert_eq!(db_error.code().code(), "08001", "{db_error:?}");
+    assert_eq!(db_error.severity(), "ERROR");
+    assert!(!client.is_closed(), "the client keeps its connection");
 
     db.start_again().unwrap();
+    pid(&client).await.unwrap_or_else(|e| {
+        panic!(
+            "the same client after PostgreSQL came back: {e:?}\n{}",
+            moat.log()
+        )
+    });
     let newcomer = moat_client(&moat, &pki, "alice").await;
     pid(&newcomer)
         .await

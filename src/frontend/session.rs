@@ -123,6 +123,29 @@ impl ClientSession {
             let mut server = match self.checkout().await {
                 Ok(server) => server,
                 Err(e) => {
+                    // PostgreSQL unreachable (restarting, say): in transaction mode the client
+                    // only loses this query, as it would with a failed statement, and keeps
+                    // its connection for when PostgreSQL is back.
+                    if mode == PoolMode::Transaction
+                        && e.code == SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+                        && let Some(len) = complete_batch_len(&client_half.buf)
+                    {
+                        tracing::info!(error = %e, "no server connection for this query; the client stays connected");
+                        bytes::Buf::advance(&mut client_half.buf, len);
+                        let mut reply = BytesMut::new();
+                        PgError {
+                            severity: crate::protocol::Severity::Error,
+                            ..e
+                        }
+                        .encode(&mut reply);
+                        crate::protocol::messages::ready_for_query(&mut reply, b'I');
+                        if self.stream.write_all(&reply).await.is_err()
+                            || self.stream.flush().await.is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
                     self.fail(e).await;
                     return;
                 }
@@ -362,6 +385,25 @@ async fn reset(server: &mut ServerConn, query: &str) -> Result<(), crate::backen
     Ok(())
 }
 
+/// Length of the first complete batch in `buf`: a Query, or extended-protocol messages up to
+/// and including Sync. `None` while it is incomplete (or not a batch that can be dropped).
+fn complete_batch_len(buf: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    loop {
+        let header = crate::protocol::Header::parse(&buf[pos..]).ok()??;
+        let end = pos + header.total();
+        if end > buf.len() {
+            return None;
+        }
+        match header.tag {
+            b'Q' if pos == 0 => return Some(end),
+            b'S' => return Some(end),
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => pos = end,
+            _ => return None,
+        }
+    }
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -378,6 +420,27 @@ fn quote_literal(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_that_can_be_dropped_whole() {
+        let msg = |tag: u8, body: &[u8]| {
+            let mut v = vec![tag];
+            v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            v.extend_from_slice(body);
+            v
+        };
+        let query = msg(b'Q', b"select 1\0");
+        assert_eq!(complete_batch_len(&query), Some(query.len()));
+        assert_eq!(complete_batch_len(&query[..4]), None);
+        let mut extended = msg(b'P', b"\0select 1\0\0\0");
+        extended.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        extended.extend(msg(b'E', b"\0\0\0\0\0"));
+        assert_eq!(complete_batch_len(&extended), None, "no Sync yet");
+        let without_sync = extended.len();
+        extended.extend(msg(b'S', b""));
+        assert_eq!(complete_batch_len(&extended), Some(without_sync + 5));
+        assert_eq!(complete_batch_len(&msg(b'd', b"data")), None);
+    }
 
     #[test]
     fn quoting() {
