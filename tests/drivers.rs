@@ -140,3 +140,43 @@ fn log_tail(moat: &Pgmoat) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(80)..].join("\n")
 }
+
+/// pgjdbc (Debian's libpostgresql-jdbc-java) with prepareThreshold=1: named server-side
+/// statements from 12 connections over 3 backends, and a prepared INSERT in a transaction.
+#[test]
+fn pgjdbc_named_statements_over_3_backends() {
+    let jar = Path::new("/usr/share/java/postgresql.jar");
+    assert!(
+        jar.exists(),
+        "pgjdbc is missing: apt-get install -y libpostgresql-jdbc-java default-jre-headless \
+         (.ci/run does this)"
+    );
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = transaction_pool(&pki, &db, 3);
+    let source = root()
+        .join("tests")
+        .join("drivers")
+        .join("PgjdbcCheck.java");
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(jar)
+        .arg(&source)
+        .arg(moat.port().to_string())
+        .arg(&pki.ca)
+        .arg(ALICE_PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running java (apt-get install -y default-jre-headless): {e}"));
+    assert!(
+        out.status.success(),
+        "{}\n--- pgmoat log tail ---\n{}",
+        output_text(&out),
+        log_tail(&moat)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM items WHERE v LIKE 'pgjdbc-%'"),
+        12 * 10
+    );
+    assert!(db.backends_of("alice") <= 3);
+}
