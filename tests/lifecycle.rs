@@ -263,3 +263,172 @@ fn log_formats_and_levels() {
     assert!(!text.contains("accepting connections"), "{text}");
     assert!(!text.contains("DEBUG"), "{text}");
 }
+
+/// The pgbench script: a transaction of several statements, each sent on its own (`-M simple`),
+/// with a wait on an advisory lock in the middle that the test can hold to keep transactions
+/// open at the moment of the SIGTERM. Every committed transaction leaves exactly two rows
+/// (parts 'a' and 'b') with its txid.
+const LEDGER_SCRIPT: &str = "\
+BEGIN;
+INSERT INTO ledger (tx, part) VALUES (txid_current(), 'a');
+SELECT pg_advisory_xact_lock_shared(4242);
+INSERT INTO ledger (tx, part) VALUES (txid_current(), 'b');
+END;
+";
+
+/// The first number after `label` in pgbench's output.
+fn pgbench_number(text: &str, label: &str) -> u64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("pgbench printed no {label:?}:\n{text}"));
+    text[at + label.len()..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {label:?}:\n{text}"))
+}
+
+/// The drain contract (src/lifecycle.rs, src/frontend/session.rs): after SIGTERM, a client
+/// *between* transactions is refused its next one (FATAL 57P01 "pgmoat is shutting down", or
+/// the connection closes), while a transaction in flight keeps its server until it ends. So
+/// pgbench may lose connections only at the first command of its script (BEGIN, which starts
+/// nothing), never in the middle of a transaction; every transaction pgbench counted as
+/// processed committed (two ledger rows), nothing else committed, none was left half-done, and
+/// the transactions that were open when the drain began committed too.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_pgbench_load_breaks_no_transaction_in_flight() {
+    let mut s = setup(|b| {
+        b.set("shutdown_timeout", "60")
+            .set("default_pool_size", "4")
+    });
+    s.db.sql(
+        APP_DB,
+        "CREATE TABLE ledger (tx bigint NOT NULL, part text NOT NULL,
+                              at timestamptz NOT NULL DEFAULT clock_timestamp());
+         GRANT ALL ON TABLE ledger TO PUBLIC;",
+    );
+    let script = s.pgmoat.dir().join("ledger.sql");
+    fs::write(&script, LEDGER_SCRIPT).unwrap();
+    let conn = conninfo(
+        s.pgmoat.port(),
+        "alice",
+        APP_DB,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", s.pki.ca.to_str().unwrap()),
+            ("password", ALICE_PASSWORD),
+        ],
+    );
+    let bench = {
+        let script = script.to_str().unwrap().to_owned();
+        std::thread::spawn(move || {
+            pgbench(
+                &[
+                    "-n", "-f", &script, "-c", "6", "-j", "2", "-T", "120", "-M", "simple",
+                ],
+                &conn,
+            )
+        })
+    };
+    let committed = |db: &TestDb| db.count("SELECT count(*) FROM ledger WHERE part = 'b'");
+    wait_until(
+        "pgbench commits through pgmoat",
+        Duration::from_secs(60),
+        || committed(&s.db) >= 100,
+    );
+
+    // Hold the lock the script waits on, straight on PostgreSQL: the transactions that start
+    // now stay open after their first INSERT, so some are certainly in flight at the SIGTERM.
+    let locker = connect(
+        s.db.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        Some(tls_client_config(&s.pki.ca, None)),
+    )
+    .await
+    .unwrap();
+    locker
+        .batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    let blocked = |db: &TestDb| {
+        db.count(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'alice' \
+             AND wait_event_type = 'Lock' AND wait_event = 'advisory' \
+             AND xact_start IS NOT NULL",
+        )
+    };
+    wait_until(
+        "all 4 servers to hold a transaction waiting on the lock",
+        Duration::from_secs(30),
+        || blocked(&s.db) == 4,
+    );
+
+    s.pgmoat.signal("TERM");
+    s.pgmoat
+        .wait_for_log("SIGTERM: shutting down", Duration::from_secs(10));
+    s.wait_refused();
+    // The open transactions are still there, waiting: the drain did not break them.
+    assert_eq!(blocked(&s.db), 4, "{}", s.pgmoat.log());
+    let drain_began = s.db.sql(APP_DB, "SELECT clock_timestamp()");
+    locker
+        .batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
+
+    let status = s
+        .pgmoat
+        .wait_exit(Duration::from_secs(90))
+        .expect("pgmoat exits once the transactions in flight ended");
+    assert!(status.success(), "{status}\n{}", s.pgmoat.log());
+    let log = s.pgmoat.log();
+    assert!(log.contains("all clients finished"), "{log}");
+    assert!(!log.contains("shutdown_timeout reached"), "{log}");
+
+    let out = bench.join().unwrap();
+    let text = output_text(&out);
+    let processed = pgbench_number(&text, "number of transactions actually processed:");
+    assert_eq!(
+        pgbench_number(&text, "number of failed transactions:"),
+        0,
+        "{text}"
+    );
+    // Every client ended by losing its connection (pgmoat exited) and only ever at BEGIN.
+    let aborts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("aborted in command"))
+        .collect();
+    assert_eq!(aborts.len(), 6, "one abort per client:\n{text}");
+    for line in &aborts {
+        assert!(
+            line.contains("aborted in command 0 "),
+            "a transaction was broken mid-way: {line}\n{text}"
+        );
+    }
+
+    assert_eq!(
+        committed(&s.db) as u64,
+        processed,
+        "what pgbench counted is what committed\n{text}"
+    );
+    assert_eq!(
+        s.db.count(
+            "SELECT count(*) FROM (SELECT tx FROM ledger GROUP BY tx \
+             HAVING count(*) FILTER (WHERE part = 'a') <> 1 \
+                 OR count(*) FILTER (WHERE part = 'b') <> 1) AS odd"
+        ),
+        0,
+        "no transaction is half-done"
+    );
+    let after_drain = s.db.count(&format!(
+        "SELECT count(*) FROM ledger WHERE part = 'b' AND at > '{}'",
+        drain_began.trim()
+    ));
+    assert!(
+        after_drain >= 4,
+        "the transactions open at the SIGTERM committed during the drain ({after_drain})"
+    );
+}
