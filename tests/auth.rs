@@ -1,8 +1,9 @@
 //! Authentication on both sides of pgmoat. Clients: trust, md5 and scram-sha-256 against
 //! auth_file secrets (plain, md5-hashed, SCRAM verifiers), cert (CN = user), with
 //! PostgreSQL's errors for a wrong password or an unknown user and no secret in the log.
-//! Towards PostgreSQL: SCRAM with the auth_file password or the [databases] entry's, the
-//! client certificate for a `cert` hba line, and a clear error when that login fails.
+//! Towards PostgreSQL: SCRAM or md5 (as pg_hba asks) with the auth_file password or the
+//! [databases] entry's, the client certificate for a `cert` hba line, and a clear error when
+//! that login fails.
 
 mod support;
 
@@ -404,5 +405,122 @@ async fn backend_logins_scram_entry_password_cert_and_a_wrong_password() {
     );
     for pgmoat in [&plain, &forced, &cert, &wrong] {
         assert_no_secrets(pgmoat, &[ALICE_PASSWORD, BOB_PASSWORD, "not-the-password"]);
+    }
+}
+
+#[tokio::test]
+async fn backend_login_with_md5_when_pg_hba_asks_for_it() {
+    const MD5_USER: &str = "md5user";
+    const MD5_PASSWORD: &str = "md5user-secret";
+    let pki = Pki::new();
+    // md5 for md5user, before the catch-all scram-sha-256 line.
+    let db = TestDb::start_with(&pki, |opts| {
+        let at = opts.hba.len() - 1;
+        opts.hba
+            .insert(at, format!("hostssl all {MD5_USER} 127.0.0.1/32 md5"));
+    });
+    // With a SCRAM verifier stored, PostgreSQL would answer an md5 rule with SCRAM anyway.
+    db.sql(
+        APP_DB,
+        &format!(
+            "SET password_encryption = 'md5';
+             CREATE ROLE {MD5_USER} LOGIN PASSWORD '{MD5_PASSWORD}';"
+        ),
+    );
+    assert_eq!(
+        db.sql(
+            APP_DB,
+            &format!("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = '{MD5_USER}'")
+        ),
+        "md5"
+    );
+    let md5_logins = || {
+        let log = std::fs::read_to_string(db.log_path()).unwrap_or_default();
+        log.matches(&format!(
+            "connection authenticated: identity=\"{MD5_USER}\" method=md5"
+        ))
+        .count()
+    };
+
+    // The plain password from auth_file: the client logs in to pgmoat with SCRAM, pgmoat
+    // answers PostgreSQL's md5 challenge with the same password.
+    let from_userlist = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .userlist(&[(MD5_USER, MD5_PASSWORD)])
+            .build(),
+    );
+    let client = connect(
+        from_userlist.port(),
+        MD5_USER,
+        Some(MD5_PASSWORD),
+        APP_DB,
+        tls(&pki),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", from_userlist.log()));
+    assert_eq!(current_user(&client).await, MD5_USER);
+    assert_eq!(md5_logins(), 1, "{}", db.log_tail(30));
+
+    // The [databases] entry's user and password: alice's client, md5user's server login.
+    let from_entry = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .userlist(&[("alice", ALICE_PASSWORD)])
+            .database_line(&format!("user = {}", toml_str(MD5_USER)))
+            .database_line(&format!("password = {}", toml_str(MD5_PASSWORD)))
+            .build(),
+    );
+    let client = connect(
+        from_entry.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        tls(&pki),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", from_entry.log()));
+    assert_eq!(current_user(&client).await, MD5_USER);
+    assert_eq!(md5_logins(), 2, "{}", db.log_tail(30));
+
+    // A wrong password fails the md5 exchange: the client hears PostgreSQL's refusal.
+    let wrong = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .userlist(&[("alice", ALICE_PASSWORD)])
+            .database_line(&format!("user = {}", toml_str(MD5_USER)))
+            .database_line("password = \"not-the-password\"")
+            .build(),
+    );
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        connect(
+            wrong.port(),
+            "alice",
+            Some(ALICE_PASSWORD),
+            APP_DB,
+            tls(&pki),
+        ),
+    )
+    .await
+    .expect("a failed md5 backend login left the client hanging");
+    let Err(err) = result else {
+        panic!("login with a wrong md5 password towards PostgreSQL worked");
+    };
+    let db_err = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
+    assert_eq!(db_err.code(), &SqlState::INVALID_PASSWORD, "{db_err:?}");
+    assert!(
+        db_err.message().contains("password authentication failed"),
+        "{db_err:?}"
+    );
+    assert!(
+        db.log_tail(50).contains(&format!(
+            "password authentication failed for user \"{MD5_USER}\""
+        )),
+        "{}",
+        db.log_tail(30)
+    );
+    assert_eq!(md5_logins(), 2);
+    for pgmoat in [&from_userlist, &from_entry, &wrong] {
+        assert_no_secrets(pgmoat, &[MD5_PASSWORD, ALICE_PASSWORD, "not-the-password"]);
     }
 }
