@@ -268,3 +268,209 @@ async fn watch_files_reloads_without_a_signal() {
     assert_ne!(after, before);
     assert_eq!(after, file_serial(&live.join("pgmoat.crt")));
 }
+
+/// One `SELECT 1` through pgmoat as alice on a fresh connection; the error text on failure.
+async fn select_one(port: u16, pki: &Pki) -> Result<(), String> {
+    let client = connect(
+        port,
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .map_err(|e| format!("connect: {e:?}"))?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map(drop)
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_expired_certificate_on_reload_keeps_the_old_state_and_says_why() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let live = live_dir(&pki);
+    certs_issue(&pki, &live, "pgmoat", &["--san", SERVER_SANS]);
+    certs_issue(&pki, &live, "upstream", &["--client", "--cn", "certuser"]);
+    let (crt, key) = (live.join("pgmoat.crt"), live.join("pgmoat.key"));
+    let (up_crt, up_key) = (live.join("upstream.crt"), live.join("upstream.key"));
+    let config = ConfigBuilder::new(&pki, &db)
+        .set_path("client_tls_cert_file", &crt)
+        .set_path("client_tls_key_file", &key)
+        .set_path("server_tls_cert_file", &up_crt)
+        .set_path("server_tls_key_file", &up_key)
+        .build();
+    let pgmoat = Pgmoat::start(&config);
+    let before = served_serial(pgmoat.port(), &pki.ca).await;
+    let saved: Vec<(PathBuf, Vec<u8>)> = [&crt, &key, &up_crt, &up_key]
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    let restore = || {
+        for (path, bytes) in &saved {
+            std::fs::write(path, bytes).unwrap();
+        }
+    };
+    let crt_s = crt.display().to_string();
+    let up_crt_s = up_crt.display().to_string();
+
+    // (what, break the files, words the error line must hold: setting, file, reason)
+    type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>, Vec<&'a str>);
+    let cases: Vec<Breakage> = vec![
+        (
+            "client-facing certificate deleted",
+            Box::new(|| std::fs::remove_file(&crt).unwrap()),
+            vec![
+                "client_tls_cert_file",
+                &crt_s,
+                "cannot read",
+                "No such file",
+            ],
+        ),
+        (
+            "client-facing certificate expired (with its own key)",
+            Box::new(|| {
+                std::fs::copy(&pki.expired.crt, &crt).unwrap();
+                std::fs::copy(&pki.expired.key, &key).unwrap();
+            }),
+            vec!["client_tls_cert_file", &crt_s, "expired on"],
+        ),
+        (
+            "PostgreSQL-facing client certificate deleted",
+            Box::new(|| std::fs::remove_file(&up_crt).unwrap()),
+            vec![
+                "server_tls_cert_file",
+                &up_crt_s,
+                "cannot read",
+                "No such file",
+            ],
+        ),
+        (
+            "PostgreSQL-facing client certificate expired",
+            Box::new(|| {
+                std::fs::copy(&pki.expired.crt, &up_crt).unwrap();
+                std::fs::copy(&pki.expired.key, &up_key).unwrap();
+            }),
+            vec!["server_tls_cert_file", &up_crt_s, "expired on"],
+        ),
+    ];
+    for (what, break_files, words) in cases {
+        break_files();
+        let mark = pgmoat.log_mark();
+        pgmoat.sighup();
+        let mut needles = vec!["reload failed; the previous configuration stays in effect"];
+        needles.extend(words.iter().copied());
+        pgmoat.wait_for_log_line_since(mark, &needles, Duration::from_secs(10));
+        assert!(
+            !pgmoat.log()[mark..].contains("configuration reloaded"),
+            "{what}: nothing was swapped in"
+        );
+        assert_eq!(
+            served_serial(pgmoat.port(), &pki.ca).await,
+            before,
+            "{what}: the old certificate is still served"
+        );
+        // And a new client still gets through to PostgreSQL.
+        select_one(pgmoat.port(), &pki)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: clients still get through: {e}"));
+        restore();
+    }
+    let mark = pgmoat.log_mark();
+    pgmoat.sighup();
+    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
+    assert_eq!(served_serial(pgmoat.port(), &pki.ca).await, before);
+}
+
+/// `SHOW CONFIG`'s value of `name`, through the admin console.
+async fn show_config(port: u16, pki: &Pki, name: &str) -> String {
+    let console = connect(
+        port,
+        "alice",
+        Some(ALICE_PASSWORD),
+        "pgbouncer",
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
+    console
+        .simple_query("SHOW CONFIG")
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) if row.get("key") == Some(name) => {
+                Some(row.get("value").unwrap_or("").to_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("SHOW CONFIG has no {name}"))
+}
+
+/// default_pool_size and query_wait_timeout change on SIGHUP without a restart: seen in SHOW
+/// CONFIG, in how many servers PostgreSQL sees pgmoat hold at once, and in the timeout a
+/// waiting client is given. (A client keeps the settings snapshot it connected with, so the new
+/// values are checked with clients that connect after the reload.)
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_size_and_query_wait_timeout_change_live_on_reload() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let builder = ConfigBuilder::new(&pki, &db).set("admin_users", r#"["alice"]"#);
+    let pgmoat = Pgmoat::start(
+        &builder
+            .clone()
+            .set("default_pool_size", "1")
+            .set("query_wait_timeout", "1")
+            .build(),
+    );
+    let port = pgmoat.port();
+    assert_eq!(show_config(port, &pki, "default_pool_size").await, "1");
+    let tls = || Some(tls_client_config(&pki.ca, None));
+    let open_transaction = || async {
+        let client = connect(port, "alice", Some(ALICE_PASSWORD), APP_DB, tls())
+            .await
+            .unwrap();
+        client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        client
+    };
+
+    let holder = open_transaction().await;
+    let err = select_one(port, &pki).await.unwrap_err();
+    assert!(
+        err.contains("query_wait_timeout") && err.contains("within 1 s"),
+        "the one server is taken: {err}"
+    );
+    assert_eq!(db.backends_of("alice"), 1);
+
+    pgmoat.rewrite_config(
+        &builder
+            .set("default_pool_size", "3")
+            .set("query_wait_timeout", "2")
+            .build(),
+    );
+    let mark = pgmoat.log_mark();
+    pgmoat.sighup();
+    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
+    assert_eq!(show_config(port, &pki, "default_pool_size").await, "3");
+    let shown_wait = show_config(port, &pki, "query_wait_timeout").await;
+    assert!(
+        shown_wait == "2" || shown_wait == "2.0",
+        "query_wait_timeout {shown_wait}"
+    );
+
+    // The holder's transaction is untouched; two more now fit beside it.
+    let second = open_transaction().await;
+    let third = open_transaction().await;
+    assert_eq!(db.backends_of("alice"), 3);
+    let err = select_one(port, &pki).await.unwrap_err();
+    assert!(
+        err.contains("query_wait_timeout") && err.contains("within 2 s"),
+        "all three servers are taken, and the new timeout applies: {err}"
+    );
+    for client in [holder, second, third] {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    select_one(port, &pki).await.unwrap();
+}
