@@ -223,3 +223,195 @@ async fn health_turns_503_while_draining() {
     assert_eq!(sample(&text, "pgmoat_accepting"), Some(0.0));
     client.batch_execute("COMMIT").await.unwrap();
 }
+
+/// Reads an exposition from stdin with prometheus-client's parser for the Content-Type given
+/// as argv[1] (the strict OpenMetrics one for application/openmetrics-text, else the text
+/// 0.0.4 one) and prints the families as JSON; a parse error is an exception (exit 1).
+const PARSE_METRICS_PY: &str = r#"
+import json, sys
+from prometheus_client import parser as text_parser
+from prometheus_client.openmetrics import parser as openmetrics_parser
+
+content_type, body = sys.argv[1], sys.stdin.read()
+if content_type.startswith("application/openmetrics-text"):
+    families = openmetrics_parser.text_string_to_metric_families(body)
+else:
+    families = text_parser.text_string_to_metric_families(body)
+print(json.dumps([
+    {"name": f.name, "type": f.type,
+     "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]}
+    for f in families
+]))
+"#;
+
+/// Content-Type and body of `GET /metrics`.
+async fn scrape(port: u16) -> (String, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .expect("the metrics endpoint answers")
+        .unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Content-Type in {head}"));
+    (content_type, body.to_owned())
+}
+
+/// What a real Prometheus client library makes of /metrics: it parses (strictly, as the
+/// OpenMetrics text pgmoat says it serves), and has the documented families with their types
+/// and the pool's labels.
+#[tokio::test]
+async fn metrics_parse_with_the_prometheus_client_library() {
+    let python = venv_python();
+    let s = setup();
+    let client = connect(
+        s.pgmoat.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        Some(tls_client_config(&s.pki.ca, None)),
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute("BEGIN; SELECT 1; COMMIT")
+        .await
+        .unwrap();
+    s.pgmoat.sighup();
+    s.pgmoat
+        .wait_for_log("configuration reloaded", Duration::from_secs(10));
+
+    let (content_type, body) = scrape(s.metrics_port).await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", PARSE_METRICS_PY, &content_type])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse /metrics: {}\n--- /metrics ---\n{body}",
+        output_text(&out)
+    );
+    let families: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let family = |name: &str| {
+        families
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no family {name} in the parsed /metrics:\n{body}"))
+    };
+    let expected = [
+        ("pgmoat_clients", "gauge"),
+        ("pgmoat_servers", "gauge"),
+        ("pgmoat_wait_queue_length", "gauge"),
+        ("pgmoat_pool_size", "gauge"),
+        ("pgmoat_wait_seconds", "histogram"),
+        ("pgmoat_transactions", "counter"),
+        ("pgmoat_queries", "counter"),
+        ("pgmoat_received_bytes", "counter"),
+        ("pgmoat_sent_bytes", "counter"),
+        ("pgmoat_transaction_seconds", "counter"),
+        ("pgmoat_query_seconds", "counter"),
+        ("pgmoat_server_assignments", "counter"),
+        ("pgmoat_tls_handshakes", "counter"),
+        ("pgmoat_auth_failures", "counter"),
+        ("pgmoat_reloads", "counter"),
+        ("pgmoat_certificate_not_after_seconds", "gauge"),
+        ("pgmoat_accepting", "gauge"),
+    ];
+    for (name, kind) in expected {
+        assert_eq!(family(name)["type"], kind, "{name}");
+    }
+    // The labels and values a dashboard would read, as the parser sees them.
+    let value = |family_name: &str, sample_name: &str, labels: serde_json::Value| {
+        family(family_name)["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == sample_name && s["labels"] == labels)
+            .unwrap_or_else(|| panic!("no {sample_name} {labels} in the parsed /metrics:\n{body}"))
+            ["value"]
+            .as_f64()
+            .unwrap()
+    };
+    let pool = serde_json::json!({"database": "app", "user": "alice"});
+    assert!(
+        value(
+            "pgmoat_transactions",
+            "pgmoat_transactions_total",
+            pool.clone()
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "pgmoat_wait_seconds",
+            "pgmoat_wait_seconds_count",
+            pool.clone()
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            "pgmoat_clients",
+            "pgmoat_clients",
+            serde_json::json!({"database": "app", "user": "alice", "state": "idle"})
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "pgmoat_reloads",
+            "pgmoat_reloads_total",
+            serde_json::json!({"result": "ok"})
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "pgmoat_accepting",
+            "pgmoat_accepting",
+            serde_json::json!({})
+        ),
+        1.0
+    );
+    let certs = family("pgmoat_certificate_not_after_seconds")["samples"]
+        .as_array()
+        .unwrap();
+    assert!(
+        certs
+            .iter()
+            .any(|c| c["labels"]["setting"] == "client_tls_cert_file"
+                && c["labels"]["serial"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())),
+        "{certs:?}"
+    );
+    drop(client);
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the Python venv the driver tests run in: make-venv.sh VENV_DIR.
-# Idempotent: a venv made from the same requirements.txt that imports both drivers is kept.
+# Idempotent: a venv made from the same requirements.txt that imports every package is kept.
 # Run under `flock` when several processes may call it at once (tests/drivers.rs does).
 set -euo pipefail
 venv="$1"
@@ -9,7 +9,7 @@ requirements="$here/requirements.txt"
 stamp="$venv/pgmoat-requirements.txt"
 
 if [ -x "$venv/bin/python" ] && cmp -s "$requirements" "$stamp" \
-    && "$venv/bin/python" -c 'import asyncpg, psycopg' 2>/dev/null; then
+    && "$venv/bin/python" -c 'import asyncpg, psycopg, prometheus_client' 2>/dev/null; then
     exit 0
 fi
 if ! command -v python3 >/dev/null 2>&1; then
@@ -25,5 +25,5 @@ python3 -m venv "$venv" || {
     echo "make-venv: pip could not install $requirements (is PyPI reachable?)" >&2
     exit 1
 }
-"$venv/bin/python" -c 'import asyncpg, psycopg'
+"$venv/bin/python" -c 'import asyncpg, psycopg, prometheus_client'
 cp "$requirements" "$stamp"

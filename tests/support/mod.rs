@@ -13,6 +13,7 @@ mod pki;
 mod pool;
 mod raw;
 mod tap;
+mod venv;
 pub mod wire;
 
 pub use client::*;
@@ -24,6 +25,7 @@ pub use pki::*;
 pub use pool::*;
 pub use raw::*;
 pub use tap::*;
+pub use venv::*;
 pub use wire::{RawClient, RawError, RawMsg, send_cancel_request};
 
 use std::sync::Once;
