@@ -1,8 +1,8 @@
 //! Transaction pooling under load and the pool's own settings, against a real PostgreSQL:
 //! 200 clients over 10 backends with exact row counts, session mode and its reset query,
 //! min_pool_size, server_idle_timeout, server_lifetime, the reserve pool,
-//! max_db_connections across the pools of one database, and server_check_query after
-//! server_check_delay.
+//! max_db_connections across the pools of one database, server_check_query after
+//! server_check_delay, and waiters served first come, first served.
 
 mod support;
 
@@ -514,4 +514,95 @@ async fn server_idle_timeout_counts_idle_time_not_time_in_a_transaction() {
         first,
         "a busy backend was closed as idle"
     );
+}
+
+/// cl_waiting of the app/alice pool in SHOW POOLS.
+async fn waiting_in_show_pools(console: &Client) -> i64 {
+    let messages = console.simple_query("SHOW POOLS").await.unwrap();
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row)
+                if row.get("database") == Some(APP_DB) && row.get("user") == Some("alice") =>
+            {
+                row.get("cl_waiting").and_then(|n| n.parse().ok())
+            }
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_get_the_only_backend_in_the_order_they_queued() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    db.sql(
+        APP_DB,
+        "CREATE TABLE served (id serial PRIMARY KEY, who text NOT NULL);
+         GRANT ALL ON TABLE served TO PUBLIC;
+         GRANT ALL ON SEQUENCE served_id_seq TO PUBLIC;",
+    );
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "1")
+            .set("query_wait_timeout", "60")
+            .set("admin_users", r#"["alice"]"#)
+            .build(),
+    );
+    let console = connect(
+        moat.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        "pgbouncer",
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
+    // Everyone logs in first, so nobody queues for a server during login.
+    let holder = moat_client(&moat, &pki, "alice").await;
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        waiters.push(moat_client(&moat, &pki, "alice").await);
+    }
+    holder.batch_execute("BEGIN").await.unwrap();
+    pid(&holder).await;
+
+    // A, B, C queue one after another: each is seen waiting before the next one asks.
+    let mut tasks = Vec::new();
+    for (queued, (who, client)) in ["A", "B", "C"].into_iter().zip(waiters).enumerate() {
+        tasks.push(tokio::spawn(async move {
+            client
+                .batch_execute(&format!("INSERT INTO served (who) VALUES ('{who}')"))
+                .await
+        }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while waiting_in_show_pools(&console).await < queued as i64 + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{who} never showed as waiting in SHOW POOLS\n{}",
+                moat.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM served"),
+        0,
+        "a waiter got a server"
+    );
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("a waiter was never served")
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        db.sql(APP_DB, "SELECT string_agg(who, '' ORDER BY id) FROM served"),
+        "ABC",
+        "waiters were not served first come, first served"
+    );
+    assert_eq!(waiting_in_show_pools(&console).await, 0);
 }
