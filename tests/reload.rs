@@ -474,3 +474,83 @@ async fn pool_size_and_query_wait_timeout_change_live_on_reload() {
     }
     select_one(port, &pki).await.unwrap();
 }
+
+/// Expiry is logged for every loaded certificate at start and at each reload: a warning naming
+/// the setting, the file and the days left once a certificate is within cert_expiry_warn_days,
+/// an info line with the days left otherwise. Days left are whole days (rounded down), so a
+/// certificate issued for 10 days a moment ago has 9 left.
+#[test]
+fn certificates_close_to_expiry_are_warned_about_at_start_and_on_reload() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let live = live_dir(&pki);
+    let crt = live.join("pgmoat.crt");
+    let crt_s = format!("file={}", crt.display());
+    certs_issue(
+        &pki,
+        &live,
+        "pgmoat",
+        &["--san", SERVER_SANS, "--days", "10"],
+    );
+    let builder = ConfigBuilder::new(&pki, &db)
+        .set_path("client_tls_cert_file", &crt)
+        .set_path("client_tls_key_file", &live.join("pgmoat.key"));
+    let pgmoat = Pgmoat::start(&builder.clone().set("cert_expiry_warn_days", "15").build());
+    let wait = Duration::from_secs(10);
+    let warning = "certificate expires soon";
+    let setting = r#"setting="client_tls_cert_file""#;
+    pgmoat.wait_for_log_line_since(0, &["WARN", warning, setting, &crt_s, "days_left=9"], wait);
+    // The CA (30 days, from the test PKI) is outside the 15 days: logged, not warned about.
+    let ca_line = format!("file={}", pki.ca.display());
+    pgmoat.wait_for_log_line_since(
+        0,
+        &[
+            "INFO",
+            "certificate loaded",
+            r#"setting="client_tls_ca_file""#,
+            &ca_line,
+            "days_left=29",
+        ],
+        wait,
+    );
+    assert!(
+        !pgmoat
+            .plain_log()
+            .lines()
+            .any(|l| l.contains(warning) && l.contains(&ca_line)),
+        "{}",
+        pgmoat.plain_log()
+    );
+
+    // A reissue that is even shorter: the reload says so.
+    certs_issue(
+        &pki,
+        &live,
+        "pgmoat",
+        &["--san", SERVER_SANS, "--days", "5"],
+    );
+    let mark = pgmoat.log_mark();
+    pgmoat.sighup();
+    pgmoat.wait_for_log_since(mark, "configuration reloaded", wait);
+    pgmoat.wait_for_log_line_since(
+        mark,
+        &["WARN", warning, setting, &crt_s, "days_left=4"],
+        wait,
+    );
+
+    // The threshold is the setting: below it, the same certificate is only logged.
+    pgmoat.rewrite_config(&builder.set("cert_expiry_warn_days", "3").build());
+    let mark = pgmoat.log_mark();
+    pgmoat.sighup();
+    pgmoat.wait_for_log_since(mark, "configuration reloaded", wait);
+    pgmoat.wait_for_log_line_since(
+        mark,
+        &["INFO", "certificate loaded", setting, &crt_s, "days_left=4"],
+        wait,
+    );
+    assert!(
+        !strip_ansi(&pgmoat.log()[mark..]).contains(warning),
+        "{}",
+        pgmoat.plain_log()
+    );
+}
