@@ -1,6 +1,7 @@
 use std::fs;
 
 use clap::{CommandFactory, Parser};
+use rustls::pki_types::pem::PemObject;
 
 use super::*;
 
@@ -133,8 +134,214 @@ fn run_returns_errors_for_missing_inputs() {
     let d = dir.path().to_str().unwrap();
     let (r, _, _) = exec(&["issue", "x", "--out", d, "--san", "DNS:x"]);
     assert!(matches!(r, Err(CertsError::CaMissing { .. })));
+    // A check that cannot be done is UNKNOWN (3), never a warning (1) or critical (2).
     let missing = dir.path().join("missing.crt");
-    assert!(run(parse(&["check", missing.to_str().unwrap()])).is_err());
+    let (r, out, err) = exec(&["check", missing.to_str().unwrap()]);
+    assert_eq!(r.unwrap(), EXIT_UNKNOWN);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("UNKNOWN") && err.contains("missing.crt"),
+        "{err}"
+    );
     // Leftover check that nothing was written by the failed issue.
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn check_errors_exit_3_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (r, _, _) = exec(&["init", "--out", d]);
+    assert_eq!(r.unwrap(), 0);
+    let (r, _, _) = exec(&["issue", "db", "--out", d, "--san", "DNS:db"]);
+    assert_eq!(r.unwrap(), 0);
+    let crt = dir.path().join("db.crt");
+    let crt = crt.to_str().unwrap();
+    // Sanity: the same certificate checks fine, so 3 below is about the error alone.
+    assert_eq!(exec(&["check", crt, "--warn-days", "30"]).0.unwrap(), 0);
+
+    let missing_ca = dir.path().join("no-such-ca.crt");
+    let (r, _, err) = exec(&["check", crt, "--ca", missing_ca.to_str().unwrap()]);
+    assert_eq!(r.unwrap(), 3, "{err}");
+    assert!(err.contains("no-such-ca.crt"), "{err}");
+    // One missing path among good ones still makes the whole check UNKNOWN.
+    let (r, _, err) = exec(&["check", crt, dir.path().join("gone").to_str().unwrap()]);
+    assert_eq!(r.unwrap(), 3, "{err}");
+    // The documented codes, in the help cron users read.
+    let help = TestCli::command()
+        .find_subcommand_mut("check")
+        .unwrap()
+        .render_long_help()
+        .to_string();
+    assert!(help.contains("3 unknown"), "{help}");
+}
+
+/// The subject attributes of a certificate file, by short name (C, ST, L, O, CN).
+fn subject_attrs(path: &Path) -> Vec<(String, String)> {
+    let pem = fs::read(path).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let subject = cert.subject();
+    let mut attrs = Vec::new();
+    let mut add = |name: &str, values: Vec<&str>| {
+        for v in values {
+            attrs.push((name.to_owned(), v.to_owned()));
+        }
+    };
+    add(
+        "C",
+        subject
+            .iter_country()
+            .map(|a| a.as_str().unwrap())
+            .collect(),
+    );
+    add(
+        "ST",
+        subject
+            .iter_state_or_province()
+            .map(|a| a.as_str().unwrap())
+            .collect(),
+    );
+    add(
+        "L",
+        subject
+            .iter_locality()
+            .map(|a| a.as_str().unwrap())
+            .collect(),
+    );
+    add(
+        "O",
+        subject
+            .iter_organization()
+            .map(|a| a.as_str().unwrap())
+            .collect(),
+    );
+    add(
+        "CN",
+        subject
+            .iter_common_name()
+            .map(|a| a.as_str().unwrap())
+            .collect(),
+    );
+    attrs
+}
+
+#[test]
+fn init_writes_every_subject_field_given_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (r, out, _) = exec(&[
+        "init",
+        "--out",
+        d,
+        "--country",
+        "NL",
+        "--state",
+        "Noord-Holland",
+        "--city",
+        "Amsterdam",
+        "--org",
+        "Acme B.V.",
+        "--cn",
+        "Acme Internal CA",
+    ]);
+    assert_eq!(r.unwrap(), 0);
+    let ca = dir.path().join("ca").join("ca.crt");
+    let attrs = subject_attrs(&ca);
+    let pairs: Vec<(&str, &str)> = attrs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("C", "NL"),
+            ("ST", "Noord-Holland"),
+            ("L", "Amsterdam"),
+            ("O", "Acme B.V."),
+            ("CN", "Acme Internal CA"),
+        ]
+    );
+    assert!(
+        out.contains(
+            "Created CA C=NL, ST=Noord-Holland, L=Amsterdam, O=Acme B.V., CN=Acme Internal CA"
+        ),
+        "{out}"
+    );
+    // The leaves it issues name it as their issuer.
+    let (r, out, _) = exec(&[
+        "issue",
+        "db",
+        "--out",
+        d,
+        "--san",
+        "DNS:db",
+        "--cn",
+        "db.internal",
+    ]);
+    assert_eq!(r.unwrap(), 0);
+    assert!(
+        out.contains(
+            "issuer       C=NL, ST=Noord-Holland, L=Amsterdam, O=Acme B.V., CN=Acme Internal CA"
+        ),
+        "{out}"
+    );
+    let leaf = subject_attrs(&dir.path().join("db.crt"));
+    assert_eq!(leaf, [("CN".to_owned(), "db.internal".to_owned())]);
+}
+
+/// The public key algorithm and size of a certificate file.
+fn key_of(path: &Path) -> (String, usize) {
+    use x509_parser::public_key::PublicKey;
+    let pem = fs::read(path).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    match cert.public_key().parsed().unwrap() {
+        PublicKey::RSA(rsa) => ("RSA".to_owned(), rsa.key_size()),
+        PublicKey::EC(ec) => ("EC".to_owned(), ec.key_size()),
+        other => panic!("unexpected key {other:?}"),
+    }
+}
+
+#[test]
+fn rsa_through_the_cli_for_the_ca_and_for_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (r, _, _) = exec(&["init", "--out", d, "--rsa"]);
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(
+        key_of(&dir.path().join("ca").join("ca.crt")),
+        ("RSA".into(), 2048)
+    );
+    let ca_key = fs::read_to_string(dir.path().join("ca").join("ca.key")).unwrap();
+    assert!(ca_key.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
+
+    // An RSA server certificate and an EC (default) client certificate from the RSA CA.
+    let (r, _, _) = exec(&["issue", "db", "--out", d, "--san", "DNS:db", "--rsa"]);
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(key_of(&dir.path().join("db.crt")), ("RSA".into(), 2048));
+    let (r, _, _) = exec(&["issue", "app", "--out", d, "--client"]);
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(key_of(&dir.path().join("app.crt")), ("EC".into(), 256));
+
+    // rustls accepts the RSA pair as it is written, and the chain verifies.
+    let cert = rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("db.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.path().join("db.key")).unwrap();
+    rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert, key)
+        .expect("rustls takes the RSA certificate and key");
+    let (r, out, _) = exec(&["check", d, "--warn-days", "30"]);
+    assert_eq!(r.unwrap(), 0, "{out}");
+    assert!(!out.contains("INVALID"), "{out}");
+    assert_eq!(
+        out.matches("chain        ok (verified against").count(),
+        2,
+        "{out}"
+    );
 }
