@@ -66,7 +66,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // cron and monitoring read `certs check`'s exit code: bad arguments are UNKNOWN (3),
+        // not clap's 2, which would read as CRITICAL.
+        Err(e) if e.use_stderr() && is_certs_check(std::env::args_os()) => {
+            let _ = e.print();
+            return ExitCode::from(pgmoat::certs::cli::EXIT_UNKNOWN);
+        }
+        Err(e) => e.exit(),
+    };
     init_logging(cli.log_format);
     match run(cli.command) {
         Ok(code) => code,
@@ -75,6 +84,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command line is a `pgmoat [OPTIONS] certs check ...` (judged by its words alone,
+/// since clap could not parse it).
+fn is_certs_check(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let words: Vec<String> = args
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    words.windows(2).any(|w| w[0] == "certs" && w[1] == "check")
 }
 
 /// The error and its causes, each once: many library errors already quote their source in

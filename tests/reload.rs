@@ -554,3 +554,65 @@ fn certificates_close_to_expiry_are_warned_about_at_start_and_on_reload() {
         pgmoat.plain_log()
     );
 }
+
+/// `pgmoat certs check` as cron runs it: 0 ok, 1 warning, 2 critical, and 3 (Nagios UNKNOWN)
+/// when the check itself fails (a path that does not exist, a mistyped option), so an error is
+/// never taken for a warning or a critical.
+#[test]
+fn certs_check_exit_codes_for_cron_and_monitoring() {
+    let pki = Pki::new();
+    let live = live_dir(&pki);
+    certs_issue(
+        &pki,
+        &live,
+        "short",
+        &["--san", SERVER_SANS, "--days", "20"],
+    );
+    let crt = live.join("short.crt");
+    let check = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgmoat"))
+            .args(["certs", "check"])
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), output_text(&out))
+    };
+    let crt_s = crt.to_str().unwrap();
+    let ca_s = pki.ca.to_str().unwrap();
+    let with = |warn: &str, critical: &str| {
+        check(&[
+            crt_s,
+            "--ca",
+            ca_s,
+            "--warn-days",
+            warn,
+            "--critical-days",
+            critical,
+        ])
+    };
+    for (warn, critical, code) in [("10", "5", 0), ("30", "5", 1), ("60", "30", 2)] {
+        let (got, text) = with(warn, critical);
+        assert_eq!(got, Some(code), "warn {warn}, critical {critical}: {text}");
+    }
+    let missing = live.join("missing.crt");
+    let (got, text) = check(&[missing.to_str().unwrap()]);
+    assert_eq!(got, Some(3), "{text}");
+    assert!(
+        text.contains("missing.crt") && text.contains("UNKNOWN"),
+        "{text}"
+    );
+    let (got, text) = check(&[crt_s, "--warn-day", "30"]);
+    assert_eq!(got, Some(3), "a mistyped option: {text}");
+
+    // Global options before the subcommand do not hide it; other commands keep clap's code.
+    let out = Command::new(env!("CARGO_BIN_EXE_pgmoat"))
+        .args(["--log-format", "json", "certs", "check", "--no-such-option"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_pgmoat"))
+        .args(["certs", "issue"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+}

@@ -76,7 +76,9 @@ pub enum CertsCommand {
         force: bool,
     },
     /// Show subject, SANs, expiry and chain status of certificates; exit 0 ok, 1 warning,
-    /// 2 critical. Directories are scanned for *.crt, *.pem and *.key (one level deep).
+    /// 2 critical, 3 unknown (the check itself failed: a path that does not exist, an
+    /// unreadable --ca, bad arguments). Directories are scanned for *.crt, *.pem and *.key
+    /// (one level deep).
     Check {
         /// Certificate files or directories.
         #[arg(default_value = "certs")]
@@ -92,6 +94,10 @@ pub enum CertsCommand {
         critical_days: i64,
     },
 }
+
+/// `certs check`'s exit code when the check itself could not be done (Nagios UNKNOWN), so
+/// cron and monitoring never take an error for a warning (1) or critical (2).
+pub const EXIT_UNKNOWN: u8 = 3;
 
 /// Performs the command, printing to stdout (warnings to stderr).
 pub fn run(cmd: CertsCommand) -> Result<ExitCode, CertsError> {
@@ -174,7 +180,13 @@ pub fn run_to(
                 critical_days,
                 now: OffsetDateTime::now_utc(),
             };
-            let report = super::check(&paths, &opts)?;
+            let report = match super::check(&paths, &opts) {
+                Ok(report) => report,
+                Err(e) => {
+                    writeln!(err, "pgmoat: certs check: UNKNOWN: {e}").map_err(stdout_err)?;
+                    return Ok(EXIT_UNKNOWN);
+                }
+            };
             print_report(&report, out).map_err(stdout_err)?;
             Ok(report.exit_code())
         }
