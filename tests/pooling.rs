@@ -465,9 +465,6 @@ async fn a_backend_failing_server_check_query_is_replaced_before_the_client_gets
 }
 
 #[tokio::test]
-#[ignore = "BUG: server_check_delay counts from the backend's last checkout, not from its \
-            release (deadpool's Metrics::last_used), so a backend released a moment ago after \
-            a long transaction is checked again"]
 async fn server_check_delay_counts_from_release_not_from_checkout() {
     let pki = Pki::new();
     let db = db_logging_statements(&pki);
@@ -491,9 +488,6 @@ async fn server_check_delay_counts_from_release_not_from_checkout() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: server_idle_timeout counts from the backend's last checkout, not from its \
-            release (deadpool's Metrics::last_used), so a transaction longer than \
-            server_idle_timeout gets its backend closed as soon as it is released"]
 async fn server_idle_timeout_counts_idle_time_not_time_in_a_transaction() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);

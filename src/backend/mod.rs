@@ -28,8 +28,11 @@ pub struct BackendKey {
 pub struct ServerConn {
     pub id: u64,
     pub stream: Stream,
-    /// Bytes read from the server but not yet forwarded (normally empty between uses).
+    /// Bytes read from the server but not yet forwarded (normally empty between uses); the
+    /// server direction's relay buffer while a client holds this connection.
     pub read_buf: BytesMut,
+    /// The client direction's relay buffers, lent to the client holding this connection.
+    pub spare_buffers: crate::relay::SpareBuffers,
     /// Parameters as the server last reported them (ParameterStatus), in arrival order.
     pub params: Vec<(String, String)>,
     /// The parameters right after login, before any client changed anything: what a reset
@@ -38,6 +41,9 @@ pub struct ServerConn {
     pub key: BackendKey,
     pub addr: SocketAddr,
     pub created: Instant,
+    /// When it last went back to the pool (or was made): what server_idle_timeout and
+    /// server_check_delay measure from.
+    pub idle_since: Instant,
     pub tls: Option<TlsInfo>,
     /// Identity of the TLS configuration this connection was made with; a reload that
     /// changes it retires the connection when it comes back to the pool.

@@ -66,7 +66,10 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         let generation = shared.snapshot();
         let login_timeout = generation.config.client_login_timeout.non_zero();
 
-        let login = async {
+        // Boxed, so that the handshake's and login's state (several KiB, most of this
+        // future) is freed once the client is logged in instead of staying in the task of
+        // every idle client.
+        let login = Box::pin(async {
             let negotiated = negotiate::negotiate(tcp, &generation, &shared.metrics).await;
             match negotiated {
                 Ok(Negotiated::Cancel(key)) => {
@@ -80,7 +83,7 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
                 }
                 Err((stream, err)) => Err((stream, err)),
             }
-        };
+        });
         let logged_in = match login_timeout {
             Some(limit) => match tokio::time::timeout(limit, login).await {
                 Ok(result) => result,
@@ -89,7 +92,7 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             None => login.await,
         };
         match logged_in {
-            Ok(Some(session)) => session.run().await,
+            Ok(Some(session)) => Box::pin(session.run()).await,
             Ok(None) => {}
             Err((stream, err)) => refuse(stream, err).await,
         }

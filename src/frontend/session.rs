@@ -21,6 +21,14 @@ use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
 
+/// What the session loop does after a transaction.
+enum Next {
+    /// Wait for the client's next message.
+    Continue,
+    /// The client is gone or was sent away.
+    Close,
+}
+
 pub struct ClientSession {
     pub(super) stream: Stream,
     pub(super) shared: Arc<Shared>,
@@ -52,13 +60,11 @@ impl ClientSession {
         let max_prepared = self.generation.config.max_prepared_statements;
         let pool_statements = max_prepared > 0;
         let mut client_half = HalfBuffer::new();
-        let mut server_half = HalfBuffer::new();
         loop {
-            let mut tx = TxState::default();
             // Idle: wait until the client sends something before taking a server.
             while !client_half.has_header() {
                 let read = tokio::select! {
-                    read = poll_fn(|cx| client_half.poll_fill(cx, &mut self.stream, 0)) => read,
+                    read = poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)) => read,
                     _ = self.shared.shutdown.cancelled() => {
                         self.fail(PgError::fatal(SqlState::ADMIN_SHUTDOWN, "pgmoat is shutting down")).await;
                         return;
@@ -100,7 +106,7 @@ impl ClientSession {
                     IdleBatch::NeedMore => {
                         // Force another read: pretend no header is there yet.
                         let read =
-                            poll_fn(|cx| client_half.poll_fill(cx, &mut self.stream, 0)).await;
+                            poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)).await;
                         if !matches!(read, Ok(n) if n > 0) {
                             return;
                         }
@@ -120,116 +126,140 @@ impl ClientSession {
                 .await;
                 return;
             }
-            let mut server = match self.checkout().await {
-                Ok(server) => server,
-                Err(e) => {
-                    // PostgreSQL unreachable (restarting, say): in transaction mode the client
-                    // only loses this query, as it would with a failed statement, and keeps
-                    // its connection for when PostgreSQL is back.
-                    if mode == PoolMode::Transaction
-                        && e.code == SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
-                        && let Some(len) = complete_batch_len(&client_half.buf)
-                    {
-                        tracing::info!(error = %e, "no server connection for this query; the client stays connected");
-                        bytes::Buf::advance(&mut client_half.buf, len);
-                        let mut reply = BytesMut::new();
-                        PgError {
-                            severity: crate::protocol::Severity::Error,
-                            ..e
-                        }
-                        .encode(&mut reply);
-                        crate::protocol::messages::ready_for_query(&mut reply, b'I');
-                        if self.stream.write_all(&reply).await.is_err()
-                            || self.stream.flush().await.is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    self.fail(e).await;
-                    return;
-                }
-            };
-            if let Err(e) = self.sync_params(&mut server).await {
-                tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
-                server.discard();
-                self.fail(e).await;
+            // Boxed: a transaction's state (checkout, relay, reset) is kilobytes, and inline
+            // it would stay allocated in the task of every idle client.
+            let next =
+                Box::pin(self.transaction(&mut client_half, mode, pool_statements, max_prepared))
+                    .await;
+            if let Next::Close = next {
                 return;
             }
-            self.shared.cancel.set_target(
-                self.key,
-                Some(CancelTarget {
-                    target: self.pool.cancel_target.clone(),
-                    server_key: server.key,
-                }),
-            );
-            server_half.take_leftover(&mut server.read_buf);
-            let mut changes = SessionChanges::default();
-            let end = Relay {
-                client: &mut self.stream,
-                client_half: &mut client_half,
-                server: &mut server,
-                server_half: &mut server_half,
-                tx: &mut tx,
-                changes: &mut changes,
-                release_when_idle: mode == PoolMode::Transaction,
-                statements: (pool_statements && mode == PoolMode::Transaction)
-                    .then_some((&mut self.statements, max_prepared)),
-                completions: Default::default(),
-                stats: &self.stats,
-                shutdown: (mode == PoolMode::Session)
-                    .then(|| Box::pin(self.shared.shutdown.clone().cancelled_owned())),
-            }
-            .run()
-            .await;
-            self.shared.cancel.set_target(self.key, None);
-            self.entry.set_idle();
-            self.remember(changes);
+        }
+    }
 
-            match end {
-                // Session mode ends a relay only to drain: reset as when the client leaves.
-                RelayEnd::Released if mode == PoolMode::Session => {
-                    finish(server, true, mode, &self.generation).await;
-                }
-                RelayEnd::Released => {
-                    release(server, &self.generation).await;
-                }
-                RelayEnd::ClientTerminated { server_clean } => {
-                    finish(server, server_clean, mode, &self.generation).await;
-                    tracing::debug!("client terminated");
-                    return;
-                }
-                RelayEnd::ClientGone {
-                    server_clean,
-                    error,
-                } => {
-                    if !server_clean {
-                        tracing::info!(
-                            "client disconnected with a transaction or query in progress; closing its server connection"
-                        );
+    /// One use of a server: checkout, the client's settings, the relay, and giving the
+    /// server back (or closing it).
+    async fn transaction(
+        &mut self,
+        client_half: &mut HalfBuffer,
+        mode: PoolMode,
+        pool_statements: bool,
+        max_prepared: usize,
+    ) -> Next {
+        let mut tx = TxState::default();
+        let mut server = match self.checkout().await {
+            Ok(server) => server,
+            Err(e) => {
+                // PostgreSQL unreachable (restarting, say): in transaction mode the client
+                // only loses this query, as it would with a failed statement, and keeps
+                // its connection for when PostgreSQL is back.
+                if mode == PoolMode::Transaction
+                    && e.code == SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+                    && let Some(len) = complete_batch_len(&client_half.buf)
+                {
+                    tracing::info!(error = %e, "no server connection for this query; the client stays connected");
+                    bytes::Buf::advance(&mut client_half.buf, len);
+                    let mut reply = BytesMut::new();
+                    PgError {
+                        severity: crate::protocol::Severity::Error,
+                        ..e
                     }
-                    finish(server, server_clean, mode, &self.generation).await;
-                    if let Some(e) = error.filter(|e| !e.is_closed()) {
-                        self.fail(PgError::fatal(
-                            SqlState::PROTOCOL_VIOLATION,
-                            format!("invalid message from client: {e}"),
-                        ))
-                        .await;
+                    .encode(&mut reply);
+                    crate::protocol::messages::ready_for_query(&mut reply, b'I');
+                    if self.stream.write_all(&reply).await.is_err()
+                        || self.stream.flush().await.is_err()
+                    {
+                        return Next::Close;
                     }
-                    return;
+                    return Next::Continue;
                 }
-                RelayEnd::ServerGone(e) => {
-                    tracing::warn!(error = %e, server_id = server.id, "server connection lost during a query");
-                    server.discard();
+                self.fail(e).await;
+                return Next::Close;
+            }
+        };
+        if let Err(e) = self.sync_params(&mut server).await {
+            tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
+            server.discard();
+            self.fail(e).await;
+            return Next::Close;
+        }
+        self.shared.cancel.set_target(
+            self.key,
+            Some(CancelTarget {
+                target: self.pool.cancel_target.clone(),
+                server_key: server.key,
+            }),
+        );
+        let mut server_half = HalfBuffer::server_side(std::mem::take(&mut server.read_buf));
+        client_half.borrow_spare(&mut server.spare_buffers);
+        let mut changes = SessionChanges::default();
+        let end = Relay {
+            client: &mut self.stream,
+            client_half: &mut *client_half,
+            server: &mut server,
+            server_half: &mut server_half,
+            tx: &mut tx,
+            changes: &mut changes,
+            release_when_idle: mode == PoolMode::Transaction,
+            statements: (pool_statements && mode == PoolMode::Transaction)
+                .then_some((&mut self.statements, max_prepared)),
+            completions: Default::default(),
+            stats: &self.stats,
+            shutdown: (mode == PoolMode::Session)
+                .then(|| Box::pin(self.shared.shutdown.clone().cancelled_owned())),
+        }
+        .run()
+        .await;
+        server.read_buf = server_half.into_buf();
+        client_half.return_spare(&mut server.spare_buffers);
+        self.shared.cancel.set_target(self.key, None);
+        self.entry.set_idle();
+        self.remember(changes);
+
+        match end {
+            // Session mode ends a relay only to drain: reset as when the client leaves.
+            RelayEnd::Released if mode == PoolMode::Session => {
+                finish(server, true, mode, &self.generation).await;
+            }
+            RelayEnd::Released => {
+                release(server, &self.generation).await;
+            }
+            RelayEnd::ClientTerminated { server_clean } => {
+                finish(server, server_clean, mode, &self.generation).await;
+                tracing::debug!("client terminated");
+                return Next::Close;
+            }
+            RelayEnd::ClientGone {
+                server_clean,
+                error,
+            } => {
+                if !server_clean {
+                    tracing::info!(
+                        "client disconnected with a transaction or query in progress; closing its server connection"
+                    );
+                }
+                finish(server, server_clean, mode, &self.generation).await;
+                if let Some(e) = error.filter(|e| !e.is_closed()) {
                     self.fail(PgError::fatal(
-                        SqlState::CONNECTION_FAILURE,
-                        "server closed the connection unexpectedly",
-                    )
-                    .with_detail("The PostgreSQL server connection failed while this client was using it; the transaction is lost.")).await;
-                    return;
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("invalid message from client: {e}"),
+                    ))
+                    .await;
                 }
+                return Next::Close;
+            }
+            RelayEnd::ServerGone(e) => {
+                tracing::warn!(error = %e, server_id = server.id, "server connection lost during a query");
+                server.discard();
+                self.fail(PgError::fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    "server closed the connection unexpectedly",
+                )
+                .with_detail("The PostgreSQL server connection failed while this client was using it; the transaction is lost.")).await;
+                return Next::Close;
             }
         }
+        Next::Continue
     }
 
     /// Waits for a server: at the PAUSE gate, then in the pool's queue. The client shows as
@@ -346,7 +376,7 @@ async fn release(mut server: ServerObject, generation: &Generation) {
         (false, true) => "RESET ALL",
         (false, false) => return,
     };
-    if let Err(e) = reset(&mut server, query).await {
+    if let Err(e) = Box::pin(reset(&mut server, query)).await {
         tracing::warn!(error = %e, "resetting a server connection failed; closing it");
         server.discard();
     }
@@ -366,13 +396,14 @@ async fn finish(mut server: ServerObject, clean: bool, mode: PoolMode, generatio
         _ => None,
     };
     if let Some(query) = query
-        && let Err(e) = reset(&mut server, query).await
+        && let Err(e) = Box::pin(reset(&mut server, query)).await
     {
         tracing::warn!(error = %e, "resetting a server connection failed; closing it");
         server.discard();
     }
 }
 
+/// Callers box this future: it runs rarely, and inline it would grow every client's task.
 async fn reset(server: &mut ServerConn, query: &str) -> Result<(), crate::backend::BackendError> {
     server.simple_query(query).await?;
     server.params = server.initial_params.clone();

@@ -33,8 +33,8 @@ pub async fn run_janitor(shared: Arc<Shared>) {
             }
             let idle_timeout = config.server_idle_timeout.non_zero();
             let lifetime = config.server_lifetime.duration();
-            pool.pool.retain(|_, metrics| {
-                let too_idle = idle_timeout.is_some_and(|t| metrics.last_used() > t);
+            pool.pool.retain(|conn, metrics| {
+                let too_idle = idle_timeout.is_some_and(|t| conn.idle_since.elapsed() > t);
                 !(too_idle || metrics.age() > lifetime)
             });
             let status = pool.pool.status();

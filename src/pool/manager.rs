@@ -61,6 +61,55 @@ impl Manager for ServerManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
+        // Boxed: deadpool's checkout future holds this one inline, and with it every waiting
+        // or active client's task would carry the whole connect-and-login state (kilobytes)
+        // although connections are made rarely.
+        Box::pin(self.connect_new()).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ServerConn,
+        metrics: &Metrics,
+    ) -> RecycleResult<BackendError> {
+        let generation = self.current.load();
+        let config = &generation.config;
+        if conn.tls_epoch != generation.tls_epoch {
+            return Err(RecycleError::message("TLS configuration reloaded"));
+        }
+        if close_needed(conn) {
+            return Err(RecycleError::message("RECONNECT was issued"));
+        }
+        // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
+        if metrics.age() > config.server_lifetime.duration() {
+            return Err(RecycleError::message("server_lifetime reached"));
+        }
+        let idle = conn.idle_since.elapsed();
+        if config
+            .server_idle_timeout
+            .non_zero()
+            .is_some_and(|max| idle > max)
+        {
+            return Err(RecycleError::message("server_idle_timeout reached"));
+        }
+        if !conn.is_quiet() {
+            return Err(RecycleError::message(
+                "server sent data or closed while idle",
+            ));
+        }
+        let check_query = config.server_check_query.trim();
+        if !check_query.is_empty() && idle > config.server_check_delay.duration() {
+            // Boxed for the same reason as `create`: rare, and not worth carrying inline.
+            Box::pin(conn.simple_query(check_query))
+                .await
+                .map_err(RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerManager {
+    async fn connect_new(&self) -> Result<ServerConn, BackendError> {
         let generation = self.current.load_full();
         let config = &generation.config;
         let max_db = config
@@ -115,44 +164,5 @@ impl Manager for ServerManager {
             "server connection established"
         );
         Ok(conn)
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut ServerConn,
-        metrics: &Metrics,
-    ) -> RecycleResult<BackendError> {
-        let generation = self.current.load();
-        let config = &generation.config;
-        if conn.tls_epoch != generation.tls_epoch {
-            return Err(RecycleError::message("TLS configuration reloaded"));
-        }
-        if close_needed(conn) {
-            return Err(RecycleError::message("RECONNECT was issued"));
-        }
-        // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
-        if metrics.age() > config.server_lifetime.duration() {
-            return Err(RecycleError::message("server_lifetime reached"));
-        }
-        let idle = metrics.last_used();
-        if config
-            .server_idle_timeout
-            .non_zero()
-            .is_some_and(|max| idle > max)
-        {
-            return Err(RecycleError::message("server_idle_timeout reached"));
-        }
-        if !conn.is_quiet() {
-            return Err(RecycleError::message(
-                "server sent data or closed while idle",
-            ));
-        }
-        let check_query = config.server_check_query.trim();
-        if !check_query.is_empty() && idle > config.server_check_delay.duration() {
-            conn.simple_query(check_query)
-                .await
-                .map_err(RecycleError::Backend)?;
-        }
-        Ok(())
     }
 }

@@ -167,12 +167,7 @@ impl ServerPool {
         match self.pool.timeout_get(&timeouts).await {
             Ok(obj) => {
                 self.remember_params(&obj.initial_params);
-                Ok(Lent {
-                    obj,
-                    _permit: permit,
-                    waited: started.elapsed(),
-                    reserve,
-                })
+                Ok(Lent::new(obj, permit, started.elapsed(), reserve))
             }
             Err(PoolError::Timeout(TimeoutType::Wait)) => Err(self.wait_timeout(config)),
             Err(PoolError::Timeout(_)) => Err(BackendError::Timeout {

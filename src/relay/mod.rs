@@ -33,6 +33,20 @@ use translate::{TranslateError, Translator, translate};
 /// Read granularity: big enough to batch many small messages per TLS record and per syscall.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Read granularity of an idle client: enough for a typical query or extended-protocol batch.
+/// Idle clients are most of a pooler's clients, so they must not each hold a `READ_CHUNK`;
+/// the relay's large buffers travel with the server connection instead ([`SpareBuffers`]).
+const IDLE_READ: usize = 512;
+
+/// The client direction's large buffers, kept by a server connection between uses and lent
+/// to whichever client holds that server. Memory for relay buffers thus grows with the
+/// number of server connections, not with the number of (mostly idle) clients.
+#[derive(Debug, Default)]
+pub struct SpareBuffers {
+    buf: BytesMut,
+    out: BytesMut,
+}
+
 /// One direction's buffers. Zero-copy mode forwards `buf[..ready]` in place; translate mode
 /// (client direction with prepared statements) moves messages into `out` first.
 #[derive(Debug, Default)]
@@ -51,10 +65,49 @@ pub struct HalfBuffer {
 }
 
 impl HalfBuffer {
+    /// An empty buffer: it allocates on first read, and only as much as the reads need.
     pub fn new() -> Self {
+        HalfBuffer::default()
+    }
+
+    /// The server direction of one relay, on the server connection's own buffer (which may
+    /// already hold bytes read from it); the scanner starts at a message boundary.
+    pub fn server_side(buf: BytesMut) -> Self {
         HalfBuffer {
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf,
             ..Default::default()
+        }
+    }
+
+    /// Gives the server direction's buffer back to its server connection, with any bytes the
+    /// server sent that were not forwarded.
+    pub fn into_buf(self) -> BytesMut {
+        self.buf
+    }
+
+    /// Client direction: takes the server's spare buffers for the relay, keeping what the
+    /// client sent while idle in front.
+    pub fn borrow_spare(&mut self, spare: &mut SpareBuffers) {
+        if spare.buf.capacity() > self.buf.capacity() {
+            let mut big = std::mem::take(&mut spare.buf);
+            big.clear();
+            big.extend_from_slice(&self.buf);
+            self.buf = big;
+        }
+        if self.out.is_empty() {
+            self.out = std::mem::take(&mut spare.out);
+            self.out.clear();
+        }
+    }
+
+    /// Client direction, relay over: the buffers go back to the server when nothing of the
+    /// client's is left in them (pipelined bytes stay with the client).
+    pub fn return_spare(&mut self, spare: &mut SpareBuffers) {
+        if self.buf.is_empty() {
+            spare.buf = std::mem::take(&mut self.buf);
+        }
+        if self.out.is_empty() {
+            spare.out = std::mem::take(&mut self.out);
         }
     }
 
@@ -66,17 +119,6 @@ impl HalfBuffer {
     /// True when the next buffered message is a whole Terminate.
     pub fn starts_with_terminate(&self) -> bool {
         self.buf.len() >= 5 && self.buf[0] == b'X'
-    }
-
-    /// Starts a new use of this (server-side) buffer with bytes the server connection had
-    /// already read; the scanner starts at a message boundary.
-    pub fn take_leftover(&mut self, leftover: &mut BytesMut) {
-        self.scanner = Scanner::default();
-        self.needed = 0;
-        if !leftover.is_empty() {
-            self.buf.extend_from_slice(leftover);
-            leftover.clear();
-        }
     }
 
     /// True when nothing of a message has been forwarded without the rest of it.
@@ -129,6 +171,16 @@ impl HalfBuffer {
         needed: usize,
     ) -> Poll<io::Result<usize>> {
         self.buf.reserve(needed.max(READ_CHUNK));
+        tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut self.buf)
+    }
+
+    /// Reads more bytes of an idle client, into a small buffer; Ready(Ok(0)) is EOF.
+    pub fn poll_fill_idle<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<usize>> {
+        self.buf.reserve(IDLE_READ);
         tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut self.buf)
     }
 }
