@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: PostgreSQL direct, PgBouncer and pgmoat on the same machine, with the
+# team's harness in ../shared/bench; regenerates BENCHMARKS.md and bench/tps.png.
+#
+#   bench/compare.sh [--rounds N] [--seconds S] [--workloads LIST] [--out DIR]
+#                    [--idle N] [--idle-max N] [--harness DIR]
+#
+#   --rounds N       alternating runs per workload and target (default 3)
+#   --seconds S      length of each pgbench run (default 10)
+#   --workloads LIST comma separated, from run.py (default select1,select1-mtls,extended,prepared,tpcb,connect)
+#   --out DIR        results and compare.log (default target/bench)
+#   --idle N         idle TLS clients for the memory-per-client figure (default 2000)
+#   --idle-max N     idle TLS clients held on pgmoat with a pool of 20 (default 10000)
+#   --harness DIR    the shared harness (default ../shared/bench beside the repository)
+#
+# Run as root: the harness runs PostgreSQL and PgBouncer as the postgres account. Everything
+# it starts runs on free loopback ports in a temporary directory and is stopped on exit.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+rounds=3
+seconds=10
+workloads=select1,select1-mtls,extended,prepared,tpcb,connect
+out=$repo/target/bench
+idle=2000
+idle_max=10000
+harness=$repo/../shared/bench
+pool_size=20
+latency_clients=32
+known_workloads=" select1 select1-mtls select1-plain extended prepared tpcb connect "
+
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
+        --seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
+        --workloads) workloads=${2:?--workloads needs a value}; shift 2 ;;
+        --out) out=${2:?--out needs a value}; shift 2 ;;
+        --idle) idle=${2:?--idle needs a value}; shift 2 ;;
+        --idle-max) idle_max=${2:?--idle-max needs a value}; shift 2 ;;
+        --harness) harness=${2:?--harness needs a value}; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for n in "$rounds" "$seconds" "$idle" "$idle_max"; do
+    case $n in ''|*[!0-9]*|0) echo "compare.sh: not a positive number: $n" >&2; exit 2 ;; esac
+done
+IFS=, read -r -a workload_list <<< "$workloads"
+for w in "${workload_list[@]}"; do
+    case $known_workloads in
+        *" $w "*) ;;
+        *) echo "compare.sh: unknown workload: $w (known:$known_workloads)" >&2; exit 2 ;;
+    esac
+done
+if [ "$(id -u)" != 0 ]; then
+    echo "compare.sh: run as root (PostgreSQL and PgBouncer run as the postgres account)" >&2
+    exit 2
+fi
+harness=$(cd "$harness" 2>/dev/null && pwd) || { echo "compare.sh: no harness at $harness" >&2; exit 2; }
+for f in pg.sh pgbouncer.sh run.py idle_conns.py; do
+    [ -f "$harness/$f" ] || { echo "compare.sh: $harness/$f is missing" >&2; exit 2; }
+done
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+log=$out/compare.log
+: > "$log"
+exec > >(tee -a "$log") 2>&1
+
+say() { printf '\n== %s  [%s]\n' "$*" "$(date +%H:%M:%S)"; }
+started=$(date +%s)
+echo "bench/compare.sh --rounds $rounds --seconds $seconds --workloads $workloads --out $out --idle $idle --idle-max $idle_max"
+echo "harness: $harness"
+
+# --- everything started below is stopped here, on success and on failure ---------------------
+work=
+pgmoat_pid=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    if [ -n "$work" ]; then
+        say "stopping what compare.sh started"
+        if [ -n "$pgmoat_pid" ] && kill -0 "$pgmoat_pid" 2>/dev/null; then
+            kill "$pgmoat_pid"
+            wait "$pgmoat_pid" 2>/dev/null
+        fi
+        if [ -f "$work/pgb/pgbouncer.pid" ]; then
+            local pgb_pid
+            pgb_pid=$(cat "$work/pgb/pgbouncer.pid" 2>/dev/null)
+            "$harness/pgbouncer.sh" stop "$work/pgb"
+            for _ in $(seq 50); do
+                { [ -z "$pgb_pid" ] || ! kill -0 "$pgb_pid" 2>/dev/null; } && break
+                sleep 0.1
+            done
+        fi
+        [ -f "$work/pg/PG_VERSION" ] && "$harness/pg.sh" stop "$work/pg"
+        mkdir -p "$out/logs"
+        cp -f "$work/pgmoat/pgmoat.log" "$work/pgb/pgbouncer.log" "$out/logs/" 2>/dev/null
+        cp -f "$work/pg/log" "$out/logs/postgresql.log" 2>/dev/null
+        rm -rf "$work"
+    fi
+    if [ "$rc" = 0 ]; then
+        echo "compare.sh: done in $(( $(date +%s) - started )) s"
+    else
+        echo "compare.sh: FAILED (exit $rc) after $(( $(date +%s) - started )) s; logs in $out/logs, $log" >&2
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- build, tools, Python ---------------------------------------------------------------------
+say "cargo build --release --locked"
+(cd "$repo" && cargo build --release --locked)
+pgmoat=$repo/target/release/pgmoat
+
+need_pkgs=()
+[ -x /usr/sbin/pgbouncer ] || need_pkgs+=(pgbouncer)
+{ command -v initdb >/dev/null || [ -x /usr/lib/postgresql/15/bin/initdb ]; } || need_pkgs+=(postgresql-15)
+{ command -v pgbench >/dev/null && command -v psql >/dev/null; } || need_pkgs+=(postgresql-client-15)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    say "apt-get install ${need_pkgs[*]}"
+    # Keep Debian's packaged services (PgBouncer on 6432, a cluster on 5432) from starting.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+fi
+
+venv=$repo/target/bench-venv
+reqs=$repo/bench/requirements.txt
+if ! cmp -s "$reqs" "$venv/.requirements.txt" 2>/dev/null; then
+    say "Python venv $venv"
+    pybase=/usr/bin/python3
+    [ -x "$pybase" ] || pybase=$(command -v python3)
+    rm -rf "$venv"
+    "$pybase" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+    cp "$reqs" "$venv/.requirements.txt"
+fi
+py=$venv/bin/python
+
+# --- limits, ports, temporary directory -------------------------------------------------------
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt 1048576 ]; then
+    ulimit -Hn 1048576 2>/dev/null || true     # root may raise the hard limit, a container may not
+fi
+ulimit -n "$(ulimit -Hn)"
+echo "open files: ulimit -n $(ulimit -n)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -le $((idle_max + 100)) ]; then
+    echo "compare.sh: ulimit -n $(ulimit -n) is too low for --idle-max $idle_max" >&2
+    exit 1
+fi
+
+taken_ports=" "
+free_port() {   # a loopback port nobody listens on, below the ephemeral range
+    local p=$1
+    while ss -Hltn "sport = :$p" | grep -q . || [[ $taken_ports == *" $p "* ]]; do
+        p=$((p + 1))
+    done
+    taken_ports+="$p "
+    echo "$p"
+}
+pg_port=$(free_port 25432)
+pgb_port=$(free_port 25532)
+moat_port=$(free_port 25632)
+echo "ports: PostgreSQL $pg_port, PgBouncer $pgb_port, pgmoat $moat_port"
+
+work=$(mktemp -d /tmp/pgmoat-bench.XXXXXX)
+chmod 755 "$work"              # the postgres account reads the PKI and owns pg/ and pgb/ below
+pki=$work/pki
+
+# --- PKI, made with pgmoat's own certificate tool ---------------------------------------------
+say "PKI with pgmoat certs ($pki)"
+"$pgmoat" certs init --out "$pki" --cn "bench CA"
+"$pgmoat" certs issue server --san DNS:localhost,IP:127.0.0.1 --cn localhost --out "$pki"
+"$pgmoat" certs issue pooler --san DNS:localhost,IP:127.0.0.1 --cn localhost --out "$pki"
+"$pgmoat" certs issue client --client --cn bench --out "$pki"
+# The harness reads PKIDIR/ca.crt (pgmoat certs keeps the CA in PKIDIR/ca/). pg.sh copies
+# server.* into the data directory for postgres; pgbouncer.sh makes pooler.key readable for
+# PgBouncer (which runs as postgres); libpq (as root) wants client.key 0600, as written.
+cp "$pki/ca/ca.crt" "$pki/ca.crt"
+chmod 755 "$pki"
+chmod 644 "$pki"/*.crt
+"$pgmoat" certs check "$pki" --ca "$pki/ca.crt"
+
+# --- PostgreSQL, PgBouncer, pgmoat --------------------------------------------------------------
+say "PostgreSQL on $pg_port (pg.sh: initdb, pgbench -i -s 10)"
+"$harness/pg.sh" start "$work/pg" "$pg_port" "$pki"
+
+say "PgBouncer on $pgb_port (pgbouncer.sh)"
+pgb_pid=$("$harness/pgbouncer.sh" start "$work/pgb" "$pgb_port" "$pg_port" "$pki" | tail -n 1)
+echo "PgBouncer pid $pgb_pid"
+
+say "pgmoat on $moat_port"
+mkdir -p "$work/pgmoat"
+echo '"bench" "bench"' > "$work/pgmoat/userlist.txt"
+cat > "$work/pgmoat/pgmoat.toml" <<TOML
+# The same setup as the harness's pgbouncer.ini.
+listen_addr = "127.0.0.1"
+listen_port = $moat_port
+pool_mode = "transaction"
+default_pool_size = $pool_size
+max_client_conn = 20000
+auth_type = "scram-sha-256"
+auth_file = "$work/pgmoat/userlist.txt"
+client_tls_sslmode = "require"
+client_tls_cert_file = "$pki/pooler.crt"
+client_tls_key_file = "$pki/pooler.key"
+client_tls_ca_file = "$pki/ca.crt"
+server_tls_sslmode = "verify-full"
+server_tls_ca_file = "$pki/ca.crt"
+
+[databases]
+bench = "host=localhost port=$pg_port dbname=bench"
+TOML
+cat "$work/pgmoat/pgmoat.toml"
+"$pgmoat" check-config "$work/pgmoat/pgmoat.toml" > /dev/null
+# Per-login info lines off, as PgBouncer's log_connections = 0.
+RUST_LOG=warn "$pgmoat" run --config "$work/pgmoat/pgmoat.toml" > "$work/pgmoat/pgmoat.log" 2>&1 &
+pgmoat_pid=$!
+for _ in $(seq 100); do
+    (exec 3<> "/dev/tcp/127.0.0.1/$moat_port") 2>/dev/null && break
+    kill -0 "$pgmoat_pid" 2>/dev/null || { cat "$work/pgmoat/pgmoat.log"; echo "pgmoat exited" >&2; exit 1; }
+    sleep 0.1
+done
+echo "pgmoat pid $pgmoat_pid"
+
+export PGPASSWORD=bench
+names=(direct pgbouncer pgmoat)
+ports=("$pg_port" "$pgb_port" "$moat_port")
+for i in 0 1 2; do   # each target answers over verify-full TLS with the client certificate
+    psql "host=127.0.0.1 port=${ports[$i]} user=bench dbname=bench sslmode=verify-full sslrootcert=$pki/ca.crt sslcert=$pki/client.crt sslkey=$pki/client.key" \
+        -Atc "select '${names[$i]}: ' || count(*) || ' rows in pgbench_accounts' from pgbench_accounts"
+done
+
+# --- machine and versions -----------------------------------------------------------------------
+rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no -- . ':!BENCHMARKS.md' ':!bench/tps.png' 2>/dev/null)" ]; then
+    rev="$rev-dirty"
+fi
+export B_NPROC=$(nproc)
+export B_CPU=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+export B_KERNEL=$(uname -sr)
+export B_MEM_KIB=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+export B_PG=$(psql "host=$work/pg port=$pg_port user=bench dbname=bench" -Atc 'show server_version')
+export B_PGBENCH=$(pgbench --version)
+export B_PGBOUNCER=$(/usr/sbin/pgbouncer --version | head -n 1)
+export B_PGMOAT=$("$pgmoat" --version)
+export B_REV=$rev
+export B_DATE=$(date -u +'%Y-%m-%d %H:%M UTC')
+printf '%s\n' "nproc $B_NPROC" "cpu $B_CPU" "kernel $B_KERNEL" "memory $B_MEM_KIB kB" \
+    "PostgreSQL $B_PG" "$B_PGBENCH" "$B_PGBOUNCER" "$B_PGMOAT ($B_REV)"
+
+# --- memory per idle TLS client (fresh poolers, before the load runs) ---------------------------
+idle_run() {   # name pid port n -> one line of idle_conns.py output in $out/idle-name-n.txt
+    local file=$out/idle-$1-$4.txt
+    say "$4 idle TLS clients on $1 (idle_conns.py)"
+    "$py" "$harness/idle_conns.py" --pid "$2" --port "$3" --n "$4" | tee "$file"
+    sleep 2    # let the pooler close the clients before the next step
+}
+idle_run pgbouncer "$pgb_pid" "$pgb_port" "$idle"
+idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle"
+idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle_max"
+
+# --- throughput: run.py, alternating order, direct is the reference -----------------------------
+say "run.py: $rounds rounds x $seconds s, workloads $workloads"
+"$py" "$harness/run.py" --pki "$pki" --rounds "$rounds" --seconds "$seconds" \
+    --workloads "$workloads" --json "$out/run.json" \
+    "direct=127.0.0.1:$pg_port" "pgbouncer=127.0.0.1:$pgb_port" "pgmoat=127.0.0.1:$moat_port" \
+    | tee "$out/run-table.md"
+
+# --- p99 latency at 32 clients: pgbench -l per-transaction logs ---------------------------------
+say "latency: pgbench -S -c $latency_clients -j 2 -l, $rounds rounds x $seconds s"
+lat=$out/latency
+rm -rf "$lat"
+mkdir -p "$lat"
+for ((r = 1; r <= rounds; r++)); do
+    order=(0 1 2)
+    [ $((r % 2)) = 0 ] && order=(2 1 0)
+    for i in "${order[@]}"; do
+        name=${names[$i]}
+        (cd "$lat" && pgbench -n -S -c "$latency_clients" -j 2 -T "$seconds" -l --log-prefix="r$r-$name" \
+            "host=127.0.0.1 port=${ports[$i]} user=bench dbname=bench sslmode=require" > "r$r-$name.out" 2>&1) \
+            || { cat "$lat/r$r-$name.out"; echo "pgbench -l against $name failed" >&2; exit 1; }
+        echo "# latency round $r $name: $(grep -m1 '^tps' "$lat/r$r-$name.out")"
+    done
+done
+
+# --- the small json of memory and latency figures, then the report ------------------------------
+export B_OUT=$out B_IDLE=$idle B_IDLE_MAX=$idle_max B_POOL=$pool_size B_ROUNDS=$rounds \
+    B_SECONDS=$seconds B_WORKLOADS=$workloads B_LAT_CLIENTS=$latency_clients
+"$py" - <<'PY'
+import glob, json, os, re, statistics
+e = os.environ
+out = e["B_OUT"]
+
+def idle(name, n):
+    line = open(f"{out}/idle-{name}-{n}.txt").read().strip().splitlines()[-1]
+    kv = dict(re.findall(r"(\w+)=([\d.]+)", line))
+    return {"connections": int(kv["connections"]), "tls_in_use": int(kv["tls_in_use"]),
+            "rss_before_kib": int(kv["rss_before_kib"]), "rss_after_kib": int(kv["rss_after_kib"]),
+            "kib_per_idle_conn": float(kv["kib_per_idle_conn"]), "connect_rate": float(kv["connect_rate"])}
+
+def pct(sorted_us, q):
+    return sorted_us[min(len(sorted_us) - 1, int(q * len(sorted_us)))] / 1000.0
+
+latency = {}
+for name in ("direct", "pgbouncer", "pgmoat"):
+    rounds = []
+    for r in range(1, int(e["B_ROUNDS"]) + 1):
+        us = []
+        for f in glob.glob(f"{out}/latency/r{r}-{name}.*"):
+            if f.endswith(".out"):
+                continue
+            for line in open(f):
+                # client_id transaction_no time_us script_no time_epoch time_us
+                us.append(int(line.split()[2]))
+        us.sort()
+        tps = re.search(r"^tps = ([\d.]+)", open(f"{out}/latency/r{r}-{name}.out").read(), re.M)
+        rounds.append({"transactions": len(us), "tps": float(tps.group(1)) if tps else None,
+                       "p50_ms": pct(us, 0.50), "p99_ms": pct(us, 0.99), "p999_ms": pct(us, 0.999),
+                       "mean_ms": sum(us) / len(us) / 1000.0})
+    latency[name] = {"rounds": rounds,
+                     "p50_ms": statistics.median(x["p50_ms"] for x in rounds),
+                     "p99_ms": statistics.median(x["p99_ms"] for x in rounds),
+                     "mean_ms": statistics.median(x["mean_ms"] for x in rounds)}
+
+extra = {
+    "config": {"rounds": int(e["B_ROUNDS"]), "seconds": int(e["B_SECONDS"]), "workloads": e["B_WORKLOADS"],
+               "idle": int(e["B_IDLE"]), "idle_max": int(e["B_IDLE_MAX"]), "pool_size": int(e["B_POOL"]),
+               "latency_clients": int(e["B_LAT_CLIENTS"])},
+    "machine": {"nproc": int(e["B_NPROC"]), "cpu": e["B_CPU"], "kernel": e["B_KERNEL"],
+                "mem_kib": int(e["B_MEM_KIB"]), "postgresql": e["B_PG"], "pgbench": e["B_PGBENCH"],
+                "pgbouncer": e["B_PGBOUNCER"], "pgmoat": e["B_PGMOAT"], "revision": e["B_REV"],
+                "date": e["B_DATE"]},
+    "idle": {"pgbouncer": idle("pgbouncer", e["B_IDLE"]), "pgmoat": idle("pgmoat", e["B_IDLE"])},
+    "idle_max": {"pgmoat": idle("pgmoat", e["B_IDLE_MAX"])},
+    "latency": latency,
+}
+json.dump(extra, open(f"{out}/extra.json", "w"), indent=1)
+for name, v in latency.items():
+    print(f"# latency {name}: p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms (median of {len(v['rounds'])})")
+PY
+rm -f "$lat"/r*-*.[0-9]*     # the per-transaction logs; the figures are in extra.json
+
+say "report: BENCHMARKS.md, bench/tps.png"
+"$py" "$repo/bench/report.py" --run "$out/run.json" --extra "$out/extra.json" \
+    --md "$repo/BENCHMARKS.md" --png "$repo/bench/tps.png"
+cp "$repo/BENCHMARKS.md" "$out/BENCHMARKS.md"

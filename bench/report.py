@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Write BENCHMARKS.md and the TPS chart from the results of bench/compare.sh.
+
+  report.py --run RUN.json --extra EXTRA.json [--md BENCHMARKS.md] [--png bench/tps.png] [--profile bench/PROFILE.md]
+
+RUN.json is what ../shared/bench/run.py --json writes (per workload: median_tps and every run per
+target); EXTRA.json is compare.sh's memory, latency, machine and settings figures.
+"""
+import argparse, json, os, statistics
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = ["direct", "pgbouncer", "pgmoat"]
+LABEL = {"direct": "PostgreSQL direct", "pgbouncer": "PgBouncer", "pgmoat": "pgmoat"}
+COLOR = {"direct": "#8c8c8c", "pgbouncer": "#4c72b0", "pgmoat": "#dd8452"}
+WORKLOAD = {  # what run.py runs; every one over TLS except select1-plain
+    "select1": "pgbench -S, 32 clients, sslmode=require",
+    "select1-mtls": "pgbench -S, 32 clients, sslmode=verify-full with a client certificate",
+    "select1-plain": "pgbench -S, 32 clients, no TLS",
+    "extended": "pgbench -S -M extended, 32 clients",
+    "prepared": "pgbench -S -M prepared, 32 clients",
+    "tpcb": "pgbench TPC-B-like, 16 clients",
+    "connect": "pgbench -S -C, 8 clients: a new TLS connection and SCRAM login per transaction",
+}
+DEFAULTS = {"rounds": 3, "seconds": 10, "idle": 2000, "idle_max": 10000,
+            "workloads": "select1,select1-mtls,extended,prepared,tpcb,connect"}
+
+
+def stats(run):
+    """Per target: median, min, max of the successful runs, or the first error."""
+    s = {}
+    for t in TARGETS:
+        runs = run["runs"].get(t, [])
+        ok = [r["tps"] for r in runs if r["ok"]]
+        errors = [r["error"] for r in runs if not r["ok"]]
+        s[t] = {"n": len(runs), "ok": ok, "error": errors[0] if errors else None,
+                "failed_runs": len(errors),
+                "median": statistics.median(ok) if ok and not errors else None,
+                "min": min(ok) if ok else None, "max": max(ok) if ok else None}
+    return s
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def fmt_tps(st):
+    if st["median"] is None:
+        err = (st["error"] or "no runs").strip().replace("|", "\\|")
+        return f"fails ({st['failed_runs']}/{st['n']} runs): {err[:70]}"
+    if len(st["ok"]) == 1:
+        return f"{st['median']:.0f}"
+    return f"{st['median']:.0f} ({st['min']:.0f}-{st['max']:.0f})"
+
+
+def command(cfg):
+    args = []
+    for key, flag in (("rounds", "--rounds"), ("seconds", "--seconds"), ("workloads", "--workloads"),
+                      ("idle", "--idle"), ("idle_max", "--idle-max")):
+        if cfg.get(key) != DEFAULTS[key]:
+            args += [flag, str(cfg.get(key))]
+    return " ".join(["bench/compare.sh", *args])
+
+
+def targets_table(S, extra):
+    """Rows of (target, required, measured, status) for the targets of issue 6."""
+    rows = []
+    cfg = extra["config"]
+    for wl in ("select1", "select1-mtls", "extended", "tpcb"):
+        req = "pgmoat >= 1.25 x PgBouncer and >= 0.90 x direct"
+        if wl not in S:
+            rows.append((wl, req, "not run", "not measured"))
+            continue
+        vb = ratio(S[wl]["pgmoat"]["median"], S[wl]["pgbouncer"]["median"])
+        vd = ratio(S[wl]["pgmoat"]["median"], S[wl]["direct"]["median"])
+        if vb is None or vd is None:
+            rows.append((wl, req, "a target failed: see the table above", "not measured"))
+            continue
+        met = vb >= 1.25 and vd >= 0.90
+        rows.append((wl, req, f"{vb:.3f} x PgBouncer, {vd:.3f} x direct", "met" if met else "not met"))
+
+    req = "works through transaction pooling, and >= 1.5 x PgBouncer's extended"
+    if "prepared" not in S:
+        rows.append(("prepared", req, "not run", "not measured"))
+    else:
+        p = S["prepared"]["pgmoat"]
+        works = p["median"] is not None and p["failed_runs"] == 0
+        failed_tx = sum(r.get("failed", 0) for r in S["prepared"]["_runs"]["pgmoat"] if r["ok"])
+        works = works and failed_tx == 0
+        ext = S.get("extended", {}).get("pgbouncer", {}).get("median")
+        v = ratio(p["median"], ext)
+        if not works:
+            rows.append(("prepared", req, f"fails: {p['error'] or f'{failed_tx} failed transactions'}", "not met"))
+        elif v is None:
+            rows.append(("prepared", req, f"works ({p['median']:.0f} tps); PgBouncer's extended not measured in this run",
+                         "not measured"))
+        else:
+            rows.append(("prepared", req, f"works, {v:.3f} x PgBouncer's extended",
+                         "met" if v >= 1.5 else "not met"))
+
+    req = "pgmoat >= 1.1 x PgBouncer"
+    if "connect" not in S:
+        rows.append(("connect", req, "not run", "not measured"))
+    else:
+        v = ratio(S["connect"]["pgmoat"]["median"], S["connect"]["pgbouncer"]["median"])
+        rows.append(("connect", req, "a target failed" if v is None else f"{v:.3f} x PgBouncer",
+                     "not measured" if v is None else ("met" if v >= 1.1 else "not met")))
+
+    m = extra["idle"]["pgmoat"]
+    req = "<= 12 KiB per idle TLS client at 2000 clients"
+    status = "met" if m["kib_per_idle_conn"] <= 12 and m["tls_in_use"] == m["connections"] else "not met"
+    if m["connections"] != 2000:
+        status += f" (at {m['connections']} clients, not 2000)"
+    rows.append(("memory per idle client", req,
+                 f"{m['kib_per_idle_conn']:.1f} KiB ({m['tls_in_use']}/{m['connections']} on TLS)", status))
+
+    m = extra["idle_max"]["pgmoat"]
+    req = "10 000 idle TLS clients held with a pool of 20"
+    all_tls = m["tls_in_use"] == m["connections"]
+    status = "met" if all_tls and m["connections"] >= 10000 and cfg["pool_size"] == 20 else "not met"
+    if m["connections"] < 10000:
+        status += f" (at {m['connections']} clients, not 10 000)"
+    rows.append(("idle clients", req,
+                 f"{m['tls_in_use']} of {m['connections']} on TLS, pool {cfg['pool_size']}, "
+                 f"RSS {m['rss_after_kib'] / 1024:.0f} MiB", status))
+
+    lat = extra["latency"]
+    req = f"p99 latency added by pgmoat at {cfg['latency_clients']} clients, reported"
+    added = lat["pgmoat"]["p99_ms"] - lat["direct"]["p99_ms"]
+    rows.append(("p99 added latency", req,
+                 f"pgmoat {added:+.2f} ms (PgBouncer {lat['pgbouncer']['p99_ms'] - lat['direct']['p99_ms']:+.2f} ms)",
+                 "reported"))
+    return rows
+
+
+def chart(S, png):
+    wls = list(S)
+    main = [w for w in wls if w != "connect"]
+    side = [w for w in wls if w == "connect"]
+    ratios = [max(len(main), 1)] + ([1.4] if side else [])
+    fig, axes = plt.subplots(1, len(ratios), figsize=(1.9 * len(main) + (2.6 if side else 0) + 1.5, 4.8),
+                             gridspec_kw={"width_ratios": ratios}, squeeze=False)
+    width = 0.27
+    for ax, group in zip(axes[0], [main, side] if side else [main]):
+        top = max([S[w][t]["max"] or 0 for w in group for t in TARGETS] + [1])
+        for i, t in enumerate(TARGETS):
+            xs = [k + (i - 1) * width for k in range(len(group))]
+            med = [S[w][t]["median"] or 0 for w in group]
+            lo = [m - (S[w][t]["min"] or m) for w, m in zip(group, med)]
+            hi = [(S[w][t]["max"] or m) - m for w, m in zip(group, med)]
+            ax.bar(xs, med, width, label=LABEL[t], color=COLOR[t],
+                          yerr=[lo, hi], capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "#333333"})
+            for x, w, m in zip(xs, group, med):   # above the whisker, so the two never overlap
+                text = f"{m:.0f}" if S[w][t]["median"] is not None else "fails"
+                ax.text(x, (S[w][t]["max"] or m) + top * 0.015, text, ha="center", va="bottom",
+                        fontsize=7, rotation=90)
+        ax.set_xticks(range(len(group)), group)
+        ax.set_ylim(0, top * 1.25)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].set_ylabel("transactions per second (median; whiskers: min-max)")
+    if side:
+        axes[0][1].set_title("connect (own scale)", fontsize=9)
+    axes[0][0].legend(loc="upper right", fontsize=8, frameon=False)
+    fig.suptitle("pgbench TPS by workload, all over TLS, one 2-core machine", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--extra", required=True)
+    ap.add_argument("--md", default=os.path.join(REPO, "BENCHMARKS.md"))
+    ap.add_argument("--png", default=os.path.join(REPO, "bench", "tps.png"))
+    ap.add_argument("--profile", default=os.path.join(REPO, "bench", "PROFILE.md"))
+    a = ap.parse_args()
+    run = json.load(open(a.run))
+    extra = json.load(open(a.extra))
+    cfg, mach = extra["config"], extra["machine"]
+    S = {}
+    for wl, r in run.items():
+        S[wl] = stats(r)
+        S[wl]["_runs"] = r["runs"]
+    chart({w: {t: S[w][t] for t in TARGETS} for w in S}, a.png)
+
+    md = []
+    w = md.append
+    w("# Benchmarks\n")
+    w("pgmoat beside PgBouncer and PostgreSQL itself, measured side by side in one run. "
+      "Every figure below comes from that run; the file is generated, do not edit it by hand.\n")
+    cmd = command(cfg)
+    if cmd != "bench/compare.sh":
+        w(f"**This is a shortened run** (`{cmd}`), not the full benchmark: "
+          "its figures are not the ones the targets are judged on.\n")
+
+    w("## How to regenerate\n")
+    w("As root, from the repository (the harness is `../shared/bench`):\n")
+    w("```\nbench/compare.sh\n```\n")
+    w("It builds pgmoat (`cargo build --release --locked`), installs PgBouncer with apt if it is "
+      "missing, makes the certificates with `pgmoat certs`, starts PostgreSQL, PgBouncer and pgmoat "
+      "on free loopback ports in a temporary directory, runs every measurement below, writes this "
+      "file and `bench/tps.png`, and stops what it started. Options: `--rounds N`, `--seconds S`, "
+      "`--workloads LIST`, `--out DIR` (raw results and `compare.log`, default `target/bench`), "
+      "`--idle N`, `--idle-max N`.\n")
+    if cmd != "bench/compare.sh":
+        w(f"This file was made with `{cmd}`.\n")
+
+    w("## Method\n")
+    w(f"- Harness: `../shared/bench` (`pg.sh`, `pgbouncer.sh`, `run.py`, `idle_conns.py`); "
+      "certificates from `pgmoat certs init` / `certs issue`.\n"
+      f"- Throughput: `run.py` runs each workload against each target in alternating order "
+      f"(direct, PgBouncer, pgmoat, then the reverse), {cfg['rounds']} round(s) of {cfg['seconds']} s; "
+      "the table gives the median with min-max. The reference for ratios is PostgreSQL direct.\n"
+      "- PostgreSQL 15 with TLS (scale 10, fsync off), user and password bench over SCRAM. "
+      f"Both poolers: transaction mode, a pool of {cfg['pool_size']} per database/user, "
+      "max_client_conn 20000, SCRAM towards clients, client TLS `require` with the CA set (a client "
+      "certificate is verified when one is presented), `verify-full` TLS to PostgreSQL. PgBouncer "
+      "with `log_connections = 0`, pgmoat with `RUST_LOG=warn` (no line per login).\n"
+      f"- Memory: `idle_conns.py` opens {cfg['idle']} idle TLS clients through each pooler and reads "
+      "VmRSS before and after; then "
+      f"{cfg['idle_max']} idle TLS clients are held on pgmoat. This runs on freshly started poolers, "
+      "before the load, so memory freed by earlier runs does not hide the growth.\n"
+      f"- Latency: `pgbench -n -S -c {cfg['latency_clients']} -j 2 -l` (per-transaction logs) against "
+      f"each target, {cfg['rounds']} alternating round(s) of {cfg['seconds']} s; p50/p99 from the logs, "
+      "median over rounds. Added latency is the pooler's p99 minus direct's.\n"
+      f"- Everything (PostgreSQL, the pooler, pgbench) runs on one {mach['nproc']}-core machine, so a "
+      "pooler competes with PostgreSQL and pgbench for the same cores. The machine is shared and "
+      "noisy: read the ratios within this run, not the absolute numbers, and do not compare absolute "
+      "numbers across runs.\n")
+
+    w("## Machine\n")
+    w("| | |\n|---|---|")
+    for k, v in (("cores (nproc)", mach["nproc"]), ("CPU", mach["cpu"]), ("kernel", mach["kernel"]),
+                 ("memory", f"{mach['mem_kib'] / 1024 / 1024:.1f} GiB"), ("PostgreSQL", mach["postgresql"]),
+                 ("pgbench", mach["pgbench"]), ("PgBouncer", mach["pgbouncer"]),
+                 ("pgmoat", f"{mach['pgmoat']}, git {mach['revision']}"), ("date", mach["date"])):
+        w(f"| {k} | {v} |")
+    w("")
+
+    w("## Throughput\n")
+    w("| workload | direct tps | PgBouncer tps | pgmoat tps | pgmoat / PgBouncer | pgmoat / direct | PgBouncer / direct |")
+    w("|---|---|---|---|---|---|---|")
+    for wl, s in S.items():
+        d, b, m = (s[t]["median"] for t in TARGETS)
+        w(f"| {wl} | {fmt_tps(s['direct'])} | {fmt_tps(s['pgbouncer'])} | {fmt_tps(s['pgmoat'])} | "
+          f"{fmt_ratio(ratio(m, b))} | {fmt_ratio(ratio(m, d))} | {fmt_ratio(ratio(b, d))} |")
+    w("\nMedian tps, min-max in brackets. Workloads:\n")
+    for wl in S:
+        w(f"- `{wl}`: {WORKLOAD.get(wl, '')}")
+    w("")
+    rel = os.path.relpath(a.png, os.path.dirname(os.path.abspath(a.md)))
+    w(f"![TPS by workload]({rel})\n")
+
+    w("## Targets (issue 6)\n")
+    w("| target | required | measured | status |\n|---|---|---|---|")
+    for row in targets_table(S, extra):
+        w("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    w("")
+
+    w("## Memory\n")
+    w("| pooler | idle TLS clients | on TLS | RSS before | RSS after | per idle client | connect rate |")
+    w("|---|---|---|---|---|---|---|")
+    rows = [("PgBouncer", extra["idle"]["pgbouncer"]), ("pgmoat", extra["idle"]["pgmoat"]),
+            (f"pgmoat (pool {cfg['pool_size']})", extra["idle_max"]["pgmoat"])]
+    for name, m in rows:
+        w(f"| {name} | {m['connections']} | {m['tls_in_use']} | {m['rss_before_kib'] / 1024:.1f} MiB | "
+          f"{m['rss_after_kib'] / 1024:.1f} MiB | {m['kib_per_idle_conn']:.1f} KiB | {m['connect_rate']:.0f}/s |")
+    w("\nPer idle client = (RSS after - RSS before) / (clients - 1), from /proc/PID/status.\n")
+
+    w("## Latency\n")
+    lat = extra["latency"]
+    w(f"`pgbench -S`, {cfg['latency_clients']} clients, TLS, per-transaction logs.\n")
+    w("| target | tps | p50 | p99 | p99.9 | p99 added over direct |\n|---|---|---|---|---|---|")
+    for t in TARGETS:
+        v = lat[t]
+        tps = statistics.median(r["tps"] for r in v["rounds"] if r["tps"] is not None)
+        added = "-" if t == "direct" else f"{v['p99_ms'] - lat['direct']['p99_ms']:+.2f} ms"
+        p999 = statistics.median(r["p999_ms"] for r in v["rounds"])
+        w(f"| {LABEL[t]} | {tps:.0f} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {p999:.2f} ms | {added} |")
+    w("\nA closed loop: each client waits for its answer before sending the next query, so a target "
+      "with lower throughput also shows higher latency.\n")
+
+    w("## Where the time goes\n")
+    if os.path.exists(a.profile):
+        text = open(a.profile).read().strip()
+        lines = text.splitlines()
+        if lines and lines[0].startswith("# "):   # its own title would compete with this file's
+            lines = lines[1:]
+        fenced = False
+        for i, line in enumerate(lines):   # its headings go one level below this section's
+            if line.startswith("```"):
+                fenced = not fenced
+            elif not fenced and line.startswith("#"):
+                lines[i] = "#" + line
+        w("\n".join(lines).strip() + "\n")
+    else:
+        w("No profile recorded yet (`bench/PROFILE.md`).\n")
+
+    with open(a.md, "w") as f:
+        f.write("\n".join(md).rstrip() + "\n")
+    print(f"wrote {a.md} and {a.png}")
+
+
+if __name__ == "__main__":
+    main()
