@@ -46,7 +46,7 @@ pub enum LoggedIn {
 impl LoggedIn {
     pub async fn run(self) {
         match self {
-            LoggedIn::Pool(session) => session.run().await,
+            LoggedIn::Pool(mut session) => session.run().await,
             LoggedIn::Console(session) => session.run().await,
         }
     }

@@ -55,7 +55,7 @@ impl Drop for ClientSession {
 }
 
 impl ClientSession {
-    pub async fn run(mut self) {
+    pub async fn run(&mut self) {
         let mode = self.pool.settings.mode;
         let max_prepared = self.generation.config.max_prepared_statements;
         let pool_statements = max_prepared > 0;
@@ -66,7 +66,7 @@ impl ClientSession {
                 let read = tokio::select! {
                     read = poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)) => read,
                     _ = self.shared.shutdown.cancelled() => {
-                        self.fail(PgError::fatal(SqlState::ADMIN_SHUTDOWN, "pgmoat is shutting down")).await;
+                        Box::pin(self.fail(PgError::fatal(SqlState::ADMIN_SHUTDOWN, "pgmoat is shutting down"))).await;
                         return;
                     }
                 };
@@ -92,8 +92,13 @@ impl ClientSession {
                         let batch = client_half.buf.split_to(len);
                         let mut reply = BytesMut::new();
                         if let Err(e) = answer_locally(&batch, &mut self.statements, &mut reply) {
-                            self.fail(PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))
-                                .await;
+                            Box::pin(
+                                self.fail(PgError::fatal(
+                                    SqlState::PROTOCOL_VIOLATION,
+                                    e.to_string(),
+                                )),
+                            )
+                            .await;
                             return;
                         }
                         if self.stream.write_all(&reply).await.is_err()
@@ -119,10 +124,10 @@ impl ClientSession {
             // Draining: no new transaction, even for a query that is already here (pipelined,
             // or read in the same instant the shutdown began).
             if self.shared.shutdown.is_cancelled() {
-                self.fail(PgError::fatal(
+                Box::pin(self.fail(PgError::fatal(
                     SqlState::ADMIN_SHUTDOWN,
                     "pgmoat is shutting down",
-                ))
+                )))
                 .await;
                 return;
             }

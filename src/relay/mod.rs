@@ -34,8 +34,8 @@ use translate::{TranslateError, Translator, translate};
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Read granularity of an idle client: enough for a typical query or extended-protocol batch.
-/// Idle clients are most of a pooler's clients, so they must not each hold a `READ_CHUNK`;
-/// the relay's large buffers travel with the server connection instead ([`SpareBuffers`]).
+/// Idle clients are most of a pooler's clients, so they must not each hold a buffer; the
+/// relay's large buffers travel with the server connection instead ([`SpareBuffers`]).
 const IDLE_READ: usize = 512;
 
 /// The client direction's large buffers, kept by a server connection between uses and lent
@@ -174,14 +174,18 @@ impl HalfBuffer {
         tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut self.buf)
     }
 
-    /// Reads more bytes of an idle client, into a small buffer; Ready(Ok(0)) is EOF.
+    /// Reads more bytes of an idle client; Ready(Ok(0)) is EOF. The read goes through a
+    /// stack buffer, so a client waiting idle holds no buffer at all.
     pub fn poll_fill_idle<R: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
     ) -> Poll<io::Result<usize>> {
-        self.buf.reserve(IDLE_READ);
-        tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut self.buf)
+        let mut chunk = [0u8; IDLE_READ];
+        let mut read = tokio::io::ReadBuf::new(&mut chunk);
+        ready!(Pin::new(reader).poll_read(cx, &mut read))?;
+        self.buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
     }
 }
 
