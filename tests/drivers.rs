@@ -7,7 +7,7 @@
 mod support;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,30 +15,6 @@ use support::*;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The driver venv, created if missing; fails the test, saying why, when it cannot be made.
-fn driver_python() -> PathBuf {
-    let venv = root().join("target").join("driver-venv");
-    let lock = root().join("target").join("driver-venv.lock");
-    let script = root().join("tests").join("drivers").join("make-venv.sh");
-    // flock: the test binaries run in parallel and must not build the venv twice at once.
-    let made = Command::new("flock")
-        .arg(&lock)
-        .arg("bash")
-        .arg(&script)
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running flock for {}: {e}", script.display()));
-    assert!(
-        made.status.success(),
-        "could not create the Python venv for the driver tests at {} \
-         (needs python3 with venv and PyPI access):\n{}",
-        venv.display(),
-        output_text(&made)
-    );
-    venv.join("bin").join("python")
 }
 
 /// Runs a driver script against pgmoat; kills it after `limit`.
@@ -90,7 +66,7 @@ fn transaction_pool(pki: &Pki, db: &TestDb, size: usize) -> Pgmoat {
 
 #[test]
 fn asyncpg_pool_of_20_over_4_backends() {
-    let python = driver_python();
+    let python = venv_python();
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let moat = transaction_pool(&pki, &db, 4);
@@ -113,7 +89,7 @@ fn asyncpg_pool_of_20_over_4_backends() {
 
 #[test]
 fn psycopg_prepared_executemany_and_copy_over_3_backends() {
-    let python = driver_python();
+    let python = venv_python();
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let moat = transaction_pool(&pki, &db, 3);
