@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::*;
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{DbError, SqlState};
 
 /// The first authentication request pgmoat sends `user` (5 = md5, 10 = SASL, 0 = ok).
 async fn auth_request_code(pki: &Pki, port: u16, user: &str) -> u32 {
@@ -53,6 +53,38 @@ fn assert_no_secrets(pgmoat: &Pgmoat, secrets: &[&str]) {
             "the log shows a secret ({secret:?}):\n{log}"
         );
     }
+}
+
+/// Logs in as `user` through `pgmoat` with verified TLS; panics with pgmoat's log on failure.
+async fn login(pki: &Pki, pgmoat: &Pgmoat, user: &str, password: &str) -> tokio_postgres::Client {
+    connect(pgmoat.port(), user, Some(password), APP_DB, tls(pki))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pgmoat.log()))
+}
+
+/// alice's login through `pgmoat`, whose own login towards PostgreSQL fails (`case` says
+/// how): the client hears 28P01 within 30 s. Returns the error for the caller's checks.
+async fn backend_login_refused(pki: &Pki, pgmoat: &Pgmoat, case: &str) -> DbError {
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        connect(
+            pgmoat.port(),
+            "alice",
+            Some(ALICE_PASSWORD),
+            APP_DB,
+            tls(pki),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{case} left the client hanging"));
+    let Err(err) = result else {
+        panic!("{case}, yet the client's login worked");
+    };
+    let db_err = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
+    assert_eq!(db_err.code(), &SqlState::INVALID_PASSWORD, "{db_err:?}");
+    db_err.clone()
 }
 
 async fn current_user(client: &tokio_postgres::Client) -> String {
@@ -148,15 +180,7 @@ async fn scram_with_a_plain_secret_and_with_a_postgresql_verifier() {
 
     let plain = Pgmoat::start(&ConfigBuilder::new(&pki, &db).build());
     assert_eq!(auth_request_code(&pki, plain.port(), "alice").await, 10);
-    let client = connect(
-        plain.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        tls(&pki),
-    )
-    .await
-    .unwrap();
+    let client = login(&pki, &plain, "alice", ALICE_PASSWORD).await;
     assert_eq!(current_user(&client).await, "alice");
 
     // The verifier PostgreSQL stores for alice, used as the auth_file secret: pgmoat never
@@ -172,15 +196,7 @@ async fn scram_with_a_plain_secret_and_with_a_postgresql_verifier() {
             .database_line(&format!("password = {}", toml_str(ALICE_PASSWORD)))
             .build(),
     );
-    let client = connect(
-        hashed.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        tls(&pki),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", hashed.log()));
+    let client = login(&pki, &hashed, "alice", ALICE_PASSWORD).await;
     assert_eq!(current_user(&client).await, "alice");
     let wrong = connect(hashed.port(), "alice", Some("not-it"), APP_DB, tls(&pki)).await;
     assert_refused(
@@ -306,15 +322,7 @@ async fn backend_logins_scram_entry_password_cert_and_a_wrong_password() {
 
     // SCRAM towards PostgreSQL with alice's password from auth_file.
     let plain = Pgmoat::start(&ConfigBuilder::new(&pki, &db).build());
-    let client = connect(
-        plain.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        tls(&pki),
-    )
-    .await
-    .unwrap();
+    let client = login(&pki, &plain, "alice", ALICE_PASSWORD).await;
     assert_eq!(current_user(&client).await, "alice");
     let needle = authenticated("alice", "scram-sha-256");
     assert!(db.log_tail(100).contains(&needle), "{}", db.log_tail(30));
@@ -327,15 +335,7 @@ async fn backend_logins_scram_entry_password_cert_and_a_wrong_password() {
             .database_line(&format!("password = {}", toml_str(BOB_PASSWORD)))
             .build(),
     );
-    let client = connect(
-        forced.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        tls(&pki),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", forced.log()));
+    let client = login(&pki, &forced, "alice", ALICE_PASSWORD).await;
     assert_eq!(current_user(&client).await, "bob");
     let needle = authenticated("bob", "scram-sha-256");
     assert!(db.log_tail(100).contains(&needle), "{}", db.log_tail(30));
@@ -376,25 +376,7 @@ async fn backend_logins_scram_entry_password_cert_and_a_wrong_password() {
             .database_line("password = \"not-the-password\"")
             .build(),
     );
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        connect(
-            wrong.port(),
-            "alice",
-            Some(ALICE_PASSWORD),
-            APP_DB,
-            tls(&pki),
-        ),
-    )
-    .await
-    .expect("a failed backend login left the client hanging");
-    let Err(err) = result else {
-        panic!("login through a broken backend login worked");
-    };
-    let db_err = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
-    assert_eq!(db_err.code(), &SqlState::INVALID_PASSWORD, "{db_err:?}");
+    let db_err = backend_login_refused(&pki, &wrong, "a failed backend login").await;
     assert!(
         db_err.message().contains("password authentication failed")
             && db_err
@@ -449,15 +431,7 @@ async fn backend_login_with_md5_when_pg_hba_asks_for_it() {
             .userlist(&[(MD5_USER, MD5_PASSWORD)])
             .build(),
     );
-    let client = connect(
-        from_userlist.port(),
-        MD5_USER,
-        Some(MD5_PASSWORD),
-        APP_DB,
-        tls(&pki),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", from_userlist.log()));
+    let client = login(&pki, &from_userlist, MD5_USER, MD5_PASSWORD).await;
     assert_eq!(current_user(&client).await, MD5_USER);
     assert_eq!(md5_logins(), 1, "{}", db.log_tail(30));
 
@@ -469,15 +443,7 @@ async fn backend_login_with_md5_when_pg_hba_asks_for_it() {
             .database_line(&format!("password = {}", toml_str(MD5_PASSWORD)))
             .build(),
     );
-    let client = connect(
-        from_entry.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        tls(&pki),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}\n{}", from_entry.log()));
+    let client = login(&pki, &from_entry, "alice", ALICE_PASSWORD).await;
     assert_eq!(current_user(&client).await, MD5_USER);
     assert_eq!(md5_logins(), 2, "{}", db.log_tail(30));
 
@@ -489,25 +455,7 @@ async fn backend_login_with_md5_when_pg_hba_asks_for_it() {
             .database_line("password = \"not-the-password\"")
             .build(),
     );
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        connect(
-            wrong.port(),
-            "alice",
-            Some(ALICE_PASSWORD),
-            APP_DB,
-            tls(&pki),
-        ),
-    )
-    .await
-    .expect("a failed md5 backend login left the client hanging");
-    let Err(err) = result else {
-        panic!("login with a wrong md5 password towards PostgreSQL worked");
-    };
-    let db_err = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
-    assert_eq!(db_err.code(), &SqlState::INVALID_PASSWORD, "{db_err:?}");
+    let db_err = backend_login_refused(&pki, &wrong, "a failed md5 backend login").await;
     assert!(
         db_err.message().contains("password authentication failed"),
         "{db_err:?}"
