@@ -374,6 +374,17 @@ fn position_of(log: &[(i32, String)], statement: &str) -> usize {
         .unwrap_or_else(|| panic!("{statement:?} is not in the server log: {log:#?}"))
 }
 
+/// pgmoat with one server, checked with [`CHECK_QUERY`] once idle for over 2 s.
+fn moat_checking_after_2s(pki: &Pki, db: &TestDb) -> Pgmoat {
+    Pgmoat::start(
+        &ConfigBuilder::new(pki, db)
+            .set("default_pool_size", "1")
+            .set_str("server_check_query", CHECK_QUERY)
+            .set("server_check_delay", "2")
+            .build(),
+    )
+}
+
 fn check_runs(log: &[(i32, String)]) -> Vec<(usize, i32)> {
     log.iter()
         .enumerate()
@@ -386,13 +397,7 @@ fn check_runs(log: &[(i32, String)]) -> Vec<(usize, i32)> {
 async fn server_check_query_runs_before_reusing_a_backend_idle_longer_than_server_check_delay() {
     let pki = Pki::new();
     let db = db_logging_statements(&pki);
-    let moat = Pgmoat::start(
-        &ConfigBuilder::new(&pki, &db)
-            .set("default_pool_size", "1")
-            .set_str("server_check_query", CHECK_QUERY)
-            .set("server_check_delay", "2")
-            .build(),
-    );
+    let moat = moat_checking_after_2s(&pki, &db);
     let client = moat_client(&moat, &pki, "alice").await;
     let q = |n: u32| format!("SELECT pg_backend_pid() /* q{n} */");
 
@@ -468,13 +473,7 @@ async fn a_backend_failing_server_check_query_is_replaced_before_the_client_gets
 async fn server_check_delay_counts_from_release_not_from_checkout() {
     let pki = Pki::new();
     let db = db_logging_statements(&pki);
-    let moat = Pgmoat::start(
-        &ConfigBuilder::new(&pki, &db)
-            .set("default_pool_size", "1")
-            .set_str("server_check_query", CHECK_QUERY)
-            .set("server_check_delay", "2")
-            .build(),
-    );
+    let moat = moat_checking_after_2s(&pki, &db);
     let client = moat_client(&moat, &pki, "alice").await;
     // One transaction longer than server_check_delay: the backend is busy, not idle.
     client.batch_execute("BEGIN").await.unwrap();
@@ -543,15 +542,7 @@ async fn waiting_clients_get_the_only_backend_in_the_order_they_queued() {
             .set("admin_users", r#"["alice"]"#)
             .build(),
     );
-    let console = connect(
-        moat.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        "pgbouncer",
-        Some(tls_client_config(&pki.ca, None)),
-    )
-    .await
-    .unwrap();
+    let console = moat_console(&moat, &pki, "alice").await;
     // Everyone logs in first, so nobody queues for a server during login.
     let holder = moat_client(&moat, &pki, "alice").await;
     let mut waiters = Vec::new();

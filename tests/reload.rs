@@ -385,16 +385,8 @@ async fn a_missing_or_expired_certificate_on_reload_keeps_the_old_state_and_says
 }
 
 /// `SHOW CONFIG`'s value of `name`, through the admin console.
-async fn show_config(port: u16, pki: &Pki, name: &str) -> String {
-    let console = connect(
-        port,
-        "alice",
-        Some(ALICE_PASSWORD),
-        "pgbouncer",
-        Some(tls_client_config(&pki.ca, None)),
-    )
-    .await
-    .unwrap();
+async fn show_config(pgmoat: &Pgmoat, pki: &Pki, name: &str) -> String {
+    let console = moat_console(pgmoat, pki, "alice").await;
     console
         .simple_query("SHOW CONFIG")
         .await
@@ -426,7 +418,7 @@ async fn pool_size_and_query_wait_timeout_change_live_on_reload() {
             .build(),
     );
     let port = pgmoat.port();
-    assert_eq!(show_config(port, &pki, "default_pool_size").await, "1");
+    assert_eq!(show_config(&pgmoat, &pki, "default_pool_size").await, "1");
     let tls = || Some(tls_client_config(&pki.ca, None));
     let open_transaction = || async {
         let client = connect(port, "alice", Some(ALICE_PASSWORD), APP_DB, tls())
@@ -453,8 +445,8 @@ async fn pool_size_and_query_wait_timeout_change_live_on_reload() {
     let mark = pgmoat.log_mark();
     pgmoat.sighup();
     pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
-    assert_eq!(show_config(port, &pki, "default_pool_size").await, "3");
-    let shown_wait = show_config(port, &pki, "query_wait_timeout").await;
+    assert_eq!(show_config(&pgmoat, &pki, "default_pool_size").await, "3");
+    let shown_wait = show_config(&pgmoat, &pki, "query_wait_timeout").await;
     assert!(
         shown_wait == "2" || shown_wait == "2.0",
         "query_wait_timeout {shown_wait}"

@@ -54,6 +54,13 @@ pub async fn moat_client_with(
     }
 }
 
+/// A TLS (verify-full) login of `user` to pgmoat's admin console (database `pgbouncer`).
+pub async fn moat_console(moat: &Pgmoat, pki: &Pki, user: &str) -> Client {
+    let mut config = moat_config(moat, user);
+    config.dbname("pgbouncer");
+    moat_client_with(moat, pki, config).await.0
+}
+
 /// A wire-level TLS client of `user` through pgmoat.
 pub async fn moat_raw(moat: &Pgmoat, pki: &Pki, user: &str, extra: &[(&str, &str)]) -> RawClient {
     RawClient::connect(
