@@ -79,15 +79,7 @@ async fn counters_move_with_queries_and_health_is_ok() {
     assert_eq!(status, 200);
     assert!(before.trim_end().ends_with("# EOF"), "{before}");
 
-    let client = connect(
-        s.pgmoat.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        Some(tls_client_config(&s.pki.ca, None)),
-    )
-    .await
-    .unwrap();
+    let client = moat_client(&s.pgmoat, &s.pki, "alice").await;
     for i in 0..5 {
         client
             .execute("INSERT INTO items (v) VALUES ($1)", &[&format!("m{i}")])
@@ -203,15 +195,7 @@ async fn failed_logins_handshakes_and_reloads_are_counted() {
 #[tokio::test]
 async fn health_turns_503_while_draining() {
     let s = setup();
-    let client = connect(
-        s.pgmoat.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        Some(tls_client_config(&s.pki.ca, None)),
-    )
-    .await
-    .unwrap();
+    let client = moat_client(&s.pgmoat, &s.pki, "alice").await;
     // A transaction in flight keeps the drain (and the metrics listener) going.
     client.batch_execute("BEGIN; SELECT 1").await.unwrap();
     s.pgmoat.signal("TERM");
@@ -277,15 +261,7 @@ async fn scrape(port: u16) -> (String, String) {
 async fn metrics_parse_with_the_prometheus_client_library() {
     let python = venv_python();
     let s = setup();
-    let client = connect(
-        s.pgmoat.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        Some(tls_client_config(&s.pki.ca, None)),
-    )
-    .await
-    .unwrap();
+    let client = moat_client(&s.pgmoat, &s.pki, "alice").await;
     client
         .batch_execute("BEGIN; SELECT 1; COMMIT")
         .await
