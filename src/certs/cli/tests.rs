@@ -176,54 +176,36 @@ fn check_errors_exit_3_unknown() {
     assert!(help.contains("3 unknown"), "{help}");
 }
 
-/// The subject attributes of a certificate file, by short name (C, ST, L, O, CN).
-fn subject_attrs(path: &Path) -> Vec<(String, String)> {
+/// The certificate in a PEM file, parsed, handed to `f`.
+fn with_cert<T>(path: &Path, f: impl FnOnce(&x509_parser::certificate::X509Certificate) -> T) -> T {
     let pem = fs::read(path).unwrap();
     let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let subject = cert.subject();
-    let mut attrs = Vec::new();
-    let mut add = |name: &str, values: Vec<&str>| {
+    f(&cert)
+}
+
+/// The subject attributes of a certificate file, by short name (C, ST, L, O, CN).
+fn subject_attrs(path: &Path) -> Vec<(String, String)> {
+    use x509_parser::x509::AttributeTypeAndValue;
+    fn add<'a>(
+        attrs: &mut Vec<(String, String)>,
+        name: &str,
+        values: impl Iterator<Item = &'a AttributeTypeAndValue<'a>>,
+    ) {
         for v in values {
-            attrs.push((name.to_owned(), v.to_owned()));
+            attrs.push((name.to_owned(), v.as_str().unwrap().to_owned()));
         }
-    };
-    add(
-        "C",
-        subject
-            .iter_country()
-            .map(|a| a.as_str().unwrap())
-            .collect(),
-    );
-    add(
-        "ST",
-        subject
-            .iter_state_or_province()
-            .map(|a| a.as_str().unwrap())
-            .collect(),
-    );
-    add(
-        "L",
-        subject
-            .iter_locality()
-            .map(|a| a.as_str().unwrap())
-            .collect(),
-    );
-    add(
-        "O",
-        subject
-            .iter_organization()
-            .map(|a| a.as_str().unwrap())
-            .collect(),
-    );
-    add(
-        "CN",
-        subject
-            .iter_common_name()
-            .map(|a| a.as_str().unwrap())
-            .collect(),
-    );
-    attrs
+    }
+    with_cert(path, |cert| {
+        let subject = cert.subject();
+        let mut attrs = Vec::new();
+        add(&mut attrs, "C", subject.iter_country());
+        add(&mut attrs, "ST", subject.iter_state_or_province());
+        add(&mut attrs, "L", subject.iter_locality());
+        add(&mut attrs, "O", subject.iter_organization());
+        add(&mut attrs, "CN", subject.iter_common_name());
+        attrs
+    })
 }
 
 #[test]
@@ -293,14 +275,11 @@ fn init_writes_every_subject_field_given_on_the_command_line() {
 /// The public key algorithm and size of a certificate file.
 fn key_of(path: &Path) -> (String, usize) {
     use x509_parser::public_key::PublicKey;
-    let pem = fs::read(path).unwrap();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    match cert.public_key().parsed().unwrap() {
+    with_cert(path, |cert| match cert.public_key().parsed().unwrap() {
         PublicKey::RSA(rsa) => ("RSA".to_owned(), rsa.key_size()),
         PublicKey::EC(ec) => ("EC".to_owned(), ec.key_size()),
         other => panic!("unexpected key {other:?}"),
-    }
+    })
 }
 
 #[test]
