@@ -34,8 +34,8 @@ fn setup() -> Setup {
     }
 }
 
-/// Status code and body of `GET path`.
-async fn get(port: u16, path: &str) -> (u16, String) {
+/// The whole HTTP response to `GET path`, read until the server closes.
+async fn fetch(port: u16, path: &str) -> String {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tcp.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -47,6 +47,12 @@ async fn get(port: u16, path: &str) -> (u16, String) {
         .await
         .expect("the metrics endpoint answers")
         .unwrap();
+    response
+}
+
+/// Status code and body of `GET path`.
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let response = fetch(port, path).await;
     let status = response
         .split(' ')
         .nth(1)
@@ -230,15 +236,7 @@ print(json.dumps([
 
 /// Content-Type and body of `GET /metrics`.
 async fn scrape(port: u16) -> (String, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
-        .await
-        .expect("the metrics endpoint answers")
-        .unwrap();
+    let response = fetch(port, "/metrics").await;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
