@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{free_port, output_text};
+use support::{free_port, libpq_clean_env, output_text, send_signal, wait_child_exit};
 
 /// initdb, certificates and the server start, on a busy machine.
 const STARTUP: Duration = Duration::from_secs(120);
@@ -64,24 +64,11 @@ impl Demo {
 
     /// Ctrl-C, as the demo tells its user to press.
     fn interrupt(&self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -INT {}", self.child.id());
+        send_signal(self.child.id(), "INT");
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_child_exit(&mut self.child, timeout)
     }
 }
 
@@ -202,17 +189,10 @@ fn run_shell_line(line: &str) -> std::process::Output {
         path.push(":");
         path.push(old);
     }
-    Command::new("sh")
-        .args(["-c", line])
-        .env("PATH", path)
-        .env("PGCONNECT_TIMEOUT", "10")
-        // Only what the printed line says may steer libpq.
-        .env_remove("PGSSLMODE")
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env_remove("PGUSER")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGDATABASE")
+    let mut sh = Command::new("sh");
+    sh.args(["-c", line]).env("PATH", path);
+    // Only what the printed line says may steer libpq.
+    libpq_clean_env(&mut sh)
         .env_remove("PGSSLROOTCERT")
         .stdin(Stdio::null())
         .output()

@@ -9,7 +9,7 @@ mod support;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -36,17 +36,10 @@ fn run_script(python: &Path, script: &str, moat: &Pgmoat, pki: &Pki, limit: Dura
         .stderr(File::create(&err_path).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_child_exit(&mut child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        child.wait().unwrap()
+    });
     Output {
         status,
         stdout: std::fs::read(&out_path).unwrap_or_default(),

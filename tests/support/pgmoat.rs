@@ -174,12 +174,7 @@ impl Pgmoat {
 
     /// Sends a signal by name (`HUP`, `TERM`, `INT`...).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} {} failed", self.pid());
+        send_signal(self.pid(), name);
     }
 
     pub fn sighup(&self) {
@@ -188,16 +183,31 @@ impl Pgmoat {
 
     /// Waits for the process to exit on its own (after a signal); `None` on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        wait_child_exit(&mut self.child, timeout)
+    }
+}
+
+/// Sends process `pid` a signal by name (`HUP`, `TERM`, `INT`...) with kill(1).
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Waits for `child` to exit; `None` if it still runs after `timeout`.
+pub fn wait_child_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
         }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
