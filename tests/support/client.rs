@@ -145,6 +145,18 @@ fn libpq_tool(program: &str, fixed: &[&str], args: &[&str], conninfo: &str) -> O
     libpq_tool_env(program, fixed, args, conninfo, &[])
 }
 
+/// A 10 s connect timeout, and none of the caller's PGSSLMODE, PGHOST, PGPORT, PGUSER,
+/// PGPASSWORD or PGDATABASE, for a command that runs a libpq client.
+pub fn libpq_clean_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGHOST")
+        .env_remove("PGPORT")
+        .env_remove("PGUSER")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGDATABASE")
+}
+
 fn libpq_tool_env(
     program: &str,
     fixed: &[&str],
@@ -153,18 +165,10 @@ fn libpq_tool_env(
     env: &[(&str, &str)],
 ) -> Output {
     let path = pgmoat::pgcluster::client_program(program);
-    Command::new(&path)
-        .args(fixed)
-        .args(args)
-        .arg(conninfo)
-        .env("PGCONNECT_TIMEOUT", "10")
-        // Keep the caller's environment from steering libpq (a stray PGSSLMODE, say).
-        .env_remove("PGSSLMODE")
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env_remove("PGUSER")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGDATABASE")
+    let mut cmd = Command::new(&path);
+    cmd.args(fixed).args(args).arg(conninfo);
+    // Keep the caller's environment from steering libpq (a stray PGSSLMODE, say).
+    libpq_clean_env(&mut cmd)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
