@@ -469,6 +469,15 @@ async fn a_backend_failing_server_check_query_is_replaced_before_the_client_gets
     .await;
 }
 
+/// One transaction that stays open for `open`; the pid of the backend it ran on.
+async fn transaction_lasting(client: &Client, open: Duration) -> i32 {
+    client.batch_execute("BEGIN").await.unwrap();
+    let backend = pid(client).await;
+    tokio::time::sleep(open).await;
+    client.batch_execute("COMMIT").await.unwrap();
+    backend
+}
+
 #[tokio::test]
 async fn server_check_delay_counts_from_release_not_from_checkout() {
     let pki = Pki::new();
@@ -476,10 +485,7 @@ async fn server_check_delay_counts_from_release_not_from_checkout() {
     let moat = moat_checking_after_2s(&pki, &db);
     let client = moat_client(&moat, &pki, "alice").await;
     // One transaction longer than server_check_delay: the backend is busy, not idle.
-    client.batch_execute("BEGIN").await.unwrap();
-    let first = pid(&client).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    client.batch_execute("COMMIT").await.unwrap();
+    let first = transaction_lasting(&client, Duration::from_secs(3)).await;
     // Released just now: "a released connection is lent again without running
     // server_check_query" within server_check_delay (config/pgmoat.toml, PgBouncer).
     assert_eq!(pid(&client).await, first);
@@ -497,10 +503,7 @@ async fn server_idle_timeout_counts_idle_time_not_time_in_a_transaction() {
             .build(),
     );
     let client = moat_client(&moat, &pki, "alice").await;
-    client.batch_execute("BEGIN").await.unwrap();
-    let first = pid(&client).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    client.batch_execute("COMMIT").await.unwrap();
+    let first = transaction_lasting(&client, Duration::from_secs(3)).await;
     // Idle for a moment only: it must still be there and be lent again.
     assert_eq!(
         pid(&client).await,
