@@ -104,9 +104,7 @@ async fn rotation_under_pgbench_loses_no_transaction_and_serves_the_new_certific
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     certs_issue(&pki, &live, "pgmoat", &["--san", SERVER_SANS]);
-    let mark = pgmoat.log_mark();
-    pgmoat.sighup();
-    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
+    pgmoat.sighup_and_wait_reloaded(Duration::from_secs(10));
 
     for (name, run) in [("steady", steady), ("reconnecting", reconnecting)] {
         let out = run.join().unwrap();
@@ -182,9 +180,7 @@ async fn a_broken_key_on_reload_keeps_the_old_certificate_serving() {
 
     // Putting the good key back and reloading succeeds again.
     std::fs::write(&key, good_key).unwrap();
-    let mark = pgmoat.log_mark();
-    pgmoat.sighup();
-    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
+    pgmoat.sighup_and_wait_reloaded(Duration::from_secs(10));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -219,9 +215,7 @@ async fn open_transactions_survive_and_new_backends_use_the_new_client_certifica
         .await
         .unwrap();
     certs_issue(&pki, &live, "upstream", &["--client", "--cn", "certuser"]);
-    let mark = pgmoat.log_mark();
-    pgmoat.sighup();
-    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
+    pgmoat.sighup_and_wait_reloaded(Duration::from_secs(10));
 
     a.batch_execute("COMMIT").await.unwrap();
     let new_serial: String = b.query_one(serial_query, &[]).await.unwrap().get(0);
@@ -378,9 +372,7 @@ async fn a_missing_or_expired_certificate_on_reload_keeps_the_old_state_and_says
             .unwrap_or_else(|e| panic!("{what}: clients still get through: {e}"));
         restore();
     }
-    let mark = pgmoat.log_mark();
-    pgmoat.sighup();
-    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
+    pgmoat.sighup_and_wait_reloaded(Duration::from_secs(10));
     assert_eq!(served_serial(pgmoat.port(), &pki.ca).await, before);
 }
 
@@ -442,9 +434,7 @@ async fn pool_size_and_query_wait_timeout_change_live_on_reload() {
             .set("query_wait_timeout", "2")
             .build(),
     );
-    let mark = pgmoat.log_mark();
-    pgmoat.sighup();
-    pgmoat.wait_for_log_since(mark, "configuration reloaded", Duration::from_secs(10));
+    pgmoat.sighup_and_wait_reloaded(Duration::from_secs(10));
     assert_eq!(show_config(&pgmoat, &pki, "default_pool_size").await, "3");
     let shown_wait = show_config(&pgmoat, &pki, "query_wait_timeout").await;
     assert!(
@@ -521,9 +511,7 @@ fn certificates_close_to_expiry_are_warned_about_at_start_and_on_reload() {
         "pgmoat",
         &["--san", SERVER_SANS, "--days", "5"],
     );
-    let mark = pgmoat.log_mark();
-    pgmoat.sighup();
-    pgmoat.wait_for_log_since(mark, "configuration reloaded", wait);
+    let mark = pgmoat.sighup_and_wait_reloaded(wait);
     pgmoat.wait_for_log_line_since(
         mark,
         &["WARN", warning, setting, &crt_s, "days_left=4"],
@@ -532,9 +520,7 @@ fn certificates_close_to_expiry_are_warned_about_at_start_and_on_reload() {
 
     // The threshold is the setting: below it, the same certificate is only logged.
     pgmoat.rewrite_config(&builder.set("cert_expiry_warn_days", "3").build());
-    let mark = pgmoat.log_mark();
-    pgmoat.sighup();
-    pgmoat.wait_for_log_since(mark, "configuration reloaded", wait);
+    let mark = pgmoat.sighup_and_wait_reloaded(wait);
     pgmoat.wait_for_log_line_since(
         mark,
         &["INFO", "certificate loaded", setting, &crt_s, "days_left=4"],

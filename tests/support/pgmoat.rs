@@ -181,6 +181,15 @@ impl Pgmoat {
         self.signal("HUP");
     }
 
+    /// SIGHUP, then waits for "configuration reloaded" after it; returns the log mark taken
+    /// before the signal, for checks on what the reload logged.
+    pub fn sighup_and_wait_reloaded(&self, timeout: Duration) -> usize {
+        let mark = self.log_mark();
+        self.sighup();
+        self.wait_for_log_since(mark, "configuration reloaded", timeout);
+        mark
+    }
+
     /// Waits for the process to exit on its own (after a signal); `None` on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_child_exit(&mut self.child, timeout)
