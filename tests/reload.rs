@@ -238,6 +238,50 @@ async fn open_transactions_survive_and_new_backends_use_the_new_client_certifica
     assert_eq!(count, 1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_backends_with_the_old_client_certificate_close_without_waiting_for_a_client() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let live = live_dir(&pki);
+    certs_issue(&pki, &live, "upstream", &["--client", "--cn", "certuser"]);
+    let config = ConfigBuilder::new(&pki, &db)
+        .set_path("server_tls_cert_file", &live.join("upstream.crt"))
+        .set_path("server_tls_key_file", &live.join("upstream.key"))
+        .build();
+    let pgmoat = Pgmoat::start(&config);
+    let client = connect(
+        pgmoat.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    // The server that answered is idle in the pool now, as PostgreSQL sees it.
+    let old_serial = decimal(&file_serial(&live.join("upstream.crt")));
+    let with_old_serial = || {
+        db.sql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_ssl WHERE client_serial = {old_serial}"),
+        )
+    };
+    assert_eq!(with_old_serial().trim(), "1");
+
+    certs_issue(&pki, &live, "upstream", &["--client", "--cn", "certuser"]);
+    pgmoat.sighup_and_wait_reloaded(Duration::from_secs(10));
+    // Nobody uses the pool meanwhile: the janitor, not a checkout, must retire it (the
+    // default server_idle_timeout of 600 s would keep it for ten minutes).
+    eventually(
+        "the idle server made with the old client certificate to close",
+        Duration::from_secs(10),
+        || with_old_serial().trim() == "0",
+    )
+    .await;
+    drop(client);
+}
+
 fn decimal(hex: &str) -> String {
     u128::from_str_radix(hex, 16).unwrap().to_string()
 }

@@ -1,6 +1,7 @@
 //! Periodic upkeep of the pools (PgBouncer's janitor): apply pool sizes after a reload,
-//! close idle connections past server_idle_timeout or server_lifetime without waiting for a
-//! client to trip over them, and keep min_pool_size connections open.
+//! close idle connections past server_idle_timeout or server_lifetime, or made with a TLS
+//! configuration a reload replaced, without waiting for a client to trip over them, and keep
+//! min_pool_size connections open.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,9 +34,13 @@ pub async fn run_janitor(shared: Arc<Shared>) {
             }
             let idle_timeout = config.server_idle_timeout.non_zero();
             let lifetime = config.server_lifetime.duration();
+            // Idle connections made with an earlier TLS configuration (a rotated client
+            // certificate or CA) or marked by RECONNECT go now, not when a client next
+            // happens to take them, so PostgreSQL soon sees only the new certificate.
             pool.pool.retain(|conn, metrics| {
                 let too_idle = idle_timeout.is_some_and(|t| conn.idle_since.elapsed() > t);
-                !(too_idle || metrics.age() > lifetime)
+                let outdated = conn.tls_epoch != generation.tls_epoch || super::close_needed(conn);
+                !(too_idle || outdated || metrics.age() > lifetime)
             });
             let status = pool.pool.status();
             let min = config.min_pool_size.min(pool.settings.size);
