@@ -133,3 +133,98 @@ async fn queries_while_postgresql_is_down_fail_and_service_resumes() {
         .await
         .unwrap_or_else(|e| panic!("after PostgreSQL came back: {e:?}\n{}", moat.log()));
 }
+
+/// The pid of the server connection that runs `sleep_sql` for a client, once PostgreSQL
+/// shows it sleeping.
+async fn sleeping_backend(db: &TestDb) -> i32 {
+    let mut found = String::new();
+    eventually(
+        "the client's query to be running on a server",
+        Duration::from_secs(10),
+        || {
+            found = db.sql(
+                "postgres",
+                "SELECT pid FROM pg_stat_activity WHERE usename = 'alice' AND query LIKE '%pg_sleep%' AND state = 'active'",
+            );
+            !found.trim().is_empty()
+        },
+    )
+    .await;
+    found.trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_terminated_under_a_query_costs_that_query_only_outside_a_transaction() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(&ConfigBuilder::new(&pki, &db).build());
+
+    // Autocommit: PostgreSQL's FATAL is all the answer there is, so nothing of the query
+    // took effect; the client gets an ERROR for it and keeps its connection.
+    let client = moat_client(&moat, &pki, "alice").await;
+    let running = {
+        let client = moat_client(&moat, &pki, "alice").await;
+        tokio::spawn(async move {
+            let result = client.batch_execute("SELECT pg_sleep(30)").await;
+            (result, client)
+        })
+    };
+    let victim = sleeping_backend(&db).await;
+    db.sql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({victim})"),
+    );
+    let (result, sleeper) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the terminated query hung")
+        .unwrap();
+    let err = result.expect_err("a terminated query succeeded");
+    let db_error = err.as_db_error().unwrap_or_else(|| {
+        panic!(
+            "an ErrorResponse, not a closed connection: {err:?}\n{}",
+            moat.log()
+        )
+    });
+    assert_eq!(db_error.code().code(), "08006", "{db_error:?}");
+    assert_eq!(db_error.severity(), "ERROR");
+    assert!(
+        db_error.detail().is_some_and(|d| d.contains("57P01")),
+        "PostgreSQL's reason is passed on: {db_error:?}"
+    );
+    assert!(!sleeper.is_closed(), "the client keeps its connection");
+    let next = pid(&sleeper).await.unwrap();
+    assert_ne!(next, victim, "a new server");
+    pid(&client).await.unwrap();
+
+    // Inside a transaction the transaction is lost: the client hears PostgreSQL's FATAL and
+    // its connection ends, as it would without a pooler.
+    let running = {
+        let client = moat_client(&moat, &pki, "alice").await;
+        tokio::spawn(async move {
+            client.batch_execute("BEGIN").await.unwrap();
+            let result = client.batch_execute("SELECT pg_sleep(30)").await;
+            (result, client)
+        })
+    };
+    let victim = sleeping_backend(&db).await;
+    db.sql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({victim})"),
+    );
+    let (result, in_tx) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the terminated transaction hung")
+        .unwrap();
+    let err = result.expect_err("a terminated transaction went on");
+    let db_error = err.as_db_error().expect("PostgreSQL's own FATAL");
+    assert_eq!(db_error.code().code(), "57P01", "{db_error:?}");
+    assert_eq!(db_error.severity(), "FATAL");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !in_tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the client's connection ends with its transaction");
+    pid(&client).await.unwrap();
+}

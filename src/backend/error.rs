@@ -46,9 +46,13 @@ impl BackendError {
                 severity: Severity::Fatal,
                 code: SqlState(static_code(&fields.code)),
                 message: fields.message.clone(),
-                detail: Some(
-                    "pgmoat could not log in to PostgreSQL with the configured credentials".into(),
-                ),
+                // Only an authentication failure is about the credentials; a shutdown or
+                // a full server is not.
+                detail: Some(if fields.code.starts_with("28") {
+                    "pgmoat could not log in to PostgreSQL with the configured credentials".into()
+                } else {
+                    "PostgreSQL refused pgmoat's new server connection".into()
+                }),
                 hint: None,
             },
             BackendError::NoPassword { .. } | BackendError::UnsupportedAuth { .. } => {

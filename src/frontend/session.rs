@@ -155,11 +155,17 @@ impl ClientSession {
         let mut server = match self.checkout().await {
             Ok(server) => server,
             Err(e) => {
-                // PostgreSQL unreachable (restarting, say): in transaction mode the client
-                // only loses this query, as it would with a failed statement, and keeps
-                // its connection for when PostgreSQL is back.
+                // PostgreSQL unreachable, or refusing connections while it shuts down or
+                // starts up: in transaction mode the client only loses this query, as it
+                // would with a failed statement, and keeps its connection for when
+                // PostgreSQL is back.
+                let transient = [
+                    SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::ADMIN_SHUTDOWN,
+                ];
                 if mode == PoolMode::Transaction
-                    && e.code == SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+                    && transient.contains(&e.code)
                     && let Some(len) = complete_batch_len(&client_half.buf)
                 {
                     tracing::info!(error = %e, "no server connection for this query; the client stays connected");
@@ -212,6 +218,8 @@ impl ClientSession {
             stats: &self.stats,
             shutdown: (mode == PoolMode::Session)
                 .then(|| Box::pin(self.shared.shutdown.clone().cancelled_owned())),
+            server_fatal: None,
+            completed: false,
         }
         .run()
         .await;
@@ -251,6 +259,64 @@ impl ClientSession {
                     ))
                     .await;
                 }
+                return Next::Close;
+            }
+            RelayEnd::ServerFatal(fatal) => {
+                let (message, after_completion) = (fatal.message, fatal.after_completion);
+                let fatal = fatal.fields;
+                tracing::warn!(
+                    server_id = server.id,
+                    code = %fatal.code,
+                    message = %fatal.message,
+                    "server connection ended with a FATAL error"
+                );
+                server.discard();
+                // A FATAL (a shutdown, an administrator's pg_terminate_backend) that comes
+                // before any statement of the batch completed means nothing of it took
+                // effect: a completed statement's CommandComplete would have come first, and
+                // an unfinished implicit transaction is rolled back. In transaction mode,
+                // with whole batches outstanding, the client then only loses those batches,
+                // as with any failed statement (an ErrorResponse may follow a
+                // RowDescription or rows), and keeps its connection for the next server.
+                if mode == PoolMode::Transaction && tx.server_idle() && client_half.at_boundary() {
+                    // It came right after the answer: the client has all it asked for.
+                    return Next::Continue;
+                }
+                let untouched = mode == PoolMode::Transaction
+                    && !after_completion
+                    && tx.outstanding > 0
+                    && !tx.unsynced
+                    && !tx.in_copy_in()
+                    && client_half.at_boundary();
+                let detail = format!(
+                    "PostgreSQL ended the server connection: {} {}: {}",
+                    fatal.severity, fatal.code, fatal.message
+                );
+                if untouched {
+                    let mut reply = BytesMut::new();
+                    for _ in 0..tx.outstanding {
+                        PgError::error(
+                            SqlState::CONNECTION_FAILURE,
+                            "the server connection failed before this query ran",
+                        )
+                        .with_detail(detail.clone())
+                        .with_hint("Nothing of it was executed; run it again.")
+                        .encode(&mut reply);
+                        crate::protocol::messages::ready_for_query(&mut reply, b'I');
+                    }
+                    if self.stream.write_all(&reply).await.is_err()
+                        || self.stream.flush().await.is_err()
+                    {
+                        return Next::Close;
+                    }
+                    return Next::Continue;
+                }
+                // Otherwise the client hears it from PostgreSQL itself, and its connection
+                // ends with the server's, as it would without a pooler.
+                tracing::info!(%detail, "closing client connection");
+                let _ = self.stream.write_all(&message).await;
+                let _ = self.stream.flush().await;
+                let _ = self.stream.shutdown().await;
                 return Next::Close;
             }
             RelayEnd::ServerGone(e) => {

@@ -23,6 +23,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::backend::ServerConn;
 use crate::protocol::ProtocolError;
+use crate::protocol::error::ErrorFields;
 use crate::protocol::messages::parse_parameter_status;
 use crate::stats::PoolStats;
 use crate::stream::Stream;
@@ -122,7 +123,7 @@ impl HalfBuffer {
     }
 
     /// True when nothing of a message has been forwarded without the rest of it.
-    fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         self.ready == 0
             && self.out.is_empty()
             && self.scanner.at_boundary()
@@ -236,6 +237,11 @@ impl Default for TxState {
 }
 
 impl TxState {
+    /// The server is taking COPY FROM STDIN data.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy.in_copy_in
+    }
+
     pub fn server_idle(&self) -> bool {
         self.outstanding == 0 && self.status == b'I' && !self.unsynced
     }
@@ -306,6 +312,19 @@ pub enum RelayEnd {
     },
     /// The server closed, failed or broke the protocol; it must be discarded.
     ServerGone(ProtocolError),
+    /// The server sent a FATAL (or PANIC) error, say because PostgreSQL is shutting down; it
+    /// was not forwarded, everything before it was. The server must be discarded.
+    ServerFatal(ServerFatal),
+}
+
+/// A FATAL ErrorResponse a server sent: its fields, and the message as sent.
+#[derive(Debug)]
+pub struct ServerFatal {
+    pub fields: ErrorFields,
+    pub message: Vec<u8>,
+    /// A CommandComplete or ReadyForQuery came before it in this relay: some statement
+    /// finished (and may have committed).
+    pub after_completion: bool,
 }
 
 /// What a client did wrong.
@@ -347,6 +366,10 @@ pub struct Relay<'a> {
     /// Session mode: pgmoat is shutting down once this completes; the relay then ends with
     /// `Released` as soon as the server is idle, so the drain does not wait for the client.
     pub shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// A FATAL error the server sent, held back from the client (see `RelayEnd::ServerFatal`).
+    pub server_fatal: Option<ServerFatal>,
+    /// The server has sent a CommandComplete or ReadyForQuery in this relay.
+    pub completed: bool,
 }
 
 impl Relay<'_> {
@@ -381,6 +404,9 @@ impl Relay<'_> {
             )) {
                 return Poll::Ready(self.client_gone(Some(ProtocolError::from(e).into())));
             }
+            if let Some(fatal) = self.server_fatal.take() {
+                return Poll::Ready(RelayEnd::ServerFatal(fatal));
+            }
             if self.release_when_idle
                 && self.tx.server_idle()
                 && self.client_half.at_boundary()
@@ -413,20 +439,40 @@ impl Relay<'_> {
         // Edits to ParseComplete / CloseComplete messages: (offset, replacement tag or
         // None to drop the 5-byte message).
         let mut edits: Vec<(usize, Option<u8>)> = Vec::new();
+        let server_fatal = &mut self.server_fatal;
+        let completed = &mut self.completed;
         let result = half.scanner.scan(
             &half.buf,
             half.ready,
-            |tag| matches!(tag, b'Z' | b'S' | b'C' | b'1' | b'3' | b'G'),
+            |tag| matches!(tag, b'Z' | b'S' | b'C' | b'1' | b'3' | b'G' | b'E'),
             |seen, pos| {
                 let Seen::Whole(tag, body) = seen else {
                     return true;
                 };
                 match tag {
+                    b'E' => {
+                        // A FATAL ends the server connection: stop here, so the session
+                        // decides what the client is told.
+                        let fields = ErrorFields::parse(body);
+                        if matches!(fields.severity.as_str(), "FATAL" | "PANIC") {
+                            let mut message = Vec::with_capacity(body.len() + 5);
+                            message.push(b'E');
+                            message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                            message.extend_from_slice(body);
+                            *server_fatal = Some(ServerFatal {
+                                fields,
+                                message,
+                                after_completion: *completed,
+                            });
+                            return false;
+                        }
+                    }
                     b'G' => {
                         let ignored = tx.copy_in_started();
                         completions.forget_batches(ignored);
                     }
                     b'Z' => {
+                        *completed = true;
                         tx.outstanding = tx.outstanding.saturating_sub(1);
                         tx.status = body.first().copied().unwrap_or(b'I');
                         ready_for_query_seen(tx, stats);
@@ -441,6 +487,7 @@ impl Relay<'_> {
                         }
                     }
                     b'C' => {
+                        *completed = true;
                         // A completed SET / RESET may have changed session state that the
                         // next client must not inherit.
                         if body.starts_with(b"SET") || body.starts_with(b"RESET") {
