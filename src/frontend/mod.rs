@@ -8,6 +8,7 @@ pub use auth::ScramCache;
 mod console;
 mod login;
 mod negotiate;
+mod server_state;
 mod session;
 
 use std::net::SocketAddr;

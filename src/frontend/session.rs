@@ -9,7 +9,8 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use crate::backend::{BackendKey, ServerConn};
+use super::server_state::{finish, release, sync_params};
+use crate::backend::BackendKey;
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::pool::{ServerObject, ServerPool};
@@ -188,7 +189,7 @@ impl ClientSession {
                 return Next::Close;
             }
         };
-        if let Err(e) = self.sync_params(&mut server).await {
+        if let Err(e) = sync_params(&self.params, &mut server).await {
             tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
             server.discard();
             self.fail(e).await;
@@ -350,58 +351,6 @@ impl ClientSession {
         result
     }
 
-    /// Applies the client's settings on the server where they differ, and puts back the
-    /// server's own values of settings an earlier client chose (startup parameters, options,
-    /// its re-applied SETs) that this client did not: sync_params never marks the server
-    /// dirty, so nothing else would undo them. set_config takes a value as a startup packet
-    /// gives it (`SET x = 'a,b'` would make a list setting one quoted element).
-    async fn sync_params(&self, server: &mut ServerConn) -> Result<(), PgError> {
-        let set = |name: &str, value: &str| {
-            format!(
-                "SELECT pg_catalog.set_config({}, {}, false);",
-                quote_literal(name),
-                quote_literal(value)
-            )
-        };
-        let mut sql = String::new();
-        for (name, value) in &self.params {
-            if server.param(name) != Some(value.as_str()) {
-                sql.push_str(&set(name, value));
-            }
-        }
-        for (name, value) in &server.params {
-            if self
-                .params
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case(name))
-            {
-                continue;
-            }
-            match server
-                .initial_params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            {
-                Some((_, initial)) if initial == value => {}
-                Some((_, initial)) => sql.push_str(&set(name, initial)),
-                None => sql.push_str(&format!("RESET {};", quote_ident(name))),
-            }
-        }
-        if sql.is_empty() {
-            return Ok(());
-        }
-        server
-            .simple_query(&sql)
-            .await
-            .map_err(|e| e.to_pg_error())?;
-        // Recorded as the client spelt them, so the next checkout compares equal.
-        server.params = server.initial_params.clone();
-        for (name, value) in &self.params {
-            server.set_param(name, value);
-        }
-        Ok(())
-    }
-
     fn remember(&mut self, changes: SessionChanges) {
         for (name, value) in changes.params {
             match self
@@ -435,58 +384,6 @@ impl ClientSession {
     }
 }
 
-/// Transaction mode: the transaction is over. A server whose session state a client changed
-/// is reset first, so the next client cannot inherit it.
-/// With server_reset_query_always, server_reset_query runs after every transaction, as in
-/// PgBouncer.
-async fn release(mut server: ServerObject, generation: &Generation) {
-    let config = &generation.config;
-    let always = config.server_reset_query_always && !config.server_reset_query.trim().is_empty();
-    let query = match (always, server.dirty) {
-        (true, _) => config.server_reset_query.trim(),
-        (false, true) => "RESET ALL",
-        (false, false) => return,
-    };
-    if let Err(e) = Box::pin(reset(&mut server, query)).await {
-        tracing::warn!(error = %e, "resetting a server connection failed; closing it");
-        server.discard();
-    }
-}
-
-/// The client is gone. A clean server goes back to the pool (after server_reset_query in
-/// session mode); anything else is closed, so no half-finished transaction is handed on.
-async fn finish(mut server: ServerObject, clean: bool, mode: PoolMode, generation: &Generation) {
-    if !clean {
-        server.discard();
-        return;
-    }
-    let reset_query = generation.config.server_reset_query.trim();
-    let query = match mode {
-        PoolMode::Session if !reset_query.is_empty() => Some(reset_query),
-        _ if server.dirty => Some("RESET ALL"),
-        _ => None,
-    };
-    if let Some(query) = query
-        && let Err(e) = Box::pin(reset(&mut server, query)).await
-    {
-        tracing::warn!(error = %e, "resetting a server connection failed; closing it");
-        server.discard();
-    }
-}
-
-/// Callers box this future: it runs rarely, and inline it would grow every client's task.
-async fn reset(server: &mut ServerConn, query: &str) -> Result<(), crate::backend::BackendError> {
-    server.simple_query(query).await?;
-    server.params = server.initial_params.clone();
-    server.dirty = false;
-    if !query.eq_ignore_ascii_case("RESET ALL") {
-        // DISCARD ALL (the default reset query) also drops prepared statements; any other
-        // query may too, so nothing is assumed prepared afterwards.
-        server.statements.clear();
-    }
-    Ok(())
-}
-
 /// Length of the first complete batch in `buf`: a Query, or extended-protocol messages up to
 /// and including Sync. `None` while it is incomplete (or not a batch that can be dropped).
 fn complete_batch_len(buf: &[u8]) -> Option<usize> {
@@ -503,19 +400,6 @@ fn complete_batch_len(buf: &[u8]) -> Option<usize> {
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => pos = end,
             _ => return None,
         }
-    }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(value: &str) -> String {
-    // An E'' literal reads backslashes the same whatever standard_conforming_strings says.
-    if value.contains('\\') {
-        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", value.replace('\'', "''"))
     }
 }
 
@@ -542,12 +426,5 @@ mod tests {
         extended.extend(msg(b'S', b""));
         assert_eq!(complete_batch_len(&extended), Some(without_sync + 5));
         assert_eq!(complete_batch_len(&msg(b'd', b"data")), None);
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal("a\\b'c"), "E'a\\\\b''c'");
-        assert_eq!(quote_ident("Time\"Zone"), "\"Time\"\"Zone\"");
     }
 }
