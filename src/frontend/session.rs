@@ -272,6 +272,10 @@ impl ClientSession {
                     "server connection ended with a FATAL error"
                 );
                 server.discard();
+                if mode == PoolMode::Transaction && tx.server_idle() && client_half.at_boundary() {
+                    // It came right after the answer: the client has all it asked for.
+                    return Next::Continue;
+                }
                 // A FATAL (a shutdown, an administrator's pg_terminate_backend) that comes
                 // before any statement of the batch completed means nothing of it took
                 // effect: a completed statement's CommandComplete would have come first, and
@@ -279,10 +283,6 @@ impl ClientSession {
                 // with whole batches outstanding, the client then only loses those batches,
                 // as with any failed statement (an ErrorResponse may follow a
                 // RowDescription or rows), and keeps its connection for the next server.
-                if mode == PoolMode::Transaction && tx.server_idle() && client_half.at_boundary() {
-                    // It came right after the answer: the client has all it asked for.
-                    return Next::Continue;
-                }
                 let untouched = mode == PoolMode::Transaction
                     && !after_completion
                     && tx.outstanding > 0
@@ -301,7 +301,7 @@ impl ClientSession {
                             "the server connection failed before this query ran",
                         )
                         .with_detail(detail.clone())
-                        .with_hint("Nothing of it was executed; run it again.")
+                        .with_hint("None of it took effect; it can be run again.")
                         .encode(&mut reply);
                         crate::protocol::messages::ready_for_query(&mut reply, b'I');
                     }
