@@ -153,6 +153,34 @@ async fn sleeping_backend(db: &TestDb) -> i32 {
     found.trim().parse().unwrap()
 }
 
+/// A new client runs `SELECT pg_sleep(30)` (after `before`, if any) and PostgreSQL terminates
+/// its server under it. The client, what the sleep returned, and the terminated pid.
+async fn terminated_under_a_sleep(
+    moat: &Pgmoat,
+    pki: &Pki,
+    db: &TestDb,
+    before: Option<&'static str>,
+) -> (Client, Result<(), tokio_postgres::Error>, i32) {
+    let client = moat_client(moat, pki, "alice").await;
+    let running = tokio::spawn(async move {
+        if let Some(sql) = before {
+            client.batch_execute(sql).await.unwrap();
+        }
+        let result = client.batch_execute("SELECT pg_sleep(30)").await;
+        (result, client)
+    });
+    let victim = sleeping_backend(db).await;
+    db.sql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({victim})"),
+    );
+    let (result, client) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the terminated query hung")
+        .unwrap();
+    (client, result, victim)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_terminated_under_a_query_costs_that_query_only_outside_a_transaction() {
     let pki = Pki::new();
@@ -162,22 +190,7 @@ async fn a_server_terminated_under_a_query_costs_that_query_only_outside_a_trans
     // Autocommit: PostgreSQL's FATAL is all the answer there is, so nothing of the query
     // took effect; the client gets an ERROR for it and keeps its connection.
     let client = moat_client(&moat, &pki, "alice").await;
-    let running = {
-        let client = moat_client(&moat, &pki, "alice").await;
-        tokio::spawn(async move {
-            let result = client.batch_execute("SELECT pg_sleep(30)").await;
-            (result, client)
-        })
-    };
-    let victim = sleeping_backend(&db).await;
-    db.sql(
-        "postgres",
-        &format!("SELECT pg_terminate_backend({victim})"),
-    );
-    let (result, sleeper) = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("the terminated query hung")
-        .unwrap();
+    let (sleeper, result, victim) = terminated_under_a_sleep(&moat, &pki, &db, None).await;
     let err = result.expect_err("a terminated query succeeded");
     let db_error = err.as_db_error().unwrap_or_else(|| {
         panic!(
@@ -198,23 +211,7 @@ async fn a_server_terminated_under_a_query_costs_that_query_only_outside_a_trans
 
     // Inside a transaction the transaction is lost: the client hears PostgreSQL's FATAL and
     // its connection ends, as it would without a pooler.
-    let running = {
-        let client = moat_client(&moat, &pki, "alice").await;
-        tokio::spawn(async move {
-            client.batch_execute("BEGIN").await.unwrap();
-            let result = client.batch_execute("SELECT pg_sleep(30)").await;
-            (result, client)
-        })
-    };
-    let victim = sleeping_backend(&db).await;
-    db.sql(
-        "postgres",
-        &format!("SELECT pg_terminate_backend({victim})"),
-    );
-    let (result, in_tx) = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("the terminated transaction hung")
-        .unwrap();
+    let (in_tx, result, _) = terminated_under_a_sleep(&moat, &pki, &db, Some("BEGIN")).await;
     let err = result.expect_err("a terminated transaction went on");
     let db_error = err.as_db_error().expect("PostgreSQL's own FATAL");
     assert_eq!(db_error.code().code(), "57P01", "{db_error:?}");

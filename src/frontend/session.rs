@@ -102,9 +102,7 @@ impl ClientSession {
                             .await;
                             return;
                         }
-                        if self.stream.write_all(&reply).await.is_err()
-                            || self.stream.flush().await.is_err()
-                        {
+                        if let Next::Close = self.answer(&reply).await {
                             return;
                         }
                         continue;
@@ -178,12 +176,7 @@ impl ClientSession {
                     }
                     .encode(&mut reply);
                     crate::protocol::messages::ready_for_query(&mut reply, b'I');
-                    if self.stream.write_all(&reply).await.is_err()
-                        || self.stream.flush().await.is_err()
-                    {
-                        return Next::Close;
-                    }
-                    return Next::Continue;
+                    return self.answer(&reply).await;
                 }
                 self.fail(e).await;
                 return Next::Close;
@@ -305,12 +298,7 @@ impl ClientSession {
                         .encode(&mut reply);
                         crate::protocol::messages::ready_for_query(&mut reply, b'I');
                     }
-                    if self.stream.write_all(&reply).await.is_err()
-                        || self.stream.flush().await.is_err()
-                    {
-                        return Next::Close;
-                    }
-                    return Next::Continue;
+                    return self.answer(&reply).await;
                 }
                 // Otherwise the client hears it from PostgreSQL itself, and its connection
                 // ends with the server's, as it would without a pooler.
@@ -374,6 +362,15 @@ impl ClientSession {
                 }
             }
         }
+    }
+
+    /// Sends pgmoat's own answer to an idle client; the session goes on unless the client
+    /// is gone.
+    async fn answer(&mut self, reply: &[u8]) -> Next {
+        if self.stream.write_all(reply).await.is_err() || self.stream.flush().await.is_err() {
+            return Next::Close;
+        }
+        Next::Continue
     }
 
     async fn fail(&mut self, err: PgError) {
