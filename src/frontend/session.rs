@@ -169,14 +169,11 @@ impl ClientSession {
                 {
                     tracing::info!(error = %e, "no server connection for this query; the client stays connected");
                     bytes::Buf::advance(&mut client_half.buf, len);
-                    let mut reply = BytesMut::new();
-                    PgError {
+                    let err = PgError {
                         severity: crate::protocol::Severity::Error,
                         ..e
-                    }
-                    .encode(&mut reply);
-                    crate::protocol::messages::ready_for_query(&mut reply, b'I');
-                    return self.answer(&reply).await;
+                    };
+                    return self.answer(&lost_batches(&err, 1)).await;
                 }
                 self.fail(e).await;
                 return Next::Close;
@@ -287,18 +284,13 @@ impl ClientSession {
                     fatal.severity, fatal.code, fatal.message
                 );
                 if untouched {
-                    let mut reply = BytesMut::new();
-                    for _ in 0..tx.outstanding {
-                        PgError::error(
-                            SqlState::CONNECTION_FAILURE,
-                            "the server connection failed before this query ran",
-                        )
-                        .with_detail(detail.clone())
-                        .with_hint("None of it took effect; it can be run again.")
-                        .encode(&mut reply);
-                        crate::protocol::messages::ready_for_query(&mut reply, b'I');
-                    }
-                    return self.answer(&reply).await;
+                    let err = PgError::error(
+                        SqlState::CONNECTION_FAILURE,
+                        "the server connection failed before this query ran",
+                    )
+                    .with_detail(detail)
+                    .with_hint("None of it took effect; it can be run again.");
+                    return self.answer(&lost_batches(&err, tx.outstanding)).await;
                 }
                 // Otherwise the client hears it from PostgreSQL itself, and its connection
                 // ends with the server's, as it would without a pooler.
@@ -379,6 +371,17 @@ impl ClientSession {
         let _ = self.stream.flush().await;
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// The answer to `batches` batches that failed as a whole without a server to run them: for
+/// each, `err` and ReadyForQuery (idle), as PostgreSQL answers a failed batch.
+fn lost_batches(err: &PgError, batches: u32) -> BytesMut {
+    let mut reply = BytesMut::new();
+    for _ in 0..batches {
+        err.encode(&mut reply);
+        crate::protocol::messages::ready_for_query(&mut reply, b'I');
+    }
+    reply
 }
 
 /// Length of the first complete batch in `buf`: a Query, or extended-protocol messages up to

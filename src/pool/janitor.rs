@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::PoolSettings;
+use super::{PoolSettings, retire_reason};
 use crate::state::Shared;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -32,16 +32,10 @@ pub async fn run_janitor(shared: Arc<Shared>) {
             {
                 pool.resize(settings.size, settings.reserve_size);
             }
-            let idle_timeout = config.server_idle_timeout.non_zero();
-            let lifetime = config.server_lifetime.duration();
-            // Idle connections made with an earlier TLS configuration (a rotated client
-            // certificate or CA) or marked by RECONNECT go now, not when a client next
-            // happens to take them, so PostgreSQL soon sees only the new certificate.
-            pool.pool.retain(|conn, metrics| {
-                let too_idle = idle_timeout.is_some_and(|t| conn.idle_since.elapsed() > t);
-                let outdated = conn.tls_epoch != generation.tls_epoch || super::close_needed(conn);
-                !(too_idle || outdated || metrics.age() > lifetime)
-            });
+            // The same checks as at checkout, for connections nobody takes: a rotated
+            // certificate reaches PostgreSQL without waiting for a client.
+            pool.pool
+                .retain(|conn, metrics| retire_reason(conn, &metrics, &generation).is_none());
             let status = pool.pool.status();
             let min = config.min_pool_size.min(pool.settings.size);
             if status.size < min && !pool.prewarming.swap(true, Ordering::AcqRel) {

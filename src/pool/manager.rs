@@ -27,6 +27,34 @@ pub fn close_needed(conn: &ServerConn) -> bool {
     conn.registration.as_ref().is_some_and(|r| r.close_needed())
 }
 
+/// Why an idle connection must not be lent again, from what pgmoat knows without asking the
+/// server: checked at checkout, and by the janitor for connections nobody takes.
+pub fn retire_reason(
+    conn: &ServerConn,
+    metrics: &Metrics,
+    generation: &Generation,
+) -> Option<&'static str> {
+    let config = &generation.config;
+    if conn.tls_epoch != generation.tls_epoch {
+        return Some("TLS configuration reloaded");
+    }
+    if close_needed(conn) {
+        return Some("RECONNECT was issued");
+    }
+    // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
+    if metrics.age() > config.server_lifetime.duration() {
+        return Some("server_lifetime reached");
+    }
+    if config
+        .server_idle_timeout
+        .non_zero()
+        .is_some_and(|max| conn.idle_since.elapsed() > max)
+    {
+        return Some("server_idle_timeout reached");
+    }
+    None
+}
+
 impl ServerManager {
     pub fn new(
         key: PoolKey,
@@ -74,24 +102,10 @@ impl Manager for ServerManager {
     ) -> RecycleResult<BackendError> {
         let generation = self.current.load();
         let config = &generation.config;
-        if conn.tls_epoch != generation.tls_epoch {
-            return Err(RecycleError::message("TLS configuration reloaded"));
-        }
-        if close_needed(conn) {
-            return Err(RecycleError::message("RECONNECT was issued"));
-        }
-        // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
-        if metrics.age() > config.server_lifetime.duration() {
-            return Err(RecycleError::message("server_lifetime reached"));
+        if let Some(reason) = retire_reason(conn, metrics, &generation) {
+            return Err(RecycleError::message(reason));
         }
         let idle = conn.idle_since.elapsed();
-        if config
-            .server_idle_timeout
-            .non_zero()
-            .is_some_and(|max| idle > max)
-        {
-            return Err(RecycleError::message("server_idle_timeout reached"));
-        }
         if !conn.is_quiet() {
             return Err(RecycleError::message(
                 "server sent data or closed while idle",

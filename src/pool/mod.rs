@@ -28,7 +28,7 @@ pub use janitor::run_janitor;
 pub use lent::Lent;
 pub use limits::ConnectionPermits;
 use limits::NamedLimits;
-pub use manager::{ServerManager, close_needed};
+pub use manager::{ServerManager, close_needed, retire_reason};
 
 pub type ServerObject = Lent;
 
