@@ -249,15 +249,7 @@ async fn idle_backends_with_the_old_client_certificate_close_without_waiting_for
         .set_path("server_tls_key_file", &live.join("upstream.key"))
         .build();
     let pgmoat = Pgmoat::start(&config);
-    let client = connect(
-        pgmoat.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        Some(tls_client_config(&pki.ca, None)),
-    )
-    .await
-    .unwrap();
+    let client = moat_client(&pgmoat, &pki, "alice").await;
     client.batch_execute("SELECT 1").await.unwrap();
     // The server that answered is idle in the pool now, as PostgreSQL sees it.
     let old_serial = decimal(&file_serial(&live.join("upstream.crt")));
