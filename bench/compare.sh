@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: PostgreSQL direct, PgBouncer and pgmoat on the same machine, with the
-# team's harness in ../shared/bench; regenerates BENCHMARKS.md and bench/tps.png.
+# Side-by-side benchmark: PostgreSQL direct, PgBouncer, pgmoat and a plain TCP passthrough
+# (HAProxy) on the same machine, with the team's harness in ../shared/bench; regenerates
+# BENCHMARKS.md and bench/tps.png.
 #
 #   bench/compare.sh [--rounds N] [--seconds S] [--workloads LIST] [--out DIR]
 #                    [--idle N] [--idle-max N] [--harness DIR]
@@ -15,6 +16,7 @@
 #
 # Run as root: the harness runs PostgreSQL and PgBouncer as the postgres account. Everything
 # it starts runs on free loopback ports in a temporary directory and is stopped on exit.
+# HAProxy only forwards TCP to PostgreSQL (TLS stays end to end): the cost of one extra hop.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +31,7 @@ pool_size=20
 latency_clients=32
 known_workloads=" select1 select1-mtls select1-plain extended prepared tpcb connect "
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
@@ -76,6 +78,7 @@ echo "harness: $harness"
 # --- everything started below is stopped here, on success and on failure ---------------------
 work=
 pgmoat_pid=
+pt_pid=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -85,6 +88,14 @@ cleanup() {
         if [ -n "$pgmoat_pid" ] && kill -0 "$pgmoat_pid" 2>/dev/null; then
             kill "$pgmoat_pid"
             wait "$pgmoat_pid" 2>/dev/null
+        fi
+        [ -z "$pt_pid" ] && pt_pid=$(cat "$work/haproxy/haproxy.pid" 2>/dev/null)
+        if [ -n "$pt_pid" ] && kill -0 "$pt_pid" 2>/dev/null; then
+            kill "$pt_pid"      # HAProxy runs detached (-D): wait for it by polling
+            for _ in $(seq 50); do
+                kill -0 "$pt_pid" 2>/dev/null || break
+                sleep 0.1
+            done
         fi
         if [ -f "$work/pgb/pgbouncer.pid" ]; then
             local pgb_pid
@@ -97,7 +108,7 @@ cleanup() {
         fi
         [ -f "$work/pg/PG_VERSION" ] && "$harness/pg.sh" stop "$work/pg"
         mkdir -p "$out/logs"
-        cp -f "$work/pgmoat/pgmoat.log" "$work/pgb/pgbouncer.log" "$out/logs/" 2>/dev/null
+        cp -f "$work/pgmoat/pgmoat.log" "$work/pgb/pgbouncer.log" "$work/haproxy/haproxy.log" "$out/logs/" 2>/dev/null
         cp -f "$work/pg/log" "$out/logs/postgresql.log" 2>/dev/null
         rm -rf "$work"
     fi
@@ -119,16 +130,22 @@ pgmoat=$repo/target/release/pgmoat
 
 need_pkgs=()
 [ -x /usr/sbin/pgbouncer ] || need_pkgs+=(pgbouncer)
+[ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 { command -v initdb >/dev/null || [ -x /usr/lib/postgresql/15/bin/initdb ]; } || need_pkgs+=(postgresql-15)
 { command -v pgbench >/dev/null && command -v psql >/dev/null; } || need_pkgs+=(postgresql-client-15)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "apt-get install ${need_pkgs[*]}"
-    # Keep Debian's packaged services (PgBouncer on 6432, a cluster on 5432) from starting.
+    # Keep Debian's packaged services (PgBouncer on 6432, a cluster on 5432, HAProxy) from starting.
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod +x /usr/sbin/policy-rc.d
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+    # Should the packaged HAProxy service have started anyway, stop it: only ours runs here.
+    if [[ " ${need_pkgs[*]} " == *" haproxy "* ]] && [ -s /run/haproxy.pid ] \
+        && kill -0 "$(head -n 1 /run/haproxy.pid)" 2>/dev/null; then
+        /etc/init.d/haproxy stop || echo "compare.sh: could not stop the packaged haproxy service" >&2
+    fi
 fi
 
 venv=$repo/target/bench-venv
@@ -168,7 +185,8 @@ free_port() {   # a loopback port nobody listens on, below the ephemeral range
 pg_port=$(free_port 25432)
 pgb_port=$(free_port 25532)
 moat_port=$(free_port 25632)
-echo "ports: PostgreSQL $pg_port, PgBouncer $pgb_port, pgmoat $moat_port"
+pt_port=$(free_port 25732)
+echo "ports: PostgreSQL $pg_port, PgBouncer $pgb_port, pgmoat $moat_port, TCP passthrough $pt_port"
 
 work=$(mktemp -d /tmp/pgmoat-bench.XXXXXX)
 chmod 755 "$work"              # the postgres account reads the PKI and owns pg/ and pgb/ below
@@ -188,7 +206,7 @@ chmod 755 "$pki"
 chmod 644 "$pki"/*.crt
 "$pgmoat" certs check "$pki" --ca "$pki/ca.crt"
 
-# --- PostgreSQL, PgBouncer, pgmoat --------------------------------------------------------------
+# --- PostgreSQL, PgBouncer, pgmoat, HAProxy -----------------------------------------------------
 say "PostgreSQL on $pg_port (pg.sh: initdb, pgbench -i -s 10)"
 "$harness/pg.sh" start "$work/pg" "$pg_port" "$pki"
 
@@ -230,10 +248,45 @@ for _ in $(seq 100); do
 done
 echo "pgmoat pid $pgmoat_pid"
 
+say "TCP passthrough (HAProxy) on $pt_port"
+# No TLS termination, no parsing, no pooling: it forwards bytes, so clients run TLS and SCRAM end
+# to end with PostgreSQL. maxconn 4000 is plenty for the load runs (32 clients) and keeps the fd
+# limit HAProxy sets itself (about 2 x maxconn) within ulimit -n. No log lines in the proxies:
+# no line per connection; startup warnings and alerts land in haproxy.log.
+mkdir -p "$work/haproxy"
+cat > "$work/haproxy/haproxy.cfg" <<CFG
+global
+    maxconn 4000
+    nbthread 2
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend passthrough
+    bind 127.0.0.1:$pt_port
+    default_backend postgresql
+backend postgresql
+    server pg 127.0.0.1:$pg_port
+CFG
+cat "$work/haproxy/haproxy.cfg"
+haproxy -c -f "$work/haproxy/haproxy.cfg"
+haproxy -D -f "$work/haproxy/haproxy.cfg" -p "$work/haproxy/haproxy.pid" > "$work/haproxy/haproxy.log" 2>&1 \
+    || { cat "$work/haproxy/haproxy.log"; echo "haproxy failed to start" >&2; exit 1; }
+for _ in $(seq 50); do [ -s "$work/haproxy/haproxy.pid" ] && break; sleep 0.1; done
+pt_pid=$(head -n 1 "$work/haproxy/haproxy.pid")
+for _ in $(seq 100); do
+    (exec 3<> "/dev/tcp/127.0.0.1/$pt_port") 2>/dev/null && break
+    kill -0 "$pt_pid" 2>/dev/null || { cat "$work/haproxy/haproxy.log"; echo "haproxy exited" >&2; exit 1; }
+    sleep 0.1
+done
+echo "HAProxy pid $pt_pid"
+
 export PGPASSWORD=bench
-names=(direct pgbouncer pgmoat)
-ports=("$pg_port" "$pgb_port" "$moat_port")
-for i in 0 1 2; do   # each target answers over verify-full TLS with the client certificate
+names=(direct pgbouncer pgmoat passthrough)
+ports=("$pg_port" "$pgb_port" "$moat_port" "$pt_port")
+proxy_pids=("" "$pgb_pid" "$pgmoat_pid" "$pt_pid")   # the process between client and PostgreSQL
+for i in "${!names[@]}"; do   # each target answers over verify-full TLS with the client certificate
     psql "host=127.0.0.1 port=${ports[$i]} user=bench dbname=bench sslmode=verify-full sslrootcert=$pki/ca.crt sslcert=$pki/client.crt sslkey=$pki/client.key" \
         -Atc "select '${names[$i]}: ' || count(*) || ' rows in pgbench_accounts' from pgbench_accounts"
 done
@@ -243,18 +296,20 @@ rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no -- . ':!BENCHMARKS.md' ':!bench/tps.png' 2>/dev/null)" ]; then
     rev="$rev-dirty"
 fi
-export B_NPROC=$(nproc)
-export B_CPU=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-export B_KERNEL=$(uname -sr)
-export B_MEM_KIB=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
-export B_PG=$(psql "host=$work/pg port=$pg_port user=bench dbname=bench" -Atc 'show server_version')
-export B_PGBENCH=$(pgbench --version)
-export B_PGBOUNCER=$(/usr/sbin/pgbouncer --version | head -n 1)
-export B_PGMOAT=$("$pgmoat" --version)
-export B_REV=$rev
-export B_DATE=$(date -u +'%Y-%m-%d %H:%M UTC')
+B_NPROC=$(nproc)
+B_CPU=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+B_KERNEL=$(uname -sr)
+B_MEM_KIB=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+B_PG=$(psql "host=$work/pg port=$pg_port user=bench dbname=bench" -Atc 'show server_version')
+B_PGBENCH=$(pgbench --version)
+B_PGBOUNCER=$(/usr/sbin/pgbouncer --version | head -n 1)
+B_PGMOAT=$("$pgmoat" --version)
+B_HAPROXY=$(haproxy -v | head -n 1 | sed 's/ - https:.*//')
+B_REV=$rev
+B_DATE=$(date -u +'%Y-%m-%d %H:%M UTC')
+export B_NPROC B_CPU B_KERNEL B_MEM_KIB B_PG B_PGBENCH B_PGBOUNCER B_PGMOAT B_HAPROXY B_REV B_DATE
 printf '%s\n' "nproc $B_NPROC" "cpu $B_CPU" "kernel $B_KERNEL" "memory $B_MEM_KIB kB" \
-    "PostgreSQL $B_PG" "$B_PGBENCH" "$B_PGBOUNCER" "$B_PGMOAT ($B_REV)"
+    "PostgreSQL $B_PG" "$B_PGBENCH" "$B_PGBOUNCER" "$B_HAPROXY" "$B_PGMOAT ($B_REV)"
 
 # --- memory per idle TLS client (fresh poolers, before the load runs) ---------------------------
 idle_run() {   # name pid port n -> one line of idle_conns.py output in $out/idle-name-n.txt
@@ -272,28 +327,48 @@ say "run.py: $rounds rounds x $seconds s, workloads $workloads"
 "$py" "$harness/run.py" --pki "$pki" --rounds "$rounds" --seconds "$seconds" \
     --workloads "$workloads" --json "$out/run.json" \
     "direct=127.0.0.1:$pg_port" "pgbouncer=127.0.0.1:$pgb_port" "pgmoat=127.0.0.1:$moat_port" \
+    "passthrough=127.0.0.1:$pt_port" \
     | tee "$out/run-table.md"
 
-# --- p99 latency at 32 clients: pgbench -l per-transaction logs ---------------------------------
-say "latency: pgbench -S -c $latency_clients -j 2 -l, $rounds rounds x $seconds s"
+# --- p99 latency and CPU per transaction at 32 clients: pgbench -l per-transaction logs ----------
+cpu_ticks() {   # [PID] -> "USER SYS BUSY WALL": the process's utime and stime (all its threads;
+                # "- -" without a PID) and the machine's busy time, in clock ticks; WALL in seconds
+    local user=- sys=- stat busy
+    local -a f
+    if [ -n "${1:-}" ]; then
+        stat=$(< "/proc/$1/stat")
+        read -r -a f <<< "${stat##*) }"   # past "(comm)", which may hold spaces: f[0] is field 3
+        user=${f[11]} sys=${f[12]}        # fields 14 and 15
+    fi
+    # /proc/stat "cpu " line: user nice system idle iowait irq softirq steal (guest is in user)
+    busy=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)
+    echo "$user $sys $busy $EPOCHREALTIME"
+}
+clk_tck=$(getconf CLK_TCK)
+say "latency and CPU: pgbench -S -c $latency_clients -j 2 -l, $rounds rounds x $seconds s"
 lat=$out/latency
 rm -rf "$lat"
 mkdir -p "$lat"
 for ((r = 1; r <= rounds; r++)); do
-    order=(0 1 2)
-    [ $((r % 2)) = 0 ] && order=(2 1 0)
+    order=()   # alternating: in the order of names, then the reverse
+    for i in "${!names[@]}"; do
+        if [ $((r % 2)) = 0 ]; then order=("$i" "${order[@]}"); else order+=("$i"); fi
+    done
     for i in "${order[@]}"; do
         name=${names[$i]}
+        before=$(cpu_ticks "${proxy_pids[$i]}")
         (cd "$lat" && pgbench -n -S -c "$latency_clients" -j 2 -T "$seconds" -l --log-prefix="r$r-$name" \
             "host=127.0.0.1 port=${ports[$i]} user=bench dbname=bench sslmode=require" > "r$r-$name.out" 2>&1) \
             || { cat "$lat/r$r-$name.out"; echo "pgbench -l against $name failed" >&2; exit 1; }
+        after=$(cpu_ticks "${proxy_pids[$i]}")
+        printf 'clk_tck %s\nbefore %s\nafter %s\n' "$clk_tck" "$before" "$after" > "$lat/r$r-$name.cpu"
         echo "# latency round $r $name: $(grep -m1 '^tps' "$lat/r$r-$name.out")"
     done
 done
 
 # --- the small json of memory and latency figures, then the report ------------------------------
 export B_OUT=$out B_IDLE=$idle B_IDLE_MAX=$idle_max B_POOL=$pool_size B_ROUNDS=$rounds \
-    B_SECONDS=$seconds B_WORKLOADS=$workloads B_LAT_CLIENTS=$latency_clients
+    B_SECONDS=$seconds B_WORKLOADS=$workloads B_LAT_CLIENTS=$latency_clients B_TARGETS="${names[*]}"
 "$py" - <<'PY'
 import glob, json, os, re, statistics
 e = os.environ
@@ -309,18 +384,37 @@ def idle(name, n):
 def pct(sorted_us, q):
     return sorted_us[min(len(sorted_us) - 1, int(q * len(sorted_us)))] / 1000.0
 
-latency = {}
-for name in ("direct", "pgbouncer", "pgmoat"):
-    rounds = []
+def cpu(path, transactions):
+    """CPU per transaction from the before/after samples of one latency run."""
+    kv = {line.split()[0]: line.split()[1:] for line in open(path) if line.strip()}
+    tick_us = 1e6 / int(kv["clk_tck"][0])
+    (u0, s0, b0, w0), (u1, s1, b1, w1) = kv["before"], kv["after"]
+    per = lambda a, b: (int(b) - int(a)) * tick_us / transactions if a != "-" else None
+    return {"proxy_user_us": per(u0, u1), "proxy_sys_us": per(s0, s1),
+            "proxy_total_us": per(u0, u1) + per(s0, s1) if u0 != "-" else None,
+            "machine_us": per(b0, b1),
+            "machine_busy_pct": 100.0 * (int(b1) - int(b0)) * tick_us / 1e6
+                                / ((float(w1) - float(w0)) * int(e["B_NPROC"]))}
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+latency, cpus = {}, {}
+for name in e["B_TARGETS"].split():
+    rounds, cpu_rounds = [], []
     for r in range(1, int(e["B_ROUNDS"]) + 1):
         us = []
         for f in glob.glob(f"{out}/latency/r{r}-{name}.*"):
             if f.endswith(".out"):
                 continue
+            if f.endswith(".cpu"):
+                continue
             for line in open(f):
                 # client_id transaction_no time_us script_no time_epoch time_us
                 us.append(int(line.split()[2]))
         us.sort()
+        cpu_rounds.append({"transactions": len(us), **cpu(f"{out}/latency/r{r}-{name}.cpu", len(us))})
         tps = re.search(r"^tps = ([\d.]+)", open(f"{out}/latency/r{r}-{name}.out").read(), re.M)
         rounds.append({"transactions": len(us), "tps": float(tps.group(1)) if tps else None,
                        "p50_ms": pct(us, 0.50), "p99_ms": pct(us, 0.99), "p999_ms": pct(us, 0.999),
@@ -329,6 +423,9 @@ for name in ("direct", "pgbouncer", "pgmoat"):
                      "p50_ms": statistics.median(x["p50_ms"] for x in rounds),
                      "p99_ms": statistics.median(x["p99_ms"] for x in rounds),
                      "mean_ms": statistics.median(x["mean_ms"] for x in rounds)}
+    cpus[name] = {"rounds": cpu_rounds,
+                  **{k: median(x[k] for x in cpu_rounds)
+                     for k in ("proxy_user_us", "proxy_sys_us", "proxy_total_us", "machine_us", "machine_busy_pct")}}
 
 extra = {
     "config": {"rounds": int(e["B_ROUNDS"]), "seconds": int(e["B_SECONDS"]), "workloads": e["B_WORKLOADS"],
@@ -336,15 +433,20 @@ extra = {
                "latency_clients": int(e["B_LAT_CLIENTS"])},
     "machine": {"nproc": int(e["B_NPROC"]), "cpu": e["B_CPU"], "kernel": e["B_KERNEL"],
                 "mem_kib": int(e["B_MEM_KIB"]), "postgresql": e["B_PG"], "pgbench": e["B_PGBENCH"],
-                "pgbouncer": e["B_PGBOUNCER"], "pgmoat": e["B_PGMOAT"], "revision": e["B_REV"],
+                "pgbouncer": e["B_PGBOUNCER"], "haproxy": e["B_HAPROXY"], "pgmoat": e["B_PGMOAT"], "revision": e["B_REV"],
                 "date": e["B_DATE"]},
     "idle": {"pgbouncer": idle("pgbouncer", e["B_IDLE"]), "pgmoat": idle("pgmoat", e["B_IDLE"])},
     "idle_max": {"pgmoat": idle("pgmoat", e["B_IDLE_MAX"])},
     "latency": latency,
+    "cpu": cpus,   # select1 (pgbench -S) per transaction, from the latency runs; medians over rounds
 }
 json.dump(extra, open(f"{out}/extra.json", "w"), indent=1)
 for name, v in latency.items():
     print(f"# latency {name}: p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms (median of {len(v['rounds'])})")
+for name, c in cpus.items():
+    proxy = "" if c["proxy_total_us"] is None else \
+        f"proxy {c['proxy_user_us']:.1f} user + {c['proxy_sys_us']:.1f} sys us/txn, "
+    print(f"# cpu {name}: {proxy}machine {c['machine_us']:.1f} us/txn, {c['machine_busy_pct']:.0f} % busy")
 PY
 rm -f "$lat"/r*-*.[0-9]*     # the per-transaction logs; the figures are in extra.json
 

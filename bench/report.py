@@ -4,7 +4,8 @@
   report.py --run RUN.json --extra EXTRA.json [--md BENCHMARKS.md] [--png bench/tps.png] [--profile bench/PROFILE.md]
 
 RUN.json is what ../shared/bench/run.py --json writes (per workload: median_tps and every run per
-target); EXTRA.json is compare.sh's memory, latency, machine and settings figures.
+target); EXTRA.json is compare.sh's memory, latency, CPU, machine and settings figures. The targets
+are the ones present in RUN.json: older runs have no TCP passthrough and no CPU figures.
 """
 import argparse, json, os, statistics
 
@@ -13,9 +14,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGETS = ["direct", "pgbouncer", "pgmoat"]
-LABEL = {"direct": "PostgreSQL direct", "pgbouncer": "PgBouncer", "pgmoat": "pgmoat"}
-COLOR = {"direct": "#8c8c8c", "pgbouncer": "#4c72b0", "pgmoat": "#dd8452"}
+TARGETS = ["direct", "pgbouncer", "pgmoat", "passthrough"]   # the order of tables and bars
+LABEL = {"direct": "PostgreSQL direct", "pgbouncer": "PgBouncer", "pgmoat": "pgmoat",
+         "passthrough": "TCP passthrough (HAProxy)"}
+SHORT = {"direct": "direct", "pgbouncer": "PgBouncer", "pgmoat": "pgmoat", "passthrough": "passthrough"}
+COLOR = {"direct": "#8c8c8c", "pgbouncer": "#4c72b0", "pgmoat": "#dd8452", "passthrough": "#8fab8c"}
 WORKLOAD = {  # what run.py runs; every one over TLS except select1-plain
     "select1": "pgbench -S, 32 clients, sslmode=require",
     "select1-mtls": "pgbench -S, 32 clients, sslmode=verify-full with a client certificate",
@@ -29,10 +32,10 @@ DEFAULTS = {"rounds": 3, "seconds": 10, "idle": 2000, "idle_max": 10000,
             "workloads": "select1,select1-mtls,extended,prepared,tpcb,connect"}
 
 
-def stats(run):
+def stats(run, targets):
     """Per target: median, min, max of the successful runs, or the first error."""
     s = {}
-    for t in TARGETS:
+    for t in targets:
         runs = run["runs"].get(t, [])
         ok = [r["tps"] for r in runs if r["ok"]]
         errors = [r["error"] for r in runs if not r["ok"]]
@@ -69,6 +72,18 @@ def command(cfg):
     return " ".join(["bench/compare.sh", *args])
 
 
+def floor_note(s):
+    """For a target not met: what a plain TCP passthrough reaches in the same run, when that is
+    itself below 0.90 x direct or 1.25 x PgBouncer (so the reader sees the floor)."""
+    if "passthrough" not in s:
+        return ""
+    pd = ratio(s["passthrough"]["median"], s["direct"]["median"])
+    pb = ratio(s["passthrough"]["median"], s["pgbouncer"]["median"])
+    if pd is None or pb is None or (pd >= 0.90 and pb >= 1.25):
+        return ""
+    return f" (a TCP passthrough reaches {pd:.2f} x direct and {pb:.2f} x PgBouncer in this run)"
+
+
 def targets_table(S, extra):
     """Rows of (target, required, measured, status) for the targets of issue 6."""
     rows = []
@@ -84,7 +99,8 @@ def targets_table(S, extra):
             rows.append((wl, req, "a target failed: see the table above", "not measured"))
             continue
         met = vb >= 1.25 and vd >= 0.90
-        rows.append((wl, req, f"{vb:.3f} x PgBouncer, {vd:.3f} x direct", "met" if met else "not met"))
+        rows.append((wl, req, f"{vb:.3f} x PgBouncer, {vd:.3f} x direct",
+                     "met" if met else "not met" + floor_note(S[wl])))
 
     req = "works through transaction pooling, and >= 1.5 x PgBouncer's extended"
     if "prepared" not in S:
@@ -133,25 +149,28 @@ def targets_table(S, extra):
 
     lat = extra["latency"]
     req = f"p99 latency added by pgmoat at {cfg['latency_clients']} clients, reported"
-    added = lat["pgmoat"]["p99_ms"] - lat["direct"]["p99_ms"]
-    rows.append(("p99 added latency", req,
-                 f"pgmoat {added:+.2f} ms (PgBouncer {lat['pgbouncer']['p99_ms'] - lat['direct']['p99_ms']:+.2f} ms)",
-                 "reported"))
+    add = {t: lat[t]["p99_ms"] - lat["direct"]["p99_ms"] for t in lat}
+    others = f"PgBouncer {add['pgbouncer']:+.2f} ms"
+    if "passthrough" in add:
+        others += f", TCP passthrough {add['passthrough']:+.2f} ms"
+    rows.append(("p99 added latency", req, f"pgmoat {add['pgmoat']:+.2f} ms ({others})", "reported"))
     return rows
 
 
-def chart(S, png):
+def chart(S, targets, nproc, png):
     wls = list(S)
     main = [w for w in wls if w != "connect"]
     side = [w for w in wls if w == "connect"]
     ratios = [max(len(main), 1)] + ([1.4] if side else [])
-    fig, axes = plt.subplots(1, len(ratios), figsize=(1.9 * len(main) + (2.6 if side else 0) + 1.5, 4.8),
+    per_group = 1.6 + 0.1 * len(targets)    # inches per workload: 1.9 for three bars, 2.0 for four
+    figwidth = max(per_group * len(main) + (per_group + 0.7 if side else 0) + 1.5, 5.5)   # room for the title
+    fig, axes = plt.subplots(1, len(ratios), figsize=(figwidth, 4.8),
                              gridspec_kw={"width_ratios": ratios}, squeeze=False)
-    width = 0.27
+    width = 0.82 / len(targets)
     for ax, group in zip(axes[0], [main, side] if side else [main]):
-        top = max([S[w][t]["max"] or 0 for w in group for t in TARGETS] + [1])
-        for i, t in enumerate(TARGETS):
-            xs = [k + (i - 1) * width for k in range(len(group))]
+        top = max([S[w][t]["max"] or 0 for w in group for t in targets] + [1])
+        for i, t in enumerate(targets):
+            xs = [k + (i - (len(targets) - 1) / 2) * width for k in range(len(group))]
             med = [S[w][t]["median"] or 0 for w in group]
             lo = [m - (S[w][t]["min"] or m) for w, m in zip(group, med)]
             hi = [(S[w][t]["max"] or m) - m for w, m in zip(group, med)]
@@ -169,11 +188,58 @@ def chart(S, png):
     axes[0][0].set_ylabel("transactions per second (median; whiskers: min-max)")
     if side:
         axes[0][1].set_title("connect (own scale)", fontsize=9)
-    axes[0][0].legend(loc="upper right", fontsize=8, frameon=False)
-    fig.suptitle("pgbench TPS by workload, all over TLS, one 2-core machine", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(f"pgbench TPS by workload, all over TLS, one {nproc}-core machine", fontsize=11)
+    # Under the title, clear of the bars whatever their heights: one row, or two on a narrow figure.
+    ncol = len(targets) if figwidth >= 7 else 2
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.945),
+               ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92 if ncol == len(targets) else 0.87))
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+def cpu_section(w, extra):
+    cpu, cfg, nproc = extra["cpu"], extra["config"], extra["machine"]["nproc"]
+    us = lambda x: "-" if x is None else f"{x:.1f} µs"
+    w("## CPU per transaction\n")
+    w(f"select1 (`pgbench -S`, {cfg['latency_clients']} clients, TLS), from the latency runs: CPU time "
+      "per transaction of the process between client and PostgreSQL (all its threads), and of the "
+      "whole machine. Median over rounds.\n")
+    w("| target | proxy user | proxy system | proxy total | machine | machine busy |\n|---|---|---|---|---|---|")
+    for t in [t for t in TARGETS if t in cpu]:
+        c = cpu[t]
+        w(f"| {LABEL[t]} | {us(c['proxy_user_us'])} | {us(c['proxy_sys_us'])} | {us(c['proxy_total_us'])} | "
+          f"{us(c['machine_us'])} | {c['machine_busy_pct']:.0f} % of {nproc} cores |")
+    w("")
+    text = []
+    m, b = cpu.get("pgmoat", {}).get("proxy_total_us"), cpu.get("pgbouncer", {}).get("proxy_total_us")
+    if m is not None and b:
+        text.append(f"pgmoat's process uses {m:.1f} µs of CPU per transaction and PgBouncer's {b:.1f} µs: "
+                    f"{m / b:.2f} x PgBouncer's.")
+    p = cpu.get("passthrough", {}).get("proxy_total_us")
+    if p is not None:
+        text.append(f"HAProxy, which only forwards bytes, uses {p:.1f} µs.")
+    d = cpu.get("direct", {}).get("machine_us")
+    if d:
+        budget = d / 0.9 - d
+        text.append(
+            f"With the {nproc} cores saturated, throughput is the machine's CPU time divided by the machine "
+            f"CPU each transaction costs, so 0.90 x direct leaves any proxy at most D/0.9 - D of extra "
+            f"machine CPU per transaction: direct costs D = {d:.1f} µs, so the budget is {budget:.1f} µs.")
+        extra_us = {t: cpu[t]["machine_us"] - d for t in ("passthrough", "pgmoat", "pgbouncer")
+                    if t in cpu and cpu[t]["machine_us"] is not None}
+        if "passthrough" in extra_us:
+            text.append(f"The TCP passthrough alone adds {extra_us['passthrough']:.1f} µs "
+                        f"({extra_us['passthrough'] / budget:.1f} x the budget)"
+                        + (f"; pgmoat adds {extra_us['pgmoat']:.1f} µs and PgBouncer "
+                           f"{extra_us['pgbouncer']:.1f} µs." if "pgmoat" in extra_us and "pgbouncer" in extra_us
+                           else "."))
+        busy = cpu["direct"]["machine_busy_pct"]
+        if busy < 90:
+            text.append(f"The machine was only {busy:.0f} % busy during the direct runs, so this budget is "
+                        "an estimate, not a bound.")
+    if text:
+        w(" ".join(text) + "\n")
 
 
 def main():
@@ -187,16 +253,20 @@ def main():
     run = json.load(open(a.run))
     extra = json.load(open(a.extra))
     cfg, mach = extra["config"], extra["machine"]
+    targets = [t for t in TARGETS if any(t in r["runs"] for r in run.values())]
+    pt = "passthrough" in targets
     S = {}
     for wl, r in run.items():
-        S[wl] = stats(r)
+        S[wl] = stats(r, targets)
         S[wl]["_runs"] = r["runs"]
-    chart({w: {t: S[w][t] for t in TARGETS} for w in S}, a.png)
+    chart({w: {t: S[w][t] for t in targets} for w in S}, targets, mach["nproc"], a.png)
 
     md = []
     w = md.append
     w("# Benchmarks\n")
-    w("pgmoat beside PgBouncer and PostgreSQL itself, measured side by side in one run. "
+    w("pgmoat beside PgBouncer and PostgreSQL itself"
+      + (", with a plain TCP passthrough (HAProxy) as the floor for any proxy," if pt else "")
+      + " measured side by side in one run. "
       "Every figure below comes from that run; the file is generated, do not edit it by hand.\n")
     cmd = command(cfg)
     if cmd != "bench/compare.sh":
@@ -206,54 +276,84 @@ def main():
     w("## How to regenerate\n")
     w("As root, from the repository (the harness is `../shared/bench`):\n")
     w("```\nbench/compare.sh\n```\n")
-    w("It builds pgmoat (`cargo build --release --locked`), installs PgBouncer with apt if it is "
-      "missing, makes the certificates with `pgmoat certs`, starts PostgreSQL, PgBouncer and pgmoat "
-      "on free loopback ports in a temporary directory, runs every measurement below, writes this "
-      "file and `bench/tps.png`, and stops what it started. Options: `--rounds N`, `--seconds S`, "
+    w("It builds pgmoat (`cargo build --release --locked`), installs PgBouncer and HAProxy with apt "
+      "if they are missing, makes the certificates with `pgmoat certs`, starts PostgreSQL, PgBouncer, "
+      "pgmoat and HAProxy on free loopback ports in a temporary directory, runs every measurement "
+      "below, writes this file and `bench/tps.png`, and stops what it started. Options: `--rounds N`, `--seconds S`, "
       "`--workloads LIST`, `--out DIR` (raw results and `compare.log`, default `target/bench`), "
       "`--idle N`, `--idle-max N`.\n")
     if cmd != "bench/compare.sh":
         w(f"This file was made with `{cmd}`.\n")
 
     w("## Method\n")
-    w(f"- Harness: `../shared/bench` (`pg.sh`, `pgbouncer.sh`, `run.py`, `idle_conns.py`); "
-      "certificates from `pgmoat certs init` / `certs issue`.\n"
-      f"- Throughput: `run.py` runs each workload against each target in alternating order "
-      f"(direct, PgBouncer, pgmoat, then the reverse), {cfg['rounds']} round(s) of {cfg['seconds']} s; "
-      "the table gives the median with min-max. The reference for ratios is PostgreSQL direct.\n"
-      "- PostgreSQL 15 with TLS (scale 10, fsync off), user and password bench over SCRAM. "
-      f"Both poolers: transaction mode, a pool of {cfg['pool_size']} per database/user, "
-      "max_client_conn 20000, SCRAM towards clients, client TLS `require` with the CA set (a client "
-      "certificate is verified when one is presented), `verify-full` TLS to PostgreSQL. PgBouncer "
-      "with `log_connections = 0`, pgmoat with `RUST_LOG=warn` (no line per login).\n"
-      f"- Memory: `idle_conns.py` opens {cfg['idle']} idle TLS clients through each pooler and reads "
-      "VmRSS before and after; then "
-      f"{cfg['idle_max']} idle TLS clients are held on pgmoat. This runs on freshly started poolers, "
-      "before the load, so memory freed by earlier runs does not hide the growth.\n"
-      f"- Latency: `pgbench -n -S -c {cfg['latency_clients']} -j 2 -l` (per-transaction logs) against "
-      f"each target, {cfg['rounds']} alternating round(s) of {cfg['seconds']} s; p50/p99 from the logs, "
-      "median over rounds. Added latency is the pooler's p99 minus direct's.\n"
-      f"- Everything (PostgreSQL, the pooler, pgbench) runs on one {mach['nproc']}-core machine, so a "
-      "pooler competes with PostgreSQL and pgbench for the same cores. The machine is shared and "
-      "noisy: read the ratios within this run, not the absolute numbers, and do not compare absolute "
-      "numbers across runs.\n")
+    order = ", ".join(SHORT[t] for t in targets)
+    method = [
+        "- Harness: `../shared/bench` (`pg.sh`, `pgbouncer.sh`, `run.py`, `idle_conns.py`); "
+        "certificates from `pgmoat certs init` / `certs issue`.",
+        f"- Throughput: `run.py` runs each workload against each target in alternating order "
+        f"({order}, then the reverse), {cfg['rounds']} round(s) of {cfg['seconds']} s; "
+        "the table gives the median with min-max. The reference for ratios is PostgreSQL direct.",
+        "- PostgreSQL 15 with TLS (scale 10, fsync off), user and password bench over SCRAM. "
+        f"Both poolers: transaction mode, a pool of {cfg['pool_size']} per database/user, "
+        "max_client_conn 20000, SCRAM towards clients, client TLS `require` with the CA set (a client "
+        "certificate is verified when one is presented), `verify-full` TLS to PostgreSQL. PgBouncer "
+        "with `log_connections = 0`, pgmoat with `RUST_LOG=warn` (no line per login).",
+    ]
+    if pt:
+        method.append(
+            "- TCP passthrough: HAProxy in TCP mode (`nbthread 2`, `maxconn 4000`, no traffic log) "
+            "forwarding a loopback port to PostgreSQL's. It does no TLS termination, no parsing and no "
+            "pooling: clients do TLS and SCRAM end to end with PostgreSQL through it, and each client "
+            "has its own backend, as with direct. It is there to show what one extra TCP hop costs on "
+            "this machine (more socket reads and writes per round trip, and one more process to "
+            "schedule): the floor for any proxy, pooling or not.")
+    method += [
+        f"- Memory: `idle_conns.py` opens {cfg['idle']} idle TLS clients through each pooler and reads "
+        "VmRSS before and after; then "
+        f"{cfg['idle_max']} idle TLS clients are held on pgmoat. This runs on freshly started poolers, "
+        "before the load, so memory freed by earlier runs does not hide the growth.",
+        f"- Latency: `pgbench -n -S -c {cfg['latency_clients']} -j 2 -l` (per-transaction logs) against "
+        f"each target, {cfg['rounds']} alternating round(s) of {cfg['seconds']} s; p50/p99 from the logs, "
+        "median over rounds. Added latency is the pooler's p99 minus direct's.",
+    ]
+    if "cpu" in extra:
+        method.append(
+            "- CPU per transaction: around each latency run, the proxy process's utime and stime (all "
+            "its threads; `/proc/PID/stat` fields 14 and 15) and the machine's busy time (`/proc/stat` "
+            "`cpu` line: user + nice + system + irq + softirq + steal) are read before and after pgbench "
+            "and divided by the transactions in the per-transaction logs; median over rounds. The "
+            "window includes pgbench's connections and logins, and the machine figure counts "
+            "everything on the machine: pgbench, PostgreSQL, the proxy, the kernel and any neighbour.")
+    method.append(
+        f"- Everything (PostgreSQL, the proxy, pgbench) runs on one {mach['nproc']}-core machine, so a "
+        "proxy competes with PostgreSQL and pgbench for the same cores. The machine is shared and "
+        "noisy: read the ratios within this run, not the absolute numbers, and do not compare absolute "
+        "numbers across runs.")
+    w("\n".join(method) + "\n")
 
     w("## Machine\n")
     w("| | |\n|---|---|")
     for k, v in (("cores (nproc)", mach["nproc"]), ("CPU", mach["cpu"]), ("kernel", mach["kernel"]),
                  ("memory", f"{mach['mem_kib'] / 1024 / 1024:.1f} GiB"), ("PostgreSQL", mach["postgresql"]),
                  ("pgbench", mach["pgbench"]), ("PgBouncer", mach["pgbouncer"]),
+                 *((("HAProxy", mach["haproxy"]),) if "haproxy" in mach else ()),
                  ("pgmoat", f"{mach['pgmoat']}, git {mach['revision']}"), ("date", mach["date"])):
         w(f"| {k} | {v} |")
     w("")
 
     w("## Throughput\n")
-    w("| workload | direct tps | PgBouncer tps | pgmoat tps | pgmoat / PgBouncer | pgmoat / direct | PgBouncer / direct |")
-    w("|---|---|---|---|---|---|---|")
+    head = ["workload"] + [f"{SHORT[t]} tps" for t in targets] + \
+        ["pgmoat / PgBouncer", "pgmoat / direct", "PgBouncer / direct"] + (["passthrough / direct"] if pt else [])
+    w("| " + " | ".join(head) + " |")
+    w("|---" * len(head) + "|")
     for wl, s in S.items():
-        d, b, m = (s[t]["median"] for t in TARGETS)
-        w(f"| {wl} | {fmt_tps(s['direct'])} | {fmt_tps(s['pgbouncer'])} | {fmt_tps(s['pgmoat'])} | "
-          f"{fmt_ratio(ratio(m, b))} | {fmt_ratio(ratio(m, d))} | {fmt_ratio(ratio(b, d))} |")
+        med = {t: s[t]["median"] for t in targets}
+        d, b, m = med["direct"], med["pgbouncer"], med["pgmoat"]
+        cells = [wl] + [fmt_tps(s[t]) for t in targets] + \
+            [fmt_ratio(ratio(m, b)), fmt_ratio(ratio(m, d)), fmt_ratio(ratio(b, d))]
+        if pt:
+            cells.append(fmt_ratio(ratio(med["passthrough"], d)))
+        w("| " + " | ".join(cells) + " |")
     w("\nMedian tps, min-max in brackets. Workloads:\n")
     for wl in S:
         w(f"- `{wl}`: {WORKLOAD.get(wl, '')}")
@@ -281,7 +381,7 @@ def main():
     lat = extra["latency"]
     w(f"`pgbench -S`, {cfg['latency_clients']} clients, TLS, per-transaction logs.\n")
     w("| target | tps | p50 | p99 | p99.9 | p99 added over direct |\n|---|---|---|---|---|---|")
-    for t in TARGETS:
+    for t in [t for t in TARGETS if t in lat]:
         v = lat[t]
         tps = statistics.median(r["tps"] for r in v["rounds"] if r["tps"] is not None)
         added = "-" if t == "direct" else f"{v['p99_ms'] - lat['direct']['p99_ms']:+.2f} ms"
@@ -289,6 +389,9 @@ def main():
         w(f"| {LABEL[t]} | {tps:.0f} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {p999:.2f} ms | {added} |")
     w("\nA closed loop: each client waits for its answer before sending the next query, so a target "
       "with lower throughput also shows higher latency.\n")
+
+    if "cpu" in extra:
+        cpu_section(w, extra)
 
     w("## Where the time goes\n")
     if os.path.exists(a.profile):
