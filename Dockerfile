@@ -1,12 +1,14 @@
 # syntax=docker/dockerfile:1
 #
-# pgmoat container image: a release build in a Rust stage, then a small Debian runtime with
-# only the binary, CA certificates and the reference config, running as an unprivileged user.
+# pgmoat container image: a statically linked release build in a Rust stage, then a small
+# Debian runtime with only the binary, CA certificates and the reference config, running as an
+# unprivileged user.
 #
 #   docker build -t pgmoat .
 #   docker run --rm pgmoat --version
 #
-# The runtime stage matches the build stage's Debian release, so the binary's glibc is there.
+# The binary is static (deploy/build-static.sh), so it needs nothing from the runtime image;
+# the Debian stage is there for CA certificates, a user account and a shell to debug with.
 
 ARG RUST_VERSION=1
 ARG DEBIAN_RELEASE=bookworm
@@ -19,13 +21,13 @@ COPY src ./src
 # there for anything the code embeds from it.
 COPY benches ./benches
 COPY config ./config
+COPY deploy/build-static.sh ./deploy/
 # The cache mounts keep downloaded crates and compiled dependencies between builds, so a
 # change to pgmoat's own code rebuilds pgmoat only. The target dir is a cache, not a layer,
 # so the binary is copied out in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin pgmoat \
-    && install -m 0755 target/release/pgmoat /usr/local/bin/pgmoat
+    install -m 0755 "$(deploy/build-static.sh)" /usr/local/bin/pgmoat
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # ca-certificates follows Debian's security updates, so it is not pinned to a version.

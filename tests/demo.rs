@@ -1,6 +1,9 @@
 //! `pgmoat demo` as a user runs it: the built binary prints a psql line, that line works as
 //! printed (verify-full TLS with a client certificate, `ssl = t` on the PostgreSQL backend),
 //! and Ctrl-C stops pgmoat and its throwaway PostgreSQL and removes the demo's files.
+//!
+//! `PGMOAT_DEMO_BIN` names another pgmoat executable to run instead of the one cargo built for
+//! the tests: CI points it at the statically linked build (deploy/build-static.sh).
 
 mod support;
 
@@ -33,7 +36,10 @@ impl Demo {
             .tempdir()
             .unwrap();
         let stderr_path = stderr_dir.path().join("stderr.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgmoat"))
+        let bin = std::env::var_os("PGMOAT_DEMO_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pgmoat")));
+        let mut child = Command::new(bin)
             .args(["demo", "--port", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
