@@ -18,3 +18,4 @@ pub mod state;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+pub mod workers;

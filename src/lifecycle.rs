@@ -18,6 +18,7 @@ use crate::auth::{AuthError, UserList};
 use crate::config::{Config, ConfigErrors};
 use crate::state::{Generation, Shared};
 use crate::tls::{TlsError, TlsState};
+use crate::workers::{Workers, resolve_count};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -36,6 +37,8 @@ pub enum StartError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Loads everything a generation needs from `config`. `previous` keeps the TLS epoch when
@@ -185,6 +188,9 @@ impl Server {
             tokio::spawn(crate::metrics::serve(listener, self.shared.clone()));
         }
         let tracker = TaskTracker::new();
+        let workers = Workers::start(resolve_count(self.shared.snapshot().config.worker_threads))
+            .map_err(StartError::Workers)?;
+        tracing::info!(worker_threads = workers.count(), "workers started");
         tokio::spawn(crate::pool::run_janitor(self.shared.clone()));
         // Certificates are checked at start, at each reload, and daily.
         let mut daily = tokio::time::interval_at(
@@ -199,9 +205,7 @@ impl Server {
             tokio::select! {
                 _ = daily.tick() => log_certificate_expiry(&self.shared.snapshot()),
                 accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        tracker.spawn(crate::frontend::handle_client(tcp, peer, self.shared.clone()));
-                    }
+                    Ok((tcp, peer)) => hand_to_worker(tcp, peer, &self.shared, &workers, &tracker),
                     // Out of file descriptors and the like: back off instead of spinning.
                     Err(e) => {
                         tracing::error!(error = %e, "accept failed");
@@ -237,8 +241,42 @@ impl Server {
             _ = terminate.recv() => tracing::warn!("second signal: closing at once"),
             _ = interrupt.recv() => tracing::warn!("second signal: closing at once"),
         }
+        // Stops the workers; clients still there are cut off with their tasks.
+        drop(workers);
         Ok(())
     }
+}
+
+/// Moves an accepted connection to the next worker's event loop and starts its session
+/// there.
+fn hand_to_worker(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    workers: &Workers,
+    tracker: &TaskTracker,
+) {
+    // Deregistered here, registered again by the worker: a socket belongs to one loop.
+    let std = match tcp.into_std() {
+        Ok(std) => std,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "could not hand a new connection to a worker");
+            return;
+        }
+    };
+    let (worker, handle) = workers.next();
+    let shared = shared.clone();
+    tracker.spawn_on(
+        async move {
+            match tokio::net::TcpStream::from_std(std) {
+                Ok(tcp) => crate::frontend::handle_client(tcp, peer, shared, worker).await,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "worker could not take a new connection")
+                }
+            }
+        },
+        handle,
+    );
 }
 
 /// Re-reads the config file and every TLS and auth file. The new generation replaces the old
@@ -259,6 +297,9 @@ pub fn reload(shared: &Shared) -> Result<(), StartError> {
                 tracing::warn!(
                     "listen_addr / listen_port changed: takes effect only after a restart"
                 );
+            }
+            if config.worker_threads != current.config.worker_threads {
+                tracing::warn!("worker_threads changed: takes effect only after a restart");
             }
             load_generation(config, Some(&current))
         });

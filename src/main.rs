@@ -133,8 +133,10 @@ fn init_logging(format: LogFormat) {
         .init();
 }
 
+/// The main thread's event loop: accepting, signals, reloads, the janitor and /metrics.
+/// Clients run on the worker threads (`pgmoat::workers`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -52,7 +52,12 @@ impl Shared {
         let ids = Arc::new(AtomicU64::new(1));
         let stats = Stats::default();
         Arc::new(Shared {
-            pools: PoolRegistry::new(current.clone(), ids.clone(), stats.servers.clone()),
+            pools: PoolRegistry::new(
+                current.clone(),
+                ids.clone(),
+                stats.servers.clone(),
+                crate::workers::resolve_count(current.load().config.worker_threads),
+            ),
             current,
             cancel: CancelRegistry::default(),
             clients: AtomicUsize::new(0),

@@ -375,11 +375,22 @@ async fn show_clients_and_servers_include_tls_details() {
     .unwrap();
     app.batch_execute("SELECT 1").await.unwrap();
 
-    let (columns, rows) = show(&admin, "SHOW CLIENTS").await;
-    let client = rows
-        .iter()
-        .find(|r| r[column(&columns, "database")].as_deref() == Some(APP_DB))
-        .expect("the app client is listed");
+    // The client has its answer just before its session hands the server back and shows
+    // as idle.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (columns, client) = loop {
+        let (columns, rows) = show(&admin, "SHOW CLIENTS").await;
+        let client = rows
+            .into_iter()
+            .find(|r| r[column(&columns, "database")].as_deref() == Some(APP_DB))
+            .expect("the app client is listed");
+        if client[column(&columns, "state")].as_deref() == Some("idle")
+            || std::time::Instant::now() > deadline
+        {
+            break (columns, client);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let get = |name: &str| client[column(&columns, name)].clone();
     assert_eq!(get("type").as_deref(), Some("C"));
     assert_eq!(get("user").as_deref(), Some("alice"));

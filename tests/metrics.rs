@@ -7,8 +7,6 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 struct Setup {
     pki: Pki,
@@ -34,25 +32,9 @@ fn setup() -> Setup {
     }
 }
 
-/// The whole HTTP response to `GET path`, read until the server closes.
-async fn fetch(port: u16, path: &str) -> String {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
-        .await
-        .expect("the metrics endpoint answers")
-        .unwrap();
-    response
-}
-
 /// Status code and body of `GET path`.
 async fn get(port: u16, path: &str) -> (u16, String) {
-    let response = fetch(port, path).await;
+    let response = http_fetch(port, path).await;
     let status = response
         .split(' ')
         .nth(1)
@@ -236,7 +218,7 @@ print(json.dumps([
 
 /// Content-Type and body of `GET /metrics`.
 async fn scrape(port: u16) -> (String, String) {
-    let response = fetch(port, "/metrics").await;
+    let response = http_fetch(port, "/metrics").await;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("not an HTTP response: {response}"));

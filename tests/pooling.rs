@@ -594,3 +594,86 @@ async fn waiting_clients_get_the_only_backend_in_the_order_they_queued() {
     );
     assert_eq!(waiting_in_show_pools(&console).await, 0);
 }
+
+/// With two worker threads a pool of 8 is split into a share of 4 per worker (clients go to
+/// the workers in turn). The shares add up to the configured size: eight clients in open
+/// transactions hold eight backends at once, a ninth waits, and the console and /metrics
+/// show one pool of 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_split_per_worker_keeps_its_size_and_shows_as_one_pool() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let metrics_port = free_port();
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("worker_threads", "2")
+            .set("default_pool_size", "8")
+            .set("query_wait_timeout", "60")
+            .set("admin_users", r#"["alice"]"#)
+            .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
+            .build(),
+    );
+    moat.wait_for_log("worker_threads=2", Duration::from_secs(10));
+    // Logged in one after another, so they alternate between the two workers.
+    let mut holders = Vec::new();
+    for _ in 0..8 {
+        holders.push(moat_client(&moat, &pki, "alice").await);
+    }
+    let mut pids = std::collections::BTreeSet::new();
+    for client in &holders {
+        client.batch_execute("BEGIN").await.unwrap();
+        pids.insert(pid(client).await);
+    }
+    assert_eq!(pids.len(), 8, "eight open transactions, eight backends");
+    assert_eq!(db.backends_of("alice"), 8);
+
+    let console = moat_console(&moat, &pki, "alice").await;
+    let ninth = moat_client(&moat, &pki, "alice").await;
+    let waiting = tokio::spawn(async move {
+        let value = text_value(&ninth, "SELECT 9").await;
+        (ninth, value)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while waiting_in_show_pools(&console).await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ninth client never showed as waiting\n{}",
+            moat.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        db.backends_of("alice"),
+        8,
+        "the ninth client got a ninth backend"
+    );
+
+    let rows = console.simple_query("SHOW POOLS").await.unwrap();
+    let pool_rows = rows
+        .iter()
+        .filter(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(row)
+                if row.get("database") == Some(APP_DB) && row.get("user") == Some("alice"))
+        })
+        .count();
+    assert_eq!(pool_rows, 1, "one SHOW POOLS row for the split pool");
+    let metrics = http_fetch(metrics_port, "/metrics").await;
+    let sizes: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("pgmoat_pool_size{") && l.contains(&format!("database=\"{APP_DB}\""))
+        })
+        .collect();
+    assert_eq!(sizes.len(), 1, "{sizes:?}");
+    assert!(sizes[0].ends_with(" 8"), "{sizes:?}");
+
+    for client in &holders {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    let (_ninth, value) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the ninth client was never served")
+        .unwrap();
+    assert_eq!(value, "9");
+    assert!(db.backends_of("alice") <= 8);
+}

@@ -359,7 +359,7 @@ pub fn lists(shared: &Shared) -> ResultSet {
         ("databases", generation.config.databases.len()),
         ("users", generation.users.len()),
         ("peers", 0),
-        ("pools", shared.pools.all().len()),
+        ("pools", shared.pools.count()),
         ("peer_pools", 0),
         ("free_clients", 0),
         ("used_clients", used_clients),

@@ -74,6 +74,7 @@ fields!(SETTINGS: Config {
     metrics_addr,
     cert_expiry_warn_days,
     watch_files,
+    worker_threads,
 });
 
 fields!(DATABASE_FIELDS: DatabaseConfig {

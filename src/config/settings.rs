@@ -126,6 +126,8 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     pub cert_expiry_warn_days: u32,
     pub watch_files: bool,
+    /// Worker threads, each with its own event loop; 0 = one per CPU.
+    pub worker_threads: usize,
 
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -172,6 +174,7 @@ impl Default for Config {
             metrics_addr: None,
             cert_expiry_warn_days: 30,
             watch_files: false,
+            worker_threads: 0,
             databases: BTreeMap::new(),
         }
     }

@@ -57,7 +57,7 @@ pub async fn login(
     startup: StartupMessage,
     shared: &Arc<Shared>,
     generation: &Arc<Generation>,
-    id: u64,
+    (id, worker): (u64, usize),
 ) -> Result<LoggedIn, Failure> {
     let config = &generation.config;
     macro_rules! refuse {
@@ -171,7 +171,7 @@ pub async fn login(
         (&user, &database, &key.user),
         startup.param("application_name").unwrap_or(""),
     );
-    let pool = shared.pools.get_or_create(key, settings);
+    let pool = shared.pools.get_or_create(key, settings, worker);
     let server_params = match pool.startup_params() {
         Some(p) => p,
         None => match pool.checkout(generation).await {

@@ -57,7 +57,8 @@ impl Drop for ClientSlot {
 
 /// Runs one client connection to its end. Never panics on client input; every refusal the
 /// protocol allows is sent as an ErrorResponse, and every end is logged with the peer.
-pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// `worker` is the worker thread it runs on, which picks its pool's share.
+pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, worker: usize) {
     let id = shared.next_id();
     let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty);
     async move {
@@ -78,7 +79,7 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
                     Ok(None)
                 }
                 Ok(Negotiated::Startup { stream, startup }) => {
-                    login::login(stream, startup, &shared, &generation, id)
+                    login::login(stream, startup, &shared, &generation, (id, worker))
                         .await
                         .map(Some)
                 }

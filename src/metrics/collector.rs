@@ -117,21 +117,29 @@ impl Collector for PoolCollector {
             "Server connections by pool and state.",
             servers,
         )?;
+        // A pool split into shares per worker is one pool here: its shares' figures add up.
+        let mut sizes: BTreeMap<&PoolKey, (usize, usize)> = BTreeMap::new();
+        for p in &pools {
+            let status = p.pool.status();
+            let entry = sizes.entry(&p.key).or_default();
+            entry.0 += status.waiting;
+            entry.1 += status.max_size;
+        }
         gauges(
             &mut encoder,
             "wait_queue_length",
             "Checkouts waiting for a free server connection.",
-            pools
+            sizes
                 .iter()
-                .map(|p| (pool_labels(&p.key), count(p.pool.status().waiting))),
+                .map(|(key, (waiting, _))| (pool_labels(key), count(*waiting))),
         )?;
         gauges(
             &mut encoder,
             "pool_size",
             "Maximum server connections of the pool.",
-            pools
+            sizes
                 .iter()
-                .map(|p| (pool_labels(&p.key), count(p.pool.status().max_size))),
+                .map(|(key, (_, max))| (pool_labels(key), count(*max))),
         )?;
 
         let totals = self.shared.stats.totals();

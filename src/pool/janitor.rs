@@ -37,10 +37,12 @@ pub async fn run_janitor(shared: Arc<Shared>) {
             pool.pool
                 .retain(|conn, metrics| retire_reason(conn, &metrics, &generation).is_none());
             let status = pool.pool.status();
-            let min = config.min_pool_size.min(pool.settings.size);
+            let min = pool.share.of(config.min_pool_size.min(pool.settings.size));
             if status.size < min && !pool.prewarming.swap(true, Ordering::AcqRel) {
+                let share = pool.clone();
                 let pool = pool.clone();
-                tokio::spawn(async move {
+                // Opened where the share's clients run, so its connections are theirs.
+                share.spawn_at_home(async move {
                     // Take up to min_pool_size connections at once, without waiting for busy
                     // ones: a checkout hands back idle connections first, so only holding
                     // them all makes the pool open the missing ones.

@@ -3,6 +3,13 @@
 //! ReadyForQuery 'I'); anything doubtful is detached and closed by the caller instead. The
 //! checks at checkout (`recycle`) are cheap: TLS epoch, lifetime, idle time, a zero-wait
 //! read for stray bytes, and the check query only after server_check_delay.
+//!
+//! With several worker threads (`worker_threads`), a pool of at least `2 * MIN_SHARE`
+//! connections is split into one share per worker: each share is a pool of its own serving
+//! the clients of one worker, so a client, its server connections and the queue it waits in
+//! stay on one thread. The shares' sizes add up to the configured pool size; a client waits
+//! for a connection of its own share, as with PgBouncer processes sharing a port
+//! (so_reuseport). Smaller pools are not split.
 
 mod janitor;
 mod lent;
@@ -85,9 +92,39 @@ impl PoolSettings {
     }
 }
 
+/// Fewest connections a pool's share per worker may have; smaller pools stay whole.
+pub const MIN_SHARE: usize = 4;
+
+/// How many shares a pool of `size` connections gets with `workers` worker threads.
+pub fn share_count(workers: usize, size: usize) -> usize {
+    (size / MIN_SHARE).clamp(1, workers.max(1))
+}
+
+/// Which share of a pool this is, of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Share {
+    pub const WHOLE: Share = Share { index: 0, count: 1 };
+
+    /// This share's part of `total` (a pool size, a reserve, min_pool_size): the parts of
+    /// all shares add up to `total`.
+    pub fn of(self, total: usize) -> usize {
+        total / self.count + usize::from(self.index < total % self.count)
+    }
+}
+
 pub struct ServerPool {
     pub key: PoolKey,
+    /// The pool's settings as configured; sizes are the whole pool's, not this share's.
     pub settings: PoolSettings,
+    pub share: Share,
+    /// The event loop of the worker this share serves (known from its first checkout), where
+    /// the janitor opens min_pool_size connections for it.
+    home: std::sync::OnceLock<tokio::runtime::Handle>,
     /// Where cancel requests for this pool's servers go (shared, not cloned per checkout).
     pub cancel_target: Arc<BackendTarget>,
     pub pool: Pool<ServerManager>,
@@ -126,6 +163,11 @@ impl ServerPool {
     pub async fn checkout(&self, generation: &Generation) -> Result<Lent, PgError> {
         let config = &generation.config;
         let started = Instant::now();
+        if self.home.get().is_none()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let _ = self.home.set(handle);
+        }
         let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let reserve_after = config.reserve_pool_timeout.duration();
         let acquire = async {
@@ -197,14 +239,26 @@ impl ServerPool {
         .with_hint("raise default_pool_size or query_wait_timeout, or look for long transactions")
     }
 
-    /// Applies new sizes from a reload. Connections in use keep their permits; the new
-    /// limits hold as they come back.
+    /// Applies new sizes from a reload (the whole pool's; this share takes its part).
+    /// Connections in use keep their permits; the new limits hold as they come back.
     pub fn resize(&self, size: usize, reserve_size: usize) {
+        let (size, reserve_size) = (self.share.of(size), self.share.of(reserve_size));
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         if gates.size != size || gates.reserve_size != reserve_size {
             *gates = Gates::new(size, reserve_size);
             self.pool.resize(size + reserve_size);
-            tracing::info!(database = %self.key.database, user = %self.key.user, size, reserve_size, "pool resized");
+            tracing::info!(database = %self.key.database, user = %self.key.user, size, reserve_size, share = self.share.index, shares = self.share.count, "pool resized");
+        }
+    }
+
+    /// Runs `task` on the worker this share serves (or here, before it has served anyone).
+    pub fn spawn_at_home<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self.home.get() {
+            Some(handle) => drop(handle.spawn(task)),
+            None => drop(tokio::spawn(task)),
         }
     }
 
@@ -239,7 +293,8 @@ impl ServerPool {
 /// idle connection of another pool to close.
 const LIMIT_RETRY: Duration = Duration::from_millis(100);
 
-type PoolMap = Mutex<HashMap<PoolKey, Arc<ServerPool>>>;
+/// Each pool's shares, by pool.
+type PoolMap = Mutex<HashMap<PoolKey, Vec<Arc<ServerPool>>>>;
 
 /// All pools, created on first use, and the limits that span them.
 pub struct PoolRegistry {
@@ -250,6 +305,8 @@ pub struct PoolRegistry {
     user_limits: Arc<NamedLimits>,
     /// Where server connections register for SHOW SERVERS.
     servers: Arc<Registry<ServerEntry>>,
+    /// Worker threads, so how many shares a large pool is split into.
+    workers: usize,
 }
 
 impl PoolRegistry {
@@ -257,8 +314,10 @@ impl PoolRegistry {
         current: Arc<ArcSwap<Generation>>,
         ids: Arc<AtomicU64>,
         servers: Arc<Registry<ServerEntry>>,
+        workers: usize,
     ) -> Self {
         PoolRegistry {
+            workers,
             pools: Arc::new(Mutex::new(HashMap::new())),
             current,
             ids,
@@ -268,19 +327,43 @@ impl PoolRegistry {
         }
     }
 
-    /// The pool for these settings; replaced when a reload changed where or how it logs in
-    /// (its connections then close as they come back), resized when only the size changed.
-    pub fn get_or_create(&self, key: PoolKey, settings: PoolSettings) -> Arc<ServerPool> {
+    /// The share of the pool for these settings that serves clients of worker `worker`.
+    /// The pool is replaced when a reload changed where or how it logs in, or a new size
+    /// splits it differently (its connections then close as they come back); resized when
+    /// only the size changed.
+    pub fn get_or_create(
+        &self,
+        key: PoolKey,
+        settings: PoolSettings,
+        worker: usize,
+    ) -> Arc<ServerPool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = pools.get(&key) {
-            if existing.settings.target == settings.target
-                && existing.settings.mode == settings.mode
+        let count = share_count(self.workers, settings.size);
+        if let Some(shares) = pools.get(&key) {
+            let first = &shares[0];
+            if first.settings.target == settings.target
+                && first.settings.mode == settings.mode
+                && shares.len() == count
             {
-                existing.resize(settings.size, settings.reserve_size);
-                return existing.clone();
+                for share in shares {
+                    share.resize(settings.size, settings.reserve_size);
+                }
+                return shares[worker % count].clone();
             }
-            existing.pool.close();
+            for share in shares {
+                share.pool.close();
+            }
         }
+        let shares: Vec<_> = (0..count)
+            .map(|index| self.build(&key, &settings, Share { index, count }))
+            .collect();
+        let chosen = shares[worker % count].clone();
+        pools.insert(key, shares);
+        chosen
+    }
+
+    fn build(&self, key: &PoolKey, settings: &PoolSettings, share: Share) -> Arc<ServerPool> {
+        let (size, reserve_size) = (share.of(settings.size), share.of(settings.reserve_size));
         let manager = ServerManager::new(
             key.clone(),
             settings.target.clone(),
@@ -294,33 +377,39 @@ impl PoolRegistry {
         )
         .registering_in(key.clone(), self.servers.clone());
         let pool = Pool::builder(manager)
-            .max_size(settings.size + settings.reserve_size)
+            .max_size(size + reserve_size)
             .queue_mode(QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a runtime is configured, so building the pool cannot fail");
-        let server_pool = Arc::new(ServerPool {
+        Arc::new(ServerPool {
             key: key.clone(),
             cancel_target: Arc::new(settings.target.clone()),
-            gates: Mutex::new(Gates::new(settings.size, settings.reserve_size)),
+            gates: Mutex::new(Gates::new(size, reserve_size)),
             prewarming: Default::default(),
-            settings,
+            settings: settings.clone(),
+            share,
+            home: Default::default(),
             pool,
             startup_params: Mutex::new(None),
-        });
-        pools.insert(key, server_pool.clone());
-        server_pool
+        })
     }
 
+    /// Every share of every pool, by pool.
     pub fn all(&self) -> Vec<Arc<ServerPool>> {
         all_pools(&self.pools)
+    }
+
+    /// How many pools there are (a pool split into shares counts once).
+    pub fn count(&self) -> usize {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
 fn all_pools(pools: &PoolMap) -> Vec<Arc<ServerPool>> {
     let pools = pools.lock().unwrap_or_else(|e| e.into_inner());
-    let mut all: Vec<_> = pools.values().cloned().collect();
-    all.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut all: Vec<_> = pools.values().flatten().cloned().collect();
+    all.sort_by(|a, b| (&a.key, a.share.index).cmp(&(&b.key, b.share.index)));
     all
 }
 
@@ -382,5 +471,36 @@ impl CrossPoolLimits {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_configured_size() {
+        for total in 0..40 {
+            for count in 1..5 {
+                let sum: usize = (0..count)
+                    .map(|index| Share { index, count }.of(total))
+                    .sum();
+                assert_eq!(sum, total, "{total} over {count} shares");
+            }
+        }
+        assert_eq!(Share { index: 0, count: 3 }.of(10), 4);
+        assert_eq!(Share { index: 2, count: 3 }.of(10), 3);
+        assert_eq!(Share::WHOLE.of(7), 7);
+    }
+
+    #[test]
+    fn small_pools_stay_whole_and_large_ones_get_a_share_per_worker() {
+        assert_eq!(share_count(1, 100), 1);
+        assert_eq!(share_count(2, 1), 1);
+        assert_eq!(share_count(2, 7), 1);
+        assert_eq!(share_count(2, 8), 2);
+        assert_eq!(share_count(2, 20), 2);
+        assert_eq!(share_count(4, 12), 3);
+        assert_eq!(share_count(0, 20), 1);
     }
 }

@@ -157,3 +157,23 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The whole HTTP response to `GET path` on 127.0.0.1:`port` (/metrics, /health), read until
+/// the server closes.
+pub async fn http_fetch(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .expect("the metrics endpoint answers")
+        .unwrap();
+    response
+}
