@@ -19,14 +19,30 @@ pub struct CancelTarget {
     pub server_key: BackendKey,
 }
 
+/// One client's cancel target, which its session sets at every checkout and release. Each
+/// client has its own lock, so a transaction takes no lock another client's transaction takes;
+/// only logins, logouts and cancel requests use the registry's.
+#[derive(Default)]
+pub struct CancelSlot(Mutex<Option<CancelTarget>>);
+
+impl CancelSlot {
+    pub fn set(&self, target: Option<CancelTarget>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+    fn get(&self) -> Option<CancelTarget> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 #[derive(Default)]
 pub struct CancelRegistry {
-    clients: Mutex<HashMap<BackendKey, Option<CancelTarget>>>,
+    clients: Mutex<HashMap<BackendKey, Arc<CancelSlot>>>,
 }
 
 impl CancelRegistry {
-    /// A fresh, unused key for a new client.
-    pub fn register(&self) -> BackendKey {
+    /// A fresh, unused key for a new client, and the slot its session keeps its target in.
+    pub fn register(&self) -> (BackendKey, Arc<CancelSlot>) {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let key = BackendKey {
@@ -34,16 +50,10 @@ impl CancelRegistry {
                 secret: rand::random(),
             };
             if key.pid != 0 && !clients.contains_key(&key) {
-                clients.insert(key, None);
-                return key;
+                let slot = Arc::new(CancelSlot::default());
+                clients.insert(key, slot.clone());
+                return (key, slot);
             }
-        }
-    }
-
-    pub fn set_target(&self, key: BackendKey, target: Option<CancelTarget>) {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = clients.get_mut(&key) {
-            *slot = target;
         }
     }
 
@@ -55,12 +65,13 @@ impl CancelRegistry {
     }
 
     pub fn lookup(&self, key: BackendKey) -> Option<CancelTarget> {
-        self.clients
+        let slot = self
+            .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .cloned()
-            .flatten()
+            .cloned()?;
+        slot.get()
     }
 }
 
@@ -133,10 +144,24 @@ mod tests {
     #[test]
     fn keys_are_unique_and_unknown_keys_find_nothing() {
         let reg = CancelRegistry::default();
-        let a = reg.register();
-        let b = reg.register();
+        let (a, slot) = reg.register();
+        let (b, _) = reg.register();
         assert_ne!(a, b);
         assert!(reg.lookup(a).is_none());
+        let server_key = BackendKey { pid: 7, secret: 8 };
+        slot.set(Some(CancelTarget {
+            target: Arc::new(BackendTarget {
+                host: "localhost".into(),
+                port: 5432,
+                dbname: "app".into(),
+                user: "app".into(),
+                password: None,
+                scram_keys: None,
+            }),
+            server_key,
+        }));
+        assert_eq!(reg.lookup(a).map(|t| t.server_key), Some(server_key));
+        assert!(reg.lookup(b).is_none());
         assert!(
             reg.lookup(BackendKey {
                 pid: a.pid,

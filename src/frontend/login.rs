@@ -182,7 +182,7 @@ pub async fn login(
         },
     };
 
-    let cancel_key = shared.cancel.register();
+    let (cancel_key, cancel_slot) = shared.cancel.register();
     let mut out = BytesMut::new();
     authentication_ok(&mut out);
     for (name, value) in &server_params {
@@ -201,6 +201,7 @@ pub async fn login(
         generation: generation.clone(),
         pool,
         key: cancel_key,
+        cancel: cancel_slot,
         params,
         user,
         database,

@@ -36,6 +36,8 @@ pub struct ClientSession {
     pub(super) generation: Arc<Generation>,
     pub(super) pool: Arc<ServerPool>,
     pub(super) key: BackendKey,
+    /// Where a CancelRequest with `key` goes while a server is held.
+    pub(super) cancel: Arc<crate::cancel::CancelSlot>,
     /// Settings the client asked for (startup packet, its own SETs), replayed on whichever
     /// server it gets.
     pub(super) params: Vec<(String, String)>,
@@ -185,13 +187,10 @@ impl ClientSession {
             self.fail(e).await;
             return Next::Close;
         }
-        self.shared.cancel.set_target(
-            self.key,
-            Some(CancelTarget {
-                target: self.pool.cancel_target.clone(),
-                server_key: server.key,
-            }),
-        );
+        self.cancel.set(Some(CancelTarget {
+            target: self.pool.cancel_target.clone(),
+            server_key: server.key,
+        }));
         let mut server_half = HalfBuffer::server_side(std::mem::take(&mut server.read_buf));
         client_half.borrow_spare(&mut server.spare_buffers);
         let mut changes = SessionChanges::default();
@@ -216,7 +215,7 @@ impl ClientSession {
         .await;
         server.read_buf = server_half.into_buf();
         client_half.return_spare(&mut server.spare_buffers);
-        self.shared.cancel.set_target(self.key, None);
+        self.cancel.set(None);
         self.entry.set_idle();
         self.remember(changes);
 
