@@ -528,6 +528,19 @@ async fn waiting_in_show_pools(console: &Client) -> i64 {
         .unwrap_or(0)
 }
 
+/// Polls SHOW POOLS until at least `n` of alice's clients wait; `who` names them if not.
+async fn wait_for_waiting(console: &Client, n: i64, who: &str, moat: &Pgmoat) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while waiting_in_show_pools(console).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who} never showed as waiting in SHOW POOLS\n{}",
+            moat.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_clients_get_the_only_backend_in_the_order_they_queued() {
     let pki = Pki::new();
@@ -563,15 +576,7 @@ async fn waiting_clients_get_the_only_backend_in_the_order_they_queued() {
                 .batch_execute(&format!("INSERT INTO served (who) VALUES ('{who}')"))
                 .await
         }));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while waiting_in_show_pools(&console).await < queued as i64 + 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{who} never showed as waiting in SHOW POOLS\n{}",
-                moat.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_waiting(&console, queued as i64 + 1, who, &moat).await;
     }
     assert_eq!(
         db.count("SELECT count(*) FROM served"),
@@ -633,15 +638,7 @@ async fn a_pool_split_per_worker_keeps_its_size_and_shows_as_one_pool() {
         let value = text_value(&ninth, "SELECT 9").await;
         (ninth, value)
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while waiting_in_show_pools(&console).await < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ninth client never showed as waiting\n{}",
-            moat.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_waiting(&console, 1, "the ninth client", &moat).await;
     assert_eq!(
         db.backends_of("alice"),
         8,
