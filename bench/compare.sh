@@ -206,6 +206,16 @@ chmod 755 "$pki"
 chmod 644 "$pki"/*.crt
 "$pgmoat" certs check "$pki" --ca "$pki/ca.crt"
 
+wait_listening() {   # port pid log name: until something accepts on the port, or the process died
+    local _
+    for _ in $(seq 100); do
+        (exec 3<> "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || { cat "$3"; echo "$4 exited" >&2; exit 1; }
+        sleep 0.1
+    done
+    cat "$3"; echo "$4 does not accept connections on port $1" >&2; exit 1
+}
+
 # --- PostgreSQL, PgBouncer, pgmoat, HAProxy -----------------------------------------------------
 say "PostgreSQL on $pg_port (pg.sh: initdb, pgbench -i -s 10)"
 "$harness/pg.sh" start "$work/pg" "$pg_port" "$pki"
@@ -241,11 +251,7 @@ cat "$work/pgmoat/pgmoat.toml"
 # Per-login info lines off, as PgBouncer's log_connections = 0.
 RUST_LOG=warn "$pgmoat" run --config "$work/pgmoat/pgmoat.toml" > "$work/pgmoat/pgmoat.log" 2>&1 &
 pgmoat_pid=$!
-for _ in $(seq 100); do
-    (exec 3<> "/dev/tcp/127.0.0.1/$moat_port") 2>/dev/null && break
-    kill -0 "$pgmoat_pid" 2>/dev/null || { cat "$work/pgmoat/pgmoat.log"; echo "pgmoat exited" >&2; exit 1; }
-    sleep 0.1
-done
+wait_listening "$moat_port" "$pgmoat_pid" "$work/pgmoat/pgmoat.log" pgmoat
 echo "pgmoat pid $pgmoat_pid"
 
 say "TCP passthrough (HAProxy) on $pt_port"
@@ -275,11 +281,7 @@ haproxy -D -f "$work/haproxy/haproxy.cfg" -p "$work/haproxy/haproxy.pid" > "$wor
     || { cat "$work/haproxy/haproxy.log"; echo "haproxy failed to start" >&2; exit 1; }
 for _ in $(seq 50); do [ -s "$work/haproxy/haproxy.pid" ] && break; sleep 0.1; done
 pt_pid=$(head -n 1 "$work/haproxy/haproxy.pid")
-for _ in $(seq 100); do
-    (exec 3<> "/dev/tcp/127.0.0.1/$pt_port") 2>/dev/null && break
-    kill -0 "$pt_pid" 2>/dev/null || { cat "$work/haproxy/haproxy.log"; echo "haproxy exited" >&2; exit 1; }
-    sleep 0.1
-done
+wait_listening "$pt_port" "$pt_pid" "$work/haproxy/haproxy.log" haproxy
 echo "HAProxy pid $pt_pid"
 
 export PGPASSWORD=bench
