@@ -18,7 +18,7 @@ use crate::auth::{AuthError, UserList};
 use crate::config::{Config, ConfigErrors};
 use crate::state::{Generation, Shared};
 use crate::tls::{TlsError, TlsState};
-use crate::workers::{Workers, resolve_count};
+use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -188,8 +188,7 @@ impl Server {
             tokio::spawn(crate::metrics::serve(listener, self.shared.clone()));
         }
         let tracker = TaskTracker::new();
-        let workers = Workers::start(resolve_count(self.shared.snapshot().config.worker_threads))
-            .map_err(StartError::Workers)?;
+        let workers = Workers::start(self.shared.pools.workers()).map_err(StartError::Workers)?;
         tracing::info!(worker_threads = workers.count(), "workers started");
         tokio::spawn(crate::pool::run_janitor(self.shared.clone()));
         // Certificates are checked at start, at each reload, and daily.

@@ -108,8 +108,6 @@ pub struct Share {
 }
 
 impl Share {
-    pub const WHOLE: Share = Share { index: 0, count: 1 };
-
     /// This share's part of `total` (a pool size, a reserve, min_pool_size): the parts of
     /// all shares add up to `total`.
     pub fn of(self, total: usize) -> usize {
@@ -400,6 +398,12 @@ impl PoolRegistry {
         all_pools(&self.pools)
     }
 
+    /// The worker threads large pools are split for: the one count the workers are started
+    /// with, too.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
     /// How many pools there are (a pool split into shares counts once).
     pub fn count(&self) -> usize {
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -490,7 +494,7 @@ mod share_tests {
         }
         assert_eq!(Share { index: 0, count: 3 }.of(10), 4);
         assert_eq!(Share { index: 2, count: 3 }.of(10), 3);
-        assert_eq!(Share::WHOLE.of(7), 7);
+        assert_eq!(Share { index: 0, count: 1 }.of(7), 7);
     }
 
     #[test]
