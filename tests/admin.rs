@@ -123,11 +123,11 @@ fn every_show_parses_in_psql_with_pgbouncer_column_names() {
         ),
         (
             "SHOW CLIENTS",
-            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after",
+            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after|lifecycle|pinned",
         ),
         (
             "SHOW SERVERS",
-            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after",
+            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after|lifecycle|pinned",
         ),
         (
             "SHOW STATS",

@@ -204,3 +204,91 @@ async fn cancel_reaches_postgresql_over_tls() {
          (cancel code {CANCEL_REQUEST_CODE}): {codes:?}"
     );
 }
+
+/// A cancel sent just as the sender's own short query ends must never cancel the query of
+/// whichever client gets that server next (PgBouncer issue 717): the server stays out of the
+/// pool until PostgreSQL has closed the cancel connection, and a cancel for a client that holds
+/// no server any more is dropped. One client cancels after each of 1000 short queries, timed
+/// from the middle of the query to just after its end, while 8 clients run short queries on
+/// the same 3 servers. Positive control: every tenth query of the canceller lasts long enough
+/// for its cancel to land, and is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_cancels_never_reach_another_clients_query() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const SHORT: &str = "SELECT pg_sleep(0.005)";
+    const OWN: &str = "SELECT pg_sleep(0.01)";
+    const LONG: &str = "SELECT pg_sleep(2)";
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "3")
+            .set("max_client_conn", "50")
+            .build(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let others_ok = Arc::new(AtomicUsize::new(0));
+    let others_cancelled = Arc::new(AtomicUsize::new(0));
+    let mut others = Vec::new();
+    for _ in 0..8 {
+        let client = moat_client(&moat, &pki, "alice").await;
+        let (stop, ok, cancelled) = (stop.clone(), others_ok.clone(), others_cancelled.clone());
+        others.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.batch_execute(SHORT).await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                        cancelled.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(e) => panic!("another client's query failed: {e:?}"),
+                };
+            }
+        }));
+    }
+
+    let canceller = moat_client(&moat, &pki, "alice").await;
+    let token = canceller.cancel_token();
+    let tls = MakeRustlsConnect::new(tls_client_config(&pki.ca, None));
+    let mut own_cancelled = 0;
+    let mut long_queries = 0;
+    for i in 0..1000u64 {
+        let long = i % 10 == 0;
+        let query = canceller.batch_execute(if long { LONG } else { OWN });
+        let cancel = async {
+            // 0 to 14 ms after the 10 ms query was sent: forwarding a cancel takes a few
+            // milliseconds, so some land while it runs, some right as it ends, some after.
+            tokio::time::sleep(Duration::from_micros((i % 15) * 1000)).await;
+            token.cancel_query(tls.clone()).await.unwrap();
+        };
+        let (result, ()) = tokio::join!(query, cancel);
+        match result {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => own_cancelled += 1,
+            Err(e) => panic!("the canceller's own query failed: {e:?}"),
+        }
+        if long {
+            long_queries += 1;
+        }
+    }
+    // Cancels still on their way must get their chance to land before the count is taken.
+    canceller.batch_execute("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in others {
+        task.await.unwrap();
+    }
+    let (ok, hit) = (
+        others_ok.load(Ordering::Relaxed),
+        others_cancelled.load(Ordering::Relaxed),
+    );
+    eprintln!("canceller: {own_cancelled} of 1000 cancelled; others: {ok} ok, {hit} cancelled");
+    assert!(
+        own_cancelled >= long_queries,
+        "only {own_cancelled} of the canceller's queries were cancelled, though {long_queries} \
+         lasted long enough (positive control)"
+    );
+    assert!(ok > 500, "the other clients barely ran ({ok} queries)");
+    assert_eq!(hit, 0, "{hit} queries of other clients were cancelled");
+}

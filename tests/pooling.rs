@@ -512,35 +512,6 @@ async fn server_idle_timeout_counts_idle_time_not_time_in_a_transaction() {
     );
 }
 
-/// cl_waiting of the app/alice pool in SHOW POOLS.
-async fn waiting_in_show_pools(console: &Client) -> i64 {
-    let messages = console.simple_query("SHOW POOLS").await.unwrap();
-    messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row)
-                if row.get("database") == Some(APP_DB) && row.get("user") == Some("alice") =>
-            {
-                row.get("cl_waiting").and_then(|n| n.parse().ok())
-            }
-            _ => None,
-        })
-        .unwrap_or(0)
-}
-
-/// Polls SHOW POOLS until at least `n` of alice's clients wait; `who` names them if not.
-async fn wait_for_waiting(console: &Client, n: i64, who: &str, moat: &Pgmoat) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while waiting_in_show_pools(console).await < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{who} never showed as waiting in SHOW POOLS\n{}",
-            moat.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_clients_get_the_only_backend_in_the_order_they_queued() {
     let pki = Pki::new();

@@ -53,6 +53,11 @@ pub const SOCKETS: &[(&str, Type)] = &[
     ("tls_cipher", Text),
     ("client_cert_subject", Text),
     ("client_cert_not_after", Timestamptz),
+    // pgmoat's server lifecycle: its state machine's name for the state, and why a server
+    // is pinned to its client (temp_table, advisory_lock, listen, prepare, hold_cursor,
+    // session_mode), empty when it is not.
+    ("lifecycle", Text),
+    ("pinned", Text),
 ];
 
 pub const STATS: &[(&str, Type)] = &[

@@ -51,7 +51,18 @@ pub fn pools(shared: &Shared) -> ResultSet {
         let mut row = vec![text(&key.database), text(&key.user)];
         // PgBouncer counts idle logged-in clients as cl_active.
         row.extend([o.cl_active + o.cl_idle, o.cl_waiting, 0, 0].map(int));
-        row.extend([o.sv_active, 0, 0, o.sv_idle, 0, 0, 0].map(int));
+        row.extend(
+            [
+                o.sv_active,
+                0,
+                o.sv_being_canceled,
+                o.sv_idle,
+                o.sv_used,
+                0,
+                0,
+            ]
+            .map(int),
+        );
         row.extend([maxwait, maxwait_us, text(mode), None]);
         rs.push(row);
     }
@@ -82,7 +93,13 @@ fn tls_cells(tls: Option<&TlsSummary>) -> [Cell; 5] {
     }
 }
 
-/// One SHOW CLIENTS / SERVERS row; `extra` are pgmoat's trailing TLS columns.
+/// The words of a set of `backend::PinReasons` bits.
+fn pin_words(bits: u8) -> String {
+    crate::backend::PinReasons::from_bits_truncate(bits).to_string()
+}
+
+/// One SHOW CLIENTS / SERVERS row; `extra` are pgmoat's trailing TLS columns, then its
+/// lifecycle and pinned columns.
 #[allow(clippy::too_many_arguments)]
 fn socket_row(
     kind: &str,
@@ -98,6 +115,7 @@ fn socket_row(
     remote_pid: i32,
     application_name: &str,
     tls: Option<&TlsSummary>,
+    (lifecycle, pinned): (&str, u8),
 ) -> Vec<Cell> {
     let (connect, request, wait) = times;
     let [tls_text, version, cipher, subject, not_after] = tls_cells(tls);
@@ -122,6 +140,7 @@ fn socket_row(
         int(id),
     ]);
     row.extend([version, cipher, subject, not_after]);
+    row.extend([text(lifecycle), text(pin_words(pinned))]);
     row
 }
 
@@ -148,6 +167,7 @@ fn client_row(c: &ClientEntry, now: SystemTime) -> Vec<Cell> {
         0,
         &c.application_name,
         c.tls.as_ref(),
+        (state.as_str(), c.pinned()),
     )
 }
 
@@ -161,11 +181,12 @@ pub fn clients(shared: &Shared) -> ResultSet {
 }
 
 fn server_row(s: &ServerEntry, linked: Option<&ClientEntry>) -> Vec<Cell> {
+    let shown = s.shown();
     socket_row(
         "S",
         &s.pool.user,
         &s.pool.database,
-        if linked.is_some() { "active" } else { "idle" },
+        shown.pgbouncer,
         Some(s.addr),
         s.local,
         (s.connect_time, s.connect_time, Duration::ZERO),
@@ -175,18 +196,17 @@ fn server_row(s: &ServerEntry, linked: Option<&ClientEntry>) -> Vec<Cell> {
         s.remote_pid,
         linked.map(|c| c.application_name.as_str()).unwrap_or(""),
         s.tls.as_ref(),
+        (shown.lifecycle, shown.pinned),
     )
 }
 
 pub fn servers(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(SOCKETS);
     let clients = shared.stats.clients.list();
-    let by_server: BTreeMap<u64, &ClientEntry> = clients
-        .iter()
-        .filter_map(|c| c.server_id().map(|id| (id, c.as_ref())))
-        .collect();
+    let by_id: BTreeMap<u64, &ClientEntry> = clients.iter().map(|c| (c.id, c.as_ref())).collect();
     for server in shared.stats.servers.list() {
-        rs.push(server_row(&server, by_server.get(&server.id).copied()));
+        let client = server.shown().client.and_then(|id| by_id.get(&id).copied());
+        rs.push(server_row(&server, client));
     }
     rs
 }

@@ -158,6 +158,8 @@ async fn show_commands_use_pgbouncer_columns_in_order() {
                 "tls_cipher",
                 "client_cert_subject",
                 "client_cert_not_after",
+                "lifecycle",
+                "pinned",
             ],
         ),
         (

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::scram_keys::{KeyedScram, ScramKeys};
-use super::{BackendError, BackendKey, ServerConn};
+use super::{BackendError, BackendKey, ServerConn, ServerState};
 use crate::config::SslMode;
 use crate::protocol::error::ErrorFields;
 use crate::protocol::frame::{MAX_LOGIN_MESSAGE, read_message};
@@ -99,13 +99,15 @@ async fn connect_inner(
         spare_buffers: Default::default(),
         params: Vec::new(),
         initial_params: Vec::new(),
+        session_settings: Vec::new(),
+        state: ServerState::Idle,
+        cancels: Default::default(),
         key: BackendKey { pid: 0, secret: 0 },
         addr: peer,
         created: Instant::now(),
         idle_since: Instant::now(),
         tls,
         tls_epoch: opts.tls_epoch,
-        dirty: false,
         statements: Default::default(),
         polite_close: true,
         permits: Default::default(),

@@ -39,6 +39,18 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// PostgreSQL unreachable, or refusing connections while it shuts down or starts up
+    /// (57P03, 57P01), as opposed to refusing pgmoat's credentials or configuration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Server { fields, .. } => {
+                matches!(fields.code.as_str(), "57P03" | "57P01")
+            }
+            BackendError::NoPassword { .. } | BackendError::UnsupportedAuth { .. } => false,
+            _ => true,
+        }
+    }
+
     /// The ErrorResponse the client gets. Errors PostgreSQL itself raised keep its SQLSTATE.
     pub fn to_pg_error(&self) -> PgError {
         match self {

@@ -4,10 +4,13 @@
 
 mod connect;
 mod error;
+pub mod lifecycle;
+mod probe;
 mod query;
 pub mod scram_keys;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -16,6 +19,8 @@ use crate::stream::{Stream, TlsInfo};
 
 pub use connect::{BackendTarget, ConnectOptions, connect, negotiate_tls};
 pub use error::BackendError;
+pub use lifecycle::{CancelFlight, CleanProof, CloseReason, PinReasons, ResetNeed, ServerState};
+pub use probe::SessionSnapshot;
 
 /// PostgreSQL's cancel key for one backend process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,9 +40,16 @@ pub struct ServerConn {
     pub spare_buffers: crate::relay::SpareBuffers,
     /// Parameters as the server last reported them (ParameterStatus), in arrival order.
     pub params: Vec<(String, String)>,
-    /// The parameters right after login, before any client changed anything: what a reset
-    /// returns the connection to.
+    /// The reported parameters right after login, before any client changed anything.
     pub initial_params: Vec<(String, String)>,
+    /// Session-level settings on top of the login defaults, as pgmoat set them or read them
+    /// back from PostgreSQL (`source = 'session'`, `role`, `session_authorization`): what
+    /// the next client's settings are compared with.
+    pub session_settings: Vec<(String, String)>,
+    /// Where it is in its life; changed only by [`ServerConn::transition`].
+    state: ServerState,
+    /// Cancel requests for it on their way to PostgreSQL.
+    pub cancels: Arc<CancelFlight>,
     pub key: BackendKey,
     pub addr: SocketAddr,
     pub created: Instant,
@@ -48,9 +60,6 @@ pub struct ServerConn {
     /// Identity of the TLS configuration this connection was made with; a reload that
     /// changes it retires the connection when it comes back to the pool.
     pub tls_epoch: u64,
-    /// A session-level setting may have changed (a `SET` completed), so the connection is
-    /// reset before anyone else gets it.
-    pub dirty: bool,
     /// Between messages, so a Terminate on close cannot land inside an unfinished message.
     /// Cleared when a connection is discarded in the middle of something.
     pub polite_close: bool,
@@ -83,6 +92,61 @@ impl Drop for ServerConn {
 }
 
 impl ServerConn {
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// The one place a server connection's state changes: checks the move against the table
+    /// in [`lifecycle`], logs it and shows it in SHOW SERVERS. An illegal move is a bug; it
+    /// is logged and the connection is closed instead, so nothing unproven is reused.
+    pub fn transition(&mut self, to: ServerState) {
+        debug_assert!(to != ServerState::Idle, "use return_to_idle");
+        let to = if to == ServerState::Idle || !self.state.may_become(to) {
+            if matches!(self.state, ServerState::Closing(_)) {
+                return;
+            }
+            tracing::error!(server_id = self.id, from = %self.state, to = %to, "illegal server state transition; closing the connection");
+            ServerState::Closing(CloseReason::Bug)
+        } else {
+            to
+        };
+        self.set_state(to);
+    }
+
+    /// Back to the idle set: only with the proof [`lifecycle::next_step`] gives.
+    pub fn return_to_idle(&mut self, _proof: CleanProof) {
+        if self.state.may_become(ServerState::Idle) {
+            self.set_state(ServerState::Idle);
+        } else {
+            self.transition(ServerState::Closing(CloseReason::Bug));
+        }
+    }
+
+    fn set_state(&mut self, to: ServerState) {
+        let from = std::mem::replace(&mut self.state, to);
+        match to {
+            // The common path of every transaction: trace, not debug.
+            ServerState::Idle | ServerState::Lent { .. } => {
+                tracing::trace!(server_id = self.id, %from, %to, "server state")
+            }
+            _ => tracing::debug!(server_id = self.id, %from, %to, "server state"),
+        }
+        if let ServerState::Closing(reason) = to
+            && !reason.at_message_boundary()
+        {
+            // Its state is unknown: no goodbye message that could land mid-message.
+            self.polite_close = false;
+        }
+        if let Some(registration) = &self.registration {
+            registration.show(crate::stats::ShownState {
+                lifecycle: to.name(),
+                pgbouncer: to.pgbouncer_name(),
+                client: to.client(),
+                pinned: to.pinned().bits(),
+            });
+        }
+    }
+
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()

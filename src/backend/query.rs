@@ -13,6 +13,32 @@ impl ServerConn {
     /// Runs `sql` and waits for ReadyForQuery. Rows are discarded; ParameterStatus updates the
     /// tracked parameters; an ErrorResponse becomes `BackendError::Server`.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.simple_query_rows(sql, None).await
+    }
+
+    /// Runs a reset and forgets what it undid: the session settings pgmoat knew of, the
+    /// reported parameters (back to their login values) and, when `drops_statements`, the
+    /// prepared statements.
+    pub async fn reset_session(
+        &mut self,
+        sql: &str,
+        drops_statements: bool,
+    ) -> Result<(), BackendError> {
+        self.simple_query(sql).await?;
+        self.session_settings.clear();
+        if drops_statements {
+            self.statements.clear();
+        }
+        Ok(())
+    }
+
+    /// Like [`simple_query`](Self::simple_query), collecting the text of every row's columns
+    /// into `rows` (one `Vec` per row, in order, over all result sets).
+    pub async fn simple_query_rows(
+        &mut self,
+        sql: &str,
+        mut rows: Option<&mut Vec<Vec<Option<String>>>>,
+    ) -> Result<(), BackendError> {
         let addr = self.addr.to_string();
         let proto = |source| BackendError::Protocol {
             addr: addr.clone(),
@@ -38,6 +64,11 @@ impl ServerConn {
                     self.set_param(&name, &value);
                 }
                 b'E' => error = Some(ErrorFields::parse(&msg.body)),
+                b'D' => {
+                    if let Some(rows) = rows.as_deref_mut() {
+                        rows.push(parse_data_row(&msg.body).map_err(proto)?);
+                    }
+                }
                 b'Z' => {
                     if msg.body.first() != Some(&b'I') {
                         return Err(proto(ProtocolError::Malformed(
@@ -68,5 +99,45 @@ impl ServerConn {
         std::pin::Pin::new(&mut self.stream)
             .poll_read(&mut cx, &mut buf)
             .is_pending()
+    }
+}
+
+/// The columns of a DataRow as text (`None` for NULL).
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    const MALFORMED: ProtocolError = ProtocolError::Malformed("malformed DataRow");
+    let count = body.get(..2).ok_or(MALFORMED)?;
+    let count = u16::from_be_bytes([count[0], count[1]]) as usize;
+    let mut pos = 2;
+    let mut columns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = body.get(pos..pos + 4).ok_or(MALFORMED)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        pos += 4;
+        if len < 0 {
+            columns.push(None);
+            continue;
+        }
+        let value = body.get(pos..pos + len as usize).ok_or(MALFORMED)?;
+        columns.push(Some(String::from_utf8_lossy(value).into_owned()));
+        pos += len as usize;
+    }
+    Ok(columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_rows_with_nulls() {
+        let mut body = 2u16.to_be_bytes().to_vec();
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"ab");
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(
+            parse_data_row(&body).unwrap(),
+            vec![Some("ab".into()), None]
+        );
+        assert!(parse_data_row(&body[..5]).is_err());
     }
 }

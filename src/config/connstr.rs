@@ -91,6 +91,8 @@ impl Default for DatabaseConfig {
             pool_size: None,
             pool_mode: None,
             max_db_connections: None,
+            session_state: None,
+            max_pinned_servers: None,
         }
     }
 }
@@ -164,6 +166,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("pool_size", &self.pool_size)
             .field("pool_mode", &self.pool_mode)
+            .field("session_state", &self.session_state)
+            .field("max_pinned_servers", &self.max_pinned_servers)
             .field("max_db_connections", &self.max_db_connections)
             .finish()
     }
@@ -192,6 +196,8 @@ mod tests {
                 pool_size: Some(5),
                 pool_mode: Some(PoolMode::Session),
                 max_db_connections: Some(9),
+                session_state: None,
+                max_pinned_servers: None,
             }
         );
     }

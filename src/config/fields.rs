@@ -47,6 +47,8 @@ fields!(SETTINGS: Config {
     max_db_connections,
     max_user_connections,
     max_prepared_statements,
+    session_state,
+    max_pinned_servers,
     server_reset_query,
     server_reset_query_always,
     server_check_query,
@@ -86,6 +88,8 @@ fields!(DATABASE_FIELDS: DatabaseConfig {
     pool_size,
     pool_mode,
     max_db_connections,
+    session_state,
+    max_pinned_servers,
 });
 
 /// The closest known name to a mistyped one, when it is close enough to be a typo.
@@ -131,6 +135,7 @@ mod tests {
             server_tls_cert_file: Some("a".into()),
             server_tls_key_file: Some("a".into()),
             metrics_addr: Some("a:1".into()),
+            max_pinned_servers: Some(1),
             ..Config::default()
         };
         let Value::Table(all) = Value::try_from(config).unwrap() else {
@@ -158,6 +163,8 @@ mod tests {
             pool_size: Some(1),
             pool_mode: Some(super::super::PoolMode::Session),
             max_db_connections: Some(1),
+            session_state: Some(super::super::SessionState::Reset),
+            max_pinned_servers: Some(1),
         };
         let Value::Table(all) = Value::try_from(entry).unwrap() else {
             panic!("DatabaseConfig does not serialize to a table");

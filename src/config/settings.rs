@@ -25,6 +25,18 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// What happens when a transaction-mode client makes session state that outlives its
+/// transaction (temp tables, session advisory locks, LISTEN, SQL PREPARE, WITH HOLD cursors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Its server is pinned to it until the state is gone.
+    Pin,
+    /// Never pin: the server is reset (DISCARD ALL) after such a transaction, and the client
+    /// loses the state.
+    Reset,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthType {
@@ -74,6 +86,8 @@ pub struct DatabaseConfig {
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
     pub max_db_connections: Option<usize>,
+    pub session_state: Option<SessionState>,
+    pub max_pinned_servers: Option<usize>,
 }
 
 /// Everything pgmoat reads from its config file and environment.
@@ -94,6 +108,9 @@ pub struct Config {
     pub max_db_connections: usize,
     pub max_user_connections: usize,
     pub max_prepared_statements: usize,
+    pub session_state: SessionState,
+    /// Servers of one pool that may be pinned at once; `None`: half the pool size.
+    pub max_pinned_servers: Option<usize>,
 
     pub server_idle_timeout: Seconds,
     pub server_lifetime: Seconds,
@@ -147,6 +164,8 @@ impl Default for Config {
             max_db_connections: 0,
             max_user_connections: 0,
             max_prepared_statements: 200,
+            session_state: SessionState::Pin,
+            max_pinned_servers: None,
             server_idle_timeout: Seconds(600.0),
             server_lifetime: Seconds(3600.0),
             server_check_query: "select 1".into(),

@@ -258,6 +258,15 @@ fn databases(c: &Config, found: &mut Found) {
         if entry.pool_size == Some(0) {
             found.add(key("pool_size"), &[], "must be at least 1");
         }
+        let size = entry.pool_size.unwrap_or(c.default_pool_size);
+        if let Some(max) = entry.max_pinned_servers
+            && max > size
+        {
+            let why = format!(
+                "{max} is larger than the pool ({size}): at most every server can be pinned"
+            );
+            found.add(key("max_pinned_servers"), &[], why);
+        }
     }
 }
 

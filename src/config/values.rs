@@ -11,7 +11,7 @@ use std::time::Duration;
 use toml::Value;
 use toml::de::DeValue;
 
-use super::settings::{AuthType, PoolMode, Seconds, SslMode, TlsVersion};
+use super::settings::{AuthType, PoolMode, Seconds, SessionState, SslMode, TlsVersion};
 
 /// Where a value comes from: TOML keeps its types, text (env, connection strings) is parsed.
 #[derive(Clone, Copy)]
@@ -322,6 +322,7 @@ spelled_enum!(SslMode {
     VerifyFull => "verify-full",
 });
 spelled_enum!(PoolMode { Session => "session", Transaction => "transaction" });
+spelled_enum!(SessionState { Pin => "pin", Reset => "reset" });
 spelled_enum!(AuthType {
     Trust => "trust",
     Md5 => "md5",
@@ -355,7 +356,7 @@ macro_rules! enum_setting {
         }
     )*};
 }
-enum_setting!(SslMode, PoolMode, AuthType);
+enum_setting!(SslMode, PoolMode, AuthType, SessionState);
 
 #[cfg(test)]
 mod tests;

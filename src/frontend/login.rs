@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::FrontendError;
 use super::auth::{AuthContext, authenticate};
-use super::session::ClientSession;
+use super::session::{ClientSession, SessionStart};
 use crate::admin::AdminSession;
 use crate::auth::Secret;
 use crate::backend::scram_keys::ScramKeys;
@@ -20,7 +20,6 @@ use crate::protocol::messages::{
 };
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{PgError, SqlState};
-use crate::relay::prepared::ClientStatements;
 use crate::state::{Generation, Shared};
 use crate::stream::Stream;
 
@@ -39,14 +38,17 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// A client past login: a pooled session or an admin console session.
 pub enum LoggedIn {
-    Pool(ClientSession),
+    Pool(Box<ClientSession>),
     Console(AdminSession),
 }
 
 impl LoggedIn {
     pub async fn run(self) {
         match self {
-            LoggedIn::Pool(mut session) => session.run().await,
+            LoggedIn::Pool(mut session) => {
+                session.run().await;
+                session.finish().await;
+            }
             LoggedIn::Console(session) => session.run().await,
         }
     }
@@ -171,45 +173,48 @@ pub async fn login(
         (&user, &database, &key.user),
         startup.param("application_name").unwrap_or(""),
     );
+    let scram_keys = settings.target.scram_keys.clone();
     let pool = shared.pools.get_or_create(key, settings, worker);
-    let server_params = match pool.startup_params() {
-        Some(p) => p,
-        None => match pool.checkout(generation).await {
-            // The first client of a pool proves the server login works before it is told
-            // it is in, and learns what to report (server_version and so on).
-            Ok(obj) => obj.initial_params.clone(),
-            Err(e) => refuse!(e),
-        },
-    };
-
+    let session_mode = pool.settings.mode == crate::config::PoolMode::Session;
+    // A session-mode client is told the real pid of the server it holds (once it holds
+    // one); everyone else gets a key of pgmoat's own.
     let (cancel_key, cancel_slot) = shared.cancel.register();
+    let mut session = ClientSession::new(SessionStart {
+        stream,
+        shared: shared.clone(),
+        id,
+        worker,
+        pool,
+        generation: generation.id,
+        key: cancel_key,
+        cancel: cancel_slot,
+        startup: params,
+        user,
+        database,
+        scram_keys,
+        pool_statements: config.max_prepared_statements > 0,
+        entry,
+        stats,
+    });
+    let server_params = match session.start().await {
+        Ok(params) => params,
+        Err(e) => {
+            session.fail(e.clone()).await;
+            return Err((None, FrontendError::Refused(e)));
+        }
+    };
+    if session_mode && let Some(pid) = session.held_server_pid() {
+        let (key, slot) = shared.cancel.register_with_pid(pid);
+        session.replace_cancel_key(key, slot);
+    }
+
     let mut out = BytesMut::new();
     authentication_ok(&mut out);
     for (name, value) in &server_params {
-        let value = params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-            .unwrap_or(value);
         parameter_status(&mut out, name, value);
     }
-    backend_key_data(&mut out, cancel_key.pid, cancel_key.secret);
+    backend_key_data(&mut out, session.key.pid, session.key.secret);
     ready_for_query(&mut out, b'I');
-    let session = ClientSession {
-        stream,
-        shared: shared.clone(),
-        generation: generation.clone(),
-        pool,
-        key: cancel_key,
-        cancel: cancel_slot,
-        params,
-        user,
-        database,
-        statements: ClientStatements::default(),
-        entry,
-        stats,
-    };
-    let mut session = session;
     if let Err(e) = session.stream.write_all(&out).await {
         return Err((None, FrontendError::Protocol(e.into())));
     }
@@ -223,7 +228,7 @@ pub async fn login(
         tls = session.stream.tls_info().map(|t| t.version).unwrap_or_else(|| "off".into()),
         "client logged in"
     );
-    Ok(LoggedIn::Pool(session))
+    Ok(LoggedIn::Pool(Box::new(session)))
 }
 
 /// `options` of the startup packet: `-c name=value` and `--name=value`, space-separated

@@ -75,7 +75,13 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             let negotiated = negotiate::negotiate(tcp, &generation, &shared.metrics).await;
             match negotiated {
                 Ok(Negotiated::Cancel(key)) => {
-                    crate::cancel::forward_cancel(&shared, key).await;
+                    crate::cancel::forward_cancel(
+                        &shared.cancel,
+                        &shared.metrics,
+                        &generation,
+                        key,
+                    )
+                    .await;
                     Ok(None)
                 }
                 Ok(Negotiated::Startup { stream, startup }) => {

@@ -1,119 +1,109 @@
-//! What a server connection is put through around a client's use of it: the client's settings
-//! applied before (`sync_params`), and after, a reset so the next client inherits nothing
-//! (`release` in transaction mode, `finish` when the client leaves).
+//! A client's session settings on whichever server it gets: applied before its first
+//! statement there (`sync_settings`), and learnt back from PostgreSQL after a transaction that
+//! may have changed them (`merge_snapshot`). What the previous client of that server set is
+//! undone in the same round trip, so nothing of its session reaches the next client.
 
-use crate::backend::ServerConn;
-use crate::config::PoolMode;
-use crate::pool::ServerObject;
-use crate::protocol::PgError;
-use crate::state::Generation;
+use crate::backend::{BackendError, ServerConn};
 
-/// Applies the client's settings on the server where they differ, and puts back the
-/// server's own values of settings an earlier client chose (startup parameters, options,
-/// its re-applied SETs) that this client did not: sync_params never marks the server
-/// dirty, so nothing else would undo them. set_config takes a value as a startup packet
-/// gives it (`SET x = 'a,b'` would make a list setting one quoted element).
-pub(super) async fn sync_params(
-    params: &[(String, String)],
-    server: &mut ServerConn,
-) -> Result<(), PgError> {
-    let set = |name: &str, value: &str| {
-        format!(
+/// `session_authorization` and `role` go first (setting the former resets the latter), and
+/// are compared as one: if either differs, both are reset and applied again.
+const IDENTITY: [&str; 2] = ["session_authorization", "role"];
+
+fn find<'a>(settings: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    settings
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn is_identity(name: &str) -> bool {
+    IDENTITY.iter().any(|i| i.eq_ignore_ascii_case(name))
+}
+
+/// The SQL that turns the server's known session settings into `wanted` (empty: nothing to
+/// do). set_config takes a value as a startup packet gives it (`SET x = 'a,b'` would make a
+/// list setting one quoted element).
+pub(super) fn sync_sql(wanted: &[(String, String)], server: &ServerConn) -> String {
+    let have = &server.session_settings;
+    let set = |sql: &mut String, name: &str, value: &str| {
+        sql.push_str(&format!(
             "SELECT pg_catalog.set_config({}, {}, false);",
             quote_literal(name),
             quote_literal(value)
-        )
+        ));
     };
     let mut sql = String::new();
-    for (name, value) in params {
-        if server.param(name) != Some(value.as_str()) {
-            sql.push_str(&set(name, value));
+    let identity_differs = IDENTITY
+        .iter()
+        .any(|name| find(wanted, name) != find(have, name));
+    if identity_differs {
+        if find(have, "session_authorization").is_some() {
+            sql.push_str("RESET SESSION AUTHORIZATION;");
+        }
+        if find(have, "role").is_some() {
+            sql.push_str("RESET ROLE;");
+        }
+        for name in IDENTITY {
+            if let Some(value) = find(wanted, name) {
+                set(&mut sql, name, value);
+            }
         }
     }
-    for (name, value) in &server.params {
-        if params.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+    for (name, _) in have {
+        if !is_identity(name) && find(wanted, name).is_none() {
+            sql.push_str(&format!("RESET {};", quote_ident(name)));
+        }
+    }
+    for (name, value) in wanted {
+        if is_identity(name) || find(have, name) == Some(value.as_str()) {
             continue;
         }
-        match server
-            .initial_params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some((_, initial)) if initial == value => {}
-            Some((_, initial)) => sql.push_str(&set(name, initial)),
-            None => sql.push_str(&format!("RESET {};", quote_ident(name))),
+        // A reported parameter already at the wanted value on this server (the login
+        // default) needs nothing.
+        if find(have, name).is_none() && server.param(name) == Some(value.as_str()) {
+            continue;
         }
+        set(&mut sql, name, value);
     }
+    sql
+}
+
+/// Applies the client's settings on the server where they differ, and undoes what another
+/// client set there that this one did not. The statements run in one implicit transaction,
+/// so on an error (a bad value) nothing changed.
+pub(super) async fn sync_settings(
+    wanted: &[(String, String)],
+    server: &mut ServerConn,
+) -> Result<(), BackendError> {
+    let sql = sync_sql(wanted, server);
     if sql.is_empty() {
         return Ok(());
     }
-    server
-        .simple_query(&sql)
-        .await
-        .map_err(|e| e.to_pg_error())?;
-    // Recorded as the client spelt them, so the next checkout compares equal.
-    server.params = server.initial_params.clone();
-    for (name, value) in params {
-        server.set_param(name, value);
-    }
+    server.simple_query(&sql).await?;
+    server.session_settings = wanted
+        .iter()
+        .filter(|(name, value)| {
+            find(&server.initial_params, name) != Some(value.as_str()) || is_identity(name)
+        })
+        .cloned()
+        .collect();
     Ok(())
 }
 
-/// Transaction mode: the transaction is over. A server whose session state a client changed
-/// is reset first, so the next client cannot inherit it.
-/// With server_reset_query_always, server_reset_query runs after every transaction, as in
-/// PgBouncer.
-pub(super) async fn release(mut server: ServerObject, generation: &Generation) {
-    let config = &generation.config;
-    let always = config.server_reset_query_always && !config.server_reset_query.trim().is_empty();
-    let query = match (always, server.dirty) {
-        (true, _) => config.server_reset_query.trim(),
-        (false, true) => "RESET ALL",
-        (false, false) => return,
-    };
-    if let Err(e) = Box::pin(reset(&mut server, query)).await {
-        tracing::warn!(error = %e, "resetting a server connection failed; closing it");
-        server.discard();
+/// A client's settings after PostgreSQL reported its session's: the startup packet's
+/// settings are what RESET returns to (as with PostgreSQL directly), overlaid with what the
+/// session has now. Identity first, as in the snapshot.
+pub(super) fn merge_snapshot(
+    startup: &[(String, String)],
+    snapshot: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut merged: Vec<(String, String)> = snapshot.to_vec();
+    for (name, value) in startup {
+        if find(snapshot, name).is_none() && !is_identity(name) {
+            merged.push((name.clone(), value.clone()));
+        }
     }
-}
-
-/// The client is gone. A clean server goes back to the pool (after server_reset_query in
-/// session mode); anything else is closed, so no half-finished transaction is handed on.
-pub(super) async fn finish(
-    mut server: ServerObject,
-    clean: bool,
-    mode: PoolMode,
-    generation: &Generation,
-) {
-    if !clean {
-        server.discard();
-        return;
-    }
-    let reset_query = generation.config.server_reset_query.trim();
-    let query = match mode {
-        PoolMode::Session if !reset_query.is_empty() => Some(reset_query),
-        _ if server.dirty => Some("RESET ALL"),
-        _ => None,
-    };
-    if let Some(query) = query
-        && let Err(e) = Box::pin(reset(&mut server, query)).await
-    {
-        tracing::warn!(error = %e, "resetting a server connection failed; closing it");
-        server.discard();
-    }
-}
-
-/// Callers box this future: it runs rarely, and inline it would grow every client's task.
-async fn reset(server: &mut ServerConn, query: &str) -> Result<(), crate::backend::BackendError> {
-    server.simple_query(query).await?;
-    server.params = server.initial_params.clone();
-    server.dirty = false;
-    if !query.eq_ignore_ascii_case("RESET ALL") {
-        // DISCARD ALL (the default reset query) also drops prepared statements; any other
-        // query may too, so nothing is assumed prepared afterwards.
-        server.statements.clear();
-    }
-    Ok(())
+    merged
 }
 
 fn quote_ident(name: &str) -> String {
@@ -138,5 +128,25 @@ mod tests {
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal("a\\b'c"), "E'a\\\\b''c'");
         assert_eq!(quote_ident("Time\"Zone"), "\"Time\"\"Zone\"");
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn startup_settings_come_back_after_a_reset() {
+        let startup = pairs(&[("application_name", "app"), ("search_path", "s")]);
+        let snapshot = pairs(&[("role", "r"), ("search_path", "t")]);
+        assert_eq!(
+            merge_snapshot(&startup, &snapshot),
+            pairs(&[
+                ("role", "r"),
+                ("search_path", "t"),
+                ("application_name", "app")
+            ])
+        );
     }
 }

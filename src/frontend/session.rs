@@ -1,6 +1,9 @@
-//! A logged-in client's loop: wait idle for its next message, borrow a server (per
-//! transaction or per session), make the server's settings the client's, relay, and give the
-//! server back clean (or close it).
+//! A logged-in client's loop: wait idle for its next message, find its pool in the current
+//! configuration and borrow a server (per transaction, or for the whole session), make the
+//! server's settings the client's, relay, and hand the server back through its state
+//! machine. A client that makes session state (temp tables, advisory locks, LISTEN, SQL
+//! PREPARE, WITH HOLD cursors) keeps its server, pinned, until PostgreSQL confirms the state
+//! is gone; its session settings (any SET, role included) follow it from server to server.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -9,15 +12,17 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::server_state::{finish, release, sync_params};
-use crate::backend::BackendKey;
+use super::server_state::{merge_snapshot, sync_settings};
+use crate::backend::scram_keys::ScramKeys;
+use crate::backend::{BackendKey, CloseReason, PinReasons, ResetNeed, ServerState};
 use crate::cancel::CancelTarget;
-use crate::config::PoolMode;
-use crate::pool::{ServerObject, ServerPool};
+use crate::config::{PoolMode, SessionState};
+use crate::pool::{Lent, PinSlot, PoolError, PoolKey, PoolSettings, ServerPool};
 use crate::protocol::{PgError, SqlState};
+use crate::relay::effects::Effects;
 use crate::relay::prepared::ClientStatements;
 use crate::relay::translate::{IdleBatch, answer_locally, classify_idle};
-use crate::relay::{HalfBuffer, Relay, RelayEnd, SessionChanges, TxState};
+use crate::relay::{HalfBuffer, Relay, RelayEnd, ReleaseWhen, TxState};
 use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
@@ -30,25 +35,52 @@ enum Next {
     Close,
 }
 
+/// A server kept for this client between its transactions.
+struct Held {
+    server: Lent,
+    why: PinReasons,
+    /// Its place under max_pinned_servers (none in session mode).
+    _slot: Option<PinSlot>,
+}
+
 pub struct ClientSession {
     pub(super) stream: Stream,
     pub(super) shared: Arc<Shared>,
-    pub(super) generation: Arc<Generation>,
+    /// This client's id (SHOW CLIENTS) and the worker it runs on (which picks its share).
+    pub(super) id: u64,
+    pub(super) worker: usize,
+    /// The pool it borrows from, as of configuration generation `pool_generation`: looked up
+    /// again after every reload, and whenever the pool was retired.
     pub(super) pool: Arc<ServerPool>,
+    pub(super) pool_generation: u64,
+    /// Pin or reset, and the limit on pinned servers, as of `pool_generation`.
+    pub(super) session_state: SessionState,
+    pub(super) max_pinned: usize,
     pub(super) key: BackendKey,
     /// Where a CancelRequest with `key` goes while a server is held.
     pub(super) cancel: Arc<crate::cancel::CancelSlot>,
-    /// Settings the client asked for (startup packet, its own SETs), replayed on whichever
-    /// server it gets.
+    /// Settings from the startup packet: what a RESET returns to.
+    pub(super) startup: Vec<(String, String)>,
+    /// The client's session settings now (startup, then its own SETs), replayed on whichever
+    /// server it gets; identity (session_authorization, role) first.
     pub(super) params: Vec<(String, String)>,
     pub(super) user: String,
     pub(super) database: String,
+    /// SCRAM keys this client's proof gave (auth_file holds only a verifier).
+    pub(super) scram_keys: Option<ScramKeys>,
+    /// Prepared statements are pooled (max_prepared_statements > 0 at login).
+    pub(super) pool_statements: bool,
     /// Named prepared statements (transaction mode with max_prepared_statements > 0).
     pub(super) statements: ClientStatements,
     /// This client in SHOW CLIENTS, with its state.
     pub(super) entry: ClientRegistration,
     /// Its pool's counters.
     pub(super) stats: Arc<PoolStats>,
+    /// A server pinned to it (or held in session mode). Boxed: a lent connection is about a
+    /// kilobyte, and most clients hold none while idle.
+    held: Option<Box<Held>>,
+    /// Its pinned server was lost: the next batch is answered with that news.
+    state_lost: bool,
 }
 
 impl Drop for ClientSession {
@@ -57,13 +89,172 @@ impl Drop for ClientSession {
     }
 }
 
+/// What a login hands over to build a session.
+pub(super) struct SessionStart {
+    pub stream: Stream,
+    pub shared: Arc<Shared>,
+    pub id: u64,
+    pub worker: usize,
+    pub pool: Arc<ServerPool>,
+    pub generation: u64,
+    pub key: BackendKey,
+    pub cancel: Arc<crate::cancel::CancelSlot>,
+    pub startup: Vec<(String, String)>,
+    pub user: String,
+    pub database: String,
+    pub scram_keys: Option<ScramKeys>,
+    pub pool_statements: bool,
+    pub entry: ClientRegistration,
+    pub stats: Arc<PoolStats>,
+}
+
 impl ClientSession {
+    pub(super) fn new(start: SessionStart) -> ClientSession {
+        let settings = &start.pool.settings;
+        ClientSession {
+            session_state: settings.session_state,
+            max_pinned: settings.max_pinned,
+            stream: start.stream,
+            shared: start.shared,
+            id: start.id,
+            worker: start.worker,
+            pool: start.pool,
+            pool_generation: start.generation,
+            key: start.key,
+            cancel: start.cancel,
+            params: start.startup.clone(),
+            startup: start.startup,
+            user: start.user,
+            database: start.database,
+            scram_keys: start.scram_keys,
+            pool_statements: start.pool_statements,
+            statements: ClientStatements::default(),
+            entry: start.entry,
+            stats: start.stats,
+            held: None,
+            state_lost: false,
+        }
+    }
+
+    /// Before the client is told it is in: applies its startup settings on a server (which
+    /// checks them, as PostgreSQL would at login) and returns the parameters to report, in
+    /// PostgreSQL's own spelling (`eucjp` is reported as `EUC_JP`). The server is held for
+    /// the session in session mode, handed back otherwise. A server is needed only for the
+    /// first client of a pool, for settings PostgreSQL reports, and in session mode.
+    pub(super) async fn start(&mut self) -> Result<Vec<(String, String)>, PgError> {
+        let session_mode = self.pool.settings.mode == PoolMode::Session;
+        if let Some(known) = self.pool.startup_params()
+            && !session_mode
+            && let Some(reported) = self.known_spelling(&known)
+        {
+            return Ok(reported);
+        }
+        let generation = self.shared.snapshot();
+        let mut server = self
+            .checkout(&generation)
+            .await
+            .map_err(|e| e.to_pg_error())?;
+        if let Err(e) = sync_settings(&self.params, &mut server).await {
+            server
+                .hand_back(true, ResetNeed::Nothing, &generation)
+                .await;
+            return Err(match e {
+                crate::backend::BackendError::Server { fields, .. } => PgError {
+                    severity: crate::protocol::Severity::Fatal,
+                    code: SqlState(static_sqlstate(&fields.code)),
+                    message: fields.message,
+                    detail: None,
+                    hint: None,
+                },
+                other => other.to_pg_error(),
+            });
+        }
+        // PostgreSQL's spelling of what the client asked for.
+        for (name, value) in &mut self.startup {
+            if let Some(reported) = server.param(name) {
+                self.pool.learn_canonical(name, value, reported);
+                *value = reported.to_owned();
+            }
+        }
+        self.params = self.startup.clone();
+        let reported = server.params.clone();
+        if session_mode {
+            self.hold(server, PinReasons::SESSION_MODE, None);
+        } else {
+            self.cancel.set(None);
+            self.entry.set_idle();
+            server
+                .hand_back(true, ResetNeed::Nothing, &generation)
+                .await;
+        }
+        Ok(reported)
+    }
+
+    /// The parameters to report, when every reported setting the client gave is the pool's
+    /// default or has a spelling a server of the pool reported before: then no server is
+    /// needed at login. The client's settings take PostgreSQL's spelling.
+    fn known_spelling(&mut self, known: &[(String, String)]) -> Option<Vec<(String, String)>> {
+        let mut reported = known.to_vec();
+        let mut spelled = self.startup.clone();
+        for (name, value) in &mut spelled {
+            let Some((_, default)) = reported
+                .iter_mut()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            else {
+                continue;
+            };
+            if default != value {
+                *value = self.pool.canonical(name, value)?;
+            }
+            *default = value.clone();
+        }
+        self.startup = spelled;
+        self.params = self.startup.clone();
+        Some(reported)
+    }
+
+    /// Gives the client another cancel key (session mode: the held server's real pid),
+    /// pointing where the old one did.
+    pub(super) fn replace_cancel_key(
+        &mut self,
+        key: BackendKey,
+        slot: Arc<crate::cancel::CancelSlot>,
+    ) {
+        self.shared.cancel.unregister(self.key);
+        if let Some(held) = &self.held {
+            slot.set(Some(CancelTarget {
+                target: self.pool.cancel_target.clone(),
+                server_key: held.server.key,
+                flight: held.server.cancels.clone(),
+            }));
+        }
+        self.key = key;
+        self.cancel = slot;
+    }
+
+    /// The server held for a session-mode client (its pid is the client's BackendKeyData).
+    pub(super) fn held_server_pid(&self) -> Option<i32> {
+        self.held.as_ref().map(|h| h.server.key.pid)
+    }
+
     pub async fn run(&mut self) {
-        let mode = self.pool.settings.mode;
-        let max_prepared = self.generation.config.max_prepared_statements;
-        let pool_statements = max_prepared > 0;
         let mut client_half = HalfBuffer::new();
         loop {
+            if self.shared.shutdown.is_cancelled() && !client_half.has_header() {
+                Box::pin(self.fail(PgError::fatal(
+                    SqlState::ADMIN_SHUTDOWN,
+                    "pgmoat is shutting down",
+                )))
+                .await;
+                return;
+            }
+            if self.held.is_some() {
+                // Its server goes on from where it was; the relay reads the client.
+                if let Next::Close = Box::pin(self.on_held(&mut client_half)).await {
+                    return;
+                }
+                continue;
+            }
             // Idle: wait until the client sends something before taking a server.
             while !client_half.has_header() {
                 let read = tokio::select! {
@@ -89,7 +280,8 @@ impl ClientSession {
                 tracing::debug!("client terminated");
                 return;
             }
-            if pool_statements && mode == PoolMode::Transaction {
+            let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
+            if self.pool_statements && transaction_mode {
                 match classify_idle(&client_half.buf) {
                     IdleBatch::Local { len, .. } => {
                         let batch = client_half.buf.split_to(len);
@@ -110,10 +302,7 @@ impl ClientSession {
                         continue;
                     }
                     IdleBatch::NeedMore => {
-                        // Force another read: pretend no header is there yet.
-                        let read =
-                            poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)).await;
-                        if !matches!(read, Ok(n) if n > 0) {
+                        if !self.read_more(&mut client_half).await {
                             return;
                         }
                         continue;
@@ -132,81 +321,314 @@ impl ClientSession {
                 .await;
                 return;
             }
+            let mut reserved = None;
+            if transaction_mode && (self.state_lost || self.session_state == SessionState::Pin) {
+                let refusal = match self.check_batch(&client_half) {
+                    Ok(slot) => {
+                        reserved = slot;
+                        None
+                    }
+                    Err(refusal) => Some(refusal),
+                };
+                match refusal {
+                    None => {}
+                    Some(None) => {
+                        // The batch is not whole yet: it cannot be judged (or dropped) yet.
+                        if !self.read_more(&mut client_half).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Some((len, err))) => {
+                        bytes::Buf::advance(&mut client_half.buf, len);
+                        if let Next::Close = self.answer(&lost_batches(&err, 1)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             // Boxed: a transaction's state (checkout, relay, reset) is kilobytes, and inline
             // it would stay allocated in the task of every idle client.
-            let next =
-                Box::pin(self.transaction(&mut client_half, mode, pool_statements, max_prepared))
-                    .await;
+            let next = Box::pin(self.transaction(&mut client_half, reserved)).await;
             if let Next::Close = next {
                 return;
             }
         }
     }
 
-    /// One use of a server: checkout, the client's settings, the relay, and giving the
-    /// server back (or closing it).
+    /// Reads more of an idle client's batch; false when the client is gone.
+    async fn read_more(&mut self, client_half: &mut HalfBuffer) -> bool {
+        let read = poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)).await;
+        matches!(read, Ok(n) if n > 0)
+    }
+
+    /// Before a batch of an unpinned client runs: the news that its pinned server was lost,
+    /// or a refusal when what the batch does would pin a server and the pool's limit on
+    /// pinned servers is reached. `Ok` with the pin slot reserved for it, if it would pin;
+    /// `Err(None)` when the batch is not complete yet; `Err(Some((len, error)))` to answer
+    /// the first `len` bytes with `error` instead of running them.
+    #[allow(clippy::type_complexity)]
+    fn check_batch(
+        &mut self,
+        client_half: &HalfBuffer,
+    ) -> Result<Option<PinSlot>, Option<(usize, PgError)>> {
+        let buf = &client_half.buf[..];
+        if self.state_lost {
+            let len = complete_batch_len(buf).ok_or(None)?;
+            self.state_lost = false;
+            return Err(Some((
+                len,
+                PgError::error(
+                    SqlState::CONNECTION_FAILURE,
+                    "the server connection that held this session's state was lost",
+                )
+                .with_detail(
+                    "Temporary tables, session advisory locks, LISTEN registrations, prepared \
+                     statements and WITH HOLD cursors of this session are gone; this statement \
+                     did not run.",
+                )
+                .with_hint("Run it again; recreate the session state first if it needs it."),
+            )));
+        }
+        let effects = batch_effects(buf, &self.statements);
+        if !effects.intersects(Effects::PINS) {
+            return Ok(None);
+        }
+        if let Some(slot) = self.pool.pins.try_reserve(self.max_pinned) {
+            return Ok(Some(slot));
+        }
+        let len = complete_batch_len(buf).ok_or(None)?;
+        let why = effects.pin_reasons();
+        tracing::info!(pinned = self.pool.pins.count(), limit = self.max_pinned, reason = %why, "statement refused: the pool's limit on pinned servers is reached");
+        Err(Some((
+            len,
+            PgError::error(
+                SqlState::TOO_MANY_CONNECTIONS,
+                format!(
+                    "this statement would pin a server to this connection ({why}), and {} of \
+                     the pool's servers are pinned already (max_pinned_servers = {})",
+                    self.pool.pins.count(),
+                    self.max_pinned
+                ),
+            )
+            .with_detail(
+                "Temporary tables, session advisory locks, LISTEN, SQL PREPARE and WITH HOLD \
+                 cursors outlive their transaction, so the server that holds them is kept for \
+                 their client until they are gone.",
+            )
+            .with_hint(
+                "Retry once other clients release their session state, raise \
+                 max_pinned_servers or the pool size, use transaction-scoped alternatives \
+                 (ON COMMIT DROP, pg_advisory_xact_lock), or set session_state = \"reset\".",
+            ),
+        )))
+    }
+
+    /// The current pool for this client: looked up again when the configuration changed or
+    /// the pool was retired (a reload replaced it), so a session never holds a stale pool.
+    fn current_pool(&mut self, generation: &Generation) -> Result<(), PoolError> {
+        if self.pool_generation == generation.id && !self.pool.is_retired() {
+            return Ok(());
+        }
+        let Some(mut settings) = PoolSettings::resolve(
+            &generation.config,
+            &generation.users,
+            &self.database,
+            &self.user,
+        ) else {
+            return Err(PoolError::Removed {
+                database: self.database.clone(),
+            });
+        };
+        if settings.target.password.is_none() && settings.target.user == self.user {
+            // Only while the client's keys belong to the verifier auth_file holds now.
+            settings.target.scram_keys = self.scram_keys.clone().filter(|keys| {
+                matches!(generation.users.get(&self.user),
+                    Some(crate::auth::Secret::Scram(v)) if v.server_key == keys.server_key)
+            });
+        }
+        let key = PoolKey {
+            database: self.database.clone(),
+            user: settings.target.user.clone(),
+        };
+        if key != self.pool.key {
+            self.stats = self.shared.stats.pool(&key);
+            self.entry.set_pool_user(&key.user);
+        }
+        self.session_state = settings.session_state;
+        self.max_pinned = settings.max_pinned;
+        self.pool = self.shared.pools.get_or_create(key, settings, self.worker);
+        self.pool_generation = generation.id;
+        Ok(())
+    }
+
+    /// Waits for a server: at the PAUSE gate, then in the current pool's queue (asking the
+    /// next current pool when a reload retires the one it waits in). The client shows as
+    /// waiting meanwhile, then as active.
+    async fn checkout(&mut self, generation: &Generation) -> Result<Lent, PoolError> {
+        let started = Instant::now();
+        self.entry.set_waiting();
+        let cancel = self.cancel.clone();
+        cancel.begin_wait();
+        let result = tokio::select! {
+            result = self.wait_for_server(generation) => result,
+            () = cancel.wait_cancelled() => Err(PoolError::Canceled),
+        };
+        let target = result.as_ref().ok().map(|server| CancelTarget {
+            target: server.share().cancel_target.clone(),
+            server_key: server.key,
+            flight: server.cancels.clone(),
+        });
+        if cancel.end_wait(target) {
+            // The cancel came first: the query must not run.
+            if let Ok(server) = result {
+                server.hand_back(true, ResetNeed::Nothing, generation).await;
+            }
+            self.entry.set_idle();
+            return Err(PoolError::Canceled);
+        }
+        match &result {
+            Ok(server) => {
+                self.stats.record_wait(started.elapsed());
+                self.entry.set_active(server.id);
+            }
+            Err(_) => self.entry.set_idle(),
+        }
+        result
+    }
+
+    /// The PAUSE gate, then the current pool's queue, asking the next current pool when a
+    /// reload retires the one it waits in.
+    async fn wait_for_server(&mut self, generation: &Generation) -> Result<Lent, PoolError> {
+        self.shared.pause.pass(&self.database, &self.entry).await;
+        let mut generation = generation;
+        let mut newer;
+        loop {
+            self.current_pool(generation)?;
+            match self.pool.checkout(generation, self.id).await {
+                Err(PoolError::Retired) => {
+                    // Replaced while this client waited: the reload that did it is in force.
+                    newer = self.shared.snapshot();
+                    generation = &newer;
+                    tokio::task::yield_now().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One use of a server in transaction mode (or the start of a session-mode client's
+    /// session): checkout, the client's settings, the relay, and what becomes of the server.
     async fn transaction(
         &mut self,
         client_half: &mut HalfBuffer,
-        mode: PoolMode,
-        pool_statements: bool,
-        max_prepared: usize,
+        reserved: Option<PinSlot>,
     ) -> Next {
-        let mut tx = TxState::default();
-        let mut server = match self.checkout().await {
+        let generation = self.shared.snapshot();
+        let mut server = match self.checkout(&generation).await {
             Ok(server) => server,
-            Err(e) => {
-                // PostgreSQL unreachable, or refusing connections while it shuts down or
-                // starts up: in transaction mode the client only loses this query, as it
-                // would with a failed statement, and keeps its connection for when
-                // PostgreSQL is back.
-                let transient = [
-                    SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                    SqlState::CANNOT_CONNECT_NOW,
-                    SqlState::ADMIN_SHUTDOWN,
-                ];
-                if mode == PoolMode::Transaction
-                    && transient.contains(&e.code)
-                    && let Some(len) = complete_batch_len(&client_half.buf)
-                {
-                    tracing::info!(error = %e, "no server connection for this query; the client stays connected");
-                    bytes::Buf::advance(&mut client_half.buf, len);
-                    let err = PgError {
-                        severity: crate::protocol::Severity::Error,
-                        ..e
-                    };
-                    return self.answer(&lost_batches(&err, 1)).await;
-                }
-                self.fail(e).await;
-                return Next::Close;
-            }
+            Err(e) => return self.no_server(client_half, e).await,
         };
-        if let Err(e) = sync_params(&self.params, &mut server).await {
+        if let Err(e) = sync_settings(&self.params, &mut server).await {
             tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
-            server.discard();
-            self.fail(e).await;
+            self.cancel.set(None);
+            // A failed sync ran in one implicit transaction: the server is as it was.
+            server
+                .hand_back(true, ResetNeed::Nothing, &generation)
+                .await;
+            self.fail(e.to_pg_error()).await;
             return Next::Close;
         }
-        self.cancel.set(Some(CancelTarget {
-            target: self.pool.cancel_target.clone(),
-            server_key: server.key,
-        }));
+        if self.pool.settings.mode == PoolMode::Session {
+            // A reload made this pool session-mode: the client keeps this server.
+            self.hold(server, PinReasons::SESSION_MODE, None);
+            return Next::Continue;
+        }
+        let mut tx = TxState::default();
+        let end = self
+            .relay(client_half, &mut server, &mut tx, ReleaseWhen::Idle)
+            .await;
+        self.after_relay(server, end, tx, reserved, &generation)
+            .await
+    }
+
+    /// A held (pinned, or session-mode) server: relay until the client's statements may have
+    /// changed its session state (pinned) or the client leaves (session mode).
+    async fn on_held(&mut self, client_half: &mut HalfBuffer) -> Next {
+        let Some(held) = self.held.take() else {
+            return Next::Continue;
+        };
+        let Held {
+            mut server,
+            why,
+            _slot: slot,
+        } = *held;
+        let release = if why.contains(PinReasons::SESSION_MODE) {
+            ReleaseWhen::Shutdown
+        } else {
+            ReleaseWhen::IdleAfterChanges
+        };
+        let mut tx = TxState::default();
+        self.entry.set_active(server.id);
+        let end = self.relay(client_half, &mut server, &mut tx, release).await;
+        let generation = self.shared.snapshot();
+        if why.contains(PinReasons::SESSION_MODE) {
+            // Session mode ends a relay only when the client leaves or pgmoat drains.
+            let clean = matches!(
+                end,
+                RelayEnd::Released
+                    | RelayEnd::ClientTerminated { server_clean: true }
+                    | RelayEnd::ClientGone {
+                        server_clean: true,
+                        ..
+                    }
+            );
+            self.cancel.set(None);
+            self.entry.set_idle();
+            return match end {
+                RelayEnd::ServerFatal(_) | RelayEnd::ServerGone(_) => {
+                    self.server_failed(server, end, tx).await
+                }
+                _ => {
+                    server
+                        .hand_back(clean, ResetNeed::ResetQuery, &generation)
+                        .await;
+                    if let RelayEnd::Released = end {
+                        // Drained: the loop closes the client.
+                        Next::Continue
+                    } else {
+                        Next::Close
+                    }
+                }
+            };
+        }
+        self.after_relay(server, end, tx, slot, &generation).await
+    }
+
+    async fn relay(
+        &mut self,
+        client_half: &mut HalfBuffer,
+        server: &mut Lent,
+        tx: &mut TxState,
+        release: ReleaseWhen,
+    ) -> RelayEnd {
+        let max_prepared = self.shared.snapshot().config.max_prepared_statements;
+        let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
         let mut server_half = HalfBuffer::server_side(std::mem::take(&mut server.read_buf));
         client_half.borrow_spare(&mut server.spare_buffers);
-        let mut changes = SessionChanges::default();
         let end = Relay {
             client: &mut self.stream,
             client_half: &mut *client_half,
-            server: &mut server,
+            server,
             server_half: &mut server_half,
-            tx: &mut tx,
-            changes: &mut changes,
-            release_when_idle: mode == PoolMode::Transaction,
-            statements: (pool_statements && mode == PoolMode::Transaction)
-                .then_some((&mut self.statements, max_prepared)),
+            tx,
+            release,
+            statements: (self.pool_statements && transaction_mode)
+                .then_some((&mut self.statements, max_prepared.max(1))),
             completions: Default::default(),
             stats: &self.stats,
-            shutdown: (mode == PoolMode::Session)
+            shutdown: (release != ReleaseWhen::Idle)
                 .then(|| Box::pin(self.shared.shutdown.clone().cancelled_owned())),
             server_fatal: None,
             completed: false,
@@ -215,22 +637,28 @@ impl ClientSession {
         .await;
         server.read_buf = server_half.into_buf();
         client_half.return_spare(&mut server.spare_buffers);
-        self.cancel.set(None);
-        self.entry.set_idle();
-        self.remember(changes);
+        end
+    }
 
+    /// What becomes of a transaction-mode server after a relay: checked against PostgreSQL
+    /// when the transaction may have changed the session, then pinned, unpinned, reset or
+    /// handed back.
+    async fn after_relay(
+        &mut self,
+        server: Lent,
+        end: RelayEnd,
+        tx: TxState,
+        slot: Option<PinSlot>,
+        generation: &Generation,
+    ) -> Next {
+        let pinned = server.state().pinned();
         match end {
-            // Session mode ends a relay only to drain: reset as when the client leaves.
-            RelayEnd::Released if mode == PoolMode::Session => {
-                finish(server, true, mode, &self.generation).await;
-            }
-            RelayEnd::Released => {
-                release(server, &self.generation).await;
-            }
+            RelayEnd::Released => self.settle(server, tx.effects, slot, generation).await,
             RelayEnd::ClientTerminated { server_clean } => {
-                finish(server, server_clean, mode, &self.generation).await;
+                self.leave(server, server_clean, tx.effects, generation)
+                    .await;
                 tracing::debug!("client terminated");
-                return Next::Close;
+                Next::Close
             }
             RelayEnd::ClientGone {
                 server_clean,
@@ -241,7 +669,8 @@ impl ClientSession {
                         "client disconnected with a transaction or query in progress; closing its server connection"
                     );
                 }
-                finish(server, server_clean, mode, &self.generation).await;
+                self.leave(server, server_clean, tx.effects, generation)
+                    .await;
                 if let Some(e) = error.filter(|e| !e.is_closed()) {
                     self.fail(PgError::fatal(
                         SqlState::PROTOCOL_VIOLATION,
@@ -249,8 +678,169 @@ impl ClientSession {
                     ))
                     .await;
                 }
-                return Next::Close;
+                Next::Close
             }
+            RelayEnd::ServerFatal(_) | RelayEnd::ServerGone(_) => {
+                if !pinned.is_empty() {
+                    tracing::warn!(pinned = %pinned, "the server pinned to this client was lost, and its session state with it");
+                    self.state_lost = true;
+                    self.entry.set_pinned(0);
+                }
+                drop(slot);
+                self.server_failed(server, end, tx).await
+            }
+        }
+    }
+
+    /// The transaction is over and the server idle. If it may have changed the session,
+    /// PostgreSQL says what is there: settings are remembered for the client, state pins
+    /// the server to it (or is reset, with session_state = "reset"), and a pin is undone
+    /// once the state is gone.
+    async fn settle(
+        &mut self,
+        mut server: Lent,
+        effects: Effects,
+        slot: Option<PinSlot>,
+        generation: &Generation,
+    ) -> Next {
+        let was_pinned = server.state().pinned();
+        let reset_always = generation.config.server_reset_query_always
+            && !generation.config.server_reset_query.trim().is_empty();
+        if !effects.needs_probe(!was_pinned.is_empty()) {
+            if !was_pinned.is_empty() {
+                self.hold(server, was_pinned, slot);
+                return Next::Continue;
+            }
+            drop(slot);
+            let reset = if reset_always {
+                ResetNeed::ResetQuery
+            } else {
+                ResetNeed::Nothing
+            };
+            self.release(server, reset, generation).await;
+            return Next::Continue;
+        }
+        let login_user = self.pool.settings.target.user.clone();
+        let snapshot = match Box::pin(server.probe_session(&login_user)).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking a server's session state failed; closing it");
+                if !was_pinned.is_empty() || effects.intersects(Effects::PINS) {
+                    self.state_lost = true;
+                }
+                self.entry.set_pinned(0);
+                self.cancel.set(None);
+                self.entry.set_idle();
+                server.close(CloseReason::ResetFailed);
+                return Next::Continue;
+            }
+        };
+        self.params = merge_snapshot(&self.startup, &snapshot.settings);
+        let pins = snapshot.pins;
+        if pins.is_empty() {
+            if !was_pinned.is_empty() {
+                tracing::info!(was = %was_pinned, "session state gone: server unpinned");
+                self.entry.set_pinned(0);
+            }
+            drop(slot);
+            let reset = if reset_always {
+                ResetNeed::ResetQuery
+            } else {
+                ResetNeed::Nothing
+            };
+            self.release(server, reset, generation).await;
+            return Next::Continue;
+        }
+        if self.session_state == SessionState::Reset {
+            tracing::info!(state = %pins, "session state reset (session_state = \"reset\"): the client loses it");
+            drop(slot);
+            self.release(server, ResetNeed::DiscardAll, generation)
+                .await;
+            return Next::Continue;
+        }
+        let slot = match (slot, was_pinned.is_empty()) {
+            (Some(slot), _) => Some(slot),
+            (None, true) => Some(match self.pool.pins.try_reserve(self.max_pinned) {
+                Some(slot) => slot,
+                None => {
+                    tracing::warn!(state = %pins, limit = self.max_pinned, "session state found after the fact: server pinned beyond max_pinned_servers");
+                    self.pool.pins.force()
+                }
+            }),
+            (None, false) => None,
+        };
+        let new = pins - was_pinned;
+        if !new.is_empty() {
+            self.shared.metrics.pinned(new);
+            tracing::info!(reason = %pins, "server pinned to its client for session state");
+        }
+        if self.params != server.session_settings {
+            // The client reset a startup setting: PostgreSQL's RESET returns to the startup
+            // value, so its pinned server must have it back.
+            if let Err(e) = sync_settings(&self.params, &mut server).await {
+                tracing::warn!(error = %e, "could not restore a startup setting on a pinned server");
+            }
+        }
+        server.transition(ServerState::Pinned {
+            client: self.id,
+            why: pins,
+        });
+        self.hold(server, pins, slot);
+        Next::Continue
+    }
+
+    fn hold(&mut self, mut server: Lent, why: PinReasons, slot: Option<PinSlot>) {
+        if server.state().pinned() != why {
+            server.transition(ServerState::Pinned {
+                client: self.id,
+                why,
+            });
+        }
+        self.entry.set_pinned(why.bits());
+        self.entry.set_active(server.id);
+        self.held = Some(Box::new(Held {
+            server,
+            why,
+            _slot: slot,
+        }));
+    }
+
+    /// Hands an unpinned server back after a transaction.
+    async fn release(&mut self, server: Lent, reset: ResetNeed, generation: &Generation) {
+        // First: from here on a cancel finds no server and is dropped; one that started
+        // before keeps the server out of the pool until it is done.
+        self.cancel.set(None);
+        self.entry.set_idle();
+        self.entry.set_pinned(0);
+        server.hand_back(true, reset, generation).await;
+    }
+
+    /// The client left: its server is reset before anyone else gets it when the client may
+    /// have left session state on it, closed when it left in the middle of something.
+    async fn leave(
+        &mut self,
+        server: Lent,
+        clean: bool,
+        effects: Effects,
+        generation: &Generation,
+    ) {
+        let pinned = !server.state().pinned().is_empty();
+        let reset = if pinned || effects.needs_probe(false) {
+            ResetNeed::DiscardAll
+        } else {
+            ResetNeed::Nothing
+        };
+        self.cancel.set(None);
+        self.entry.set_idle();
+        server.hand_back(clean, reset, generation).await;
+    }
+
+    /// PostgreSQL ended the server connection under the client.
+    async fn server_failed(&mut self, server: Lent, end: RelayEnd, tx: TxState) -> Next {
+        self.cancel.set(None);
+        self.entry.set_idle();
+        let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
+        match end {
             RelayEnd::ServerFatal(fatal) => {
                 let (message, after_completion) = (fatal.message, fatal.after_completion);
                 let fatal = fatal.fields;
@@ -260,8 +850,8 @@ impl ClientSession {
                     message = %fatal.message,
                     "server connection ended with a FATAL error"
                 );
-                server.discard();
-                if mode == PoolMode::Transaction && tx.server_idle() && client_half.at_boundary() {
+                server.close(CloseReason::ServerLost);
+                if transaction_mode && tx.server_idle() {
                     // It came right after the answer: the client has all it asked for.
                     return Next::Continue;
                 }
@@ -270,14 +860,12 @@ impl ClientSession {
                 // effect: a completed statement's CommandComplete would have come first, and
                 // an unfinished implicit transaction is rolled back. In transaction mode,
                 // with whole batches outstanding, the client then only loses those batches,
-                // as with any failed statement (an ErrorResponse may follow a
-                // RowDescription or rows), and keeps its connection for the next server.
-                let untouched = mode == PoolMode::Transaction
+                // as with any failed statement, and keeps its connection.
+                let untouched = transaction_mode
                     && !after_completion
                     && tx.outstanding > 0
                     && !tx.unsynced
-                    && !tx.in_copy_in()
-                    && client_half.at_boundary();
+                    && !tx.in_copy_in();
                 let detail = format!(
                     "PostgreSQL ended the server connection: {} {}: {}",
                     fatal.severity, fatal.code, fatal.message
@@ -297,62 +885,46 @@ impl ClientSession {
                 let _ = self.stream.write_all(&message).await;
                 let _ = self.stream.flush().await;
                 let _ = self.stream.shutdown().await;
-                return Next::Close;
+                Next::Close
             }
             RelayEnd::ServerGone(e) => {
                 tracing::warn!(error = %e, server_id = server.id, "server connection lost during a query");
-                server.discard();
+                server.close(CloseReason::ServerLost);
+                if transaction_mode && tx.server_idle() {
+                    // Lost between transactions (a pinned server): nothing was in flight.
+                    return Next::Continue;
+                }
                 self.fail(PgError::fatal(
                     SqlState::CONNECTION_FAILURE,
                     "server closed the connection unexpectedly",
                 )
                 .with_detail("The PostgreSQL server connection failed while this client was using it; the transaction is lost.")).await;
-                return Next::Close;
+                Next::Close
             }
+            _ => Next::Continue,
         }
-        Next::Continue
     }
 
-    /// Waits for a server: at the PAUSE gate, then in the pool's queue. The client shows as
-    /// waiting meanwhile, then as active.
-    async fn checkout(&self) -> Result<ServerObject, PgError> {
-        let started = Instant::now();
-        self.entry.set_waiting();
-        self.shared.pause.pass(&self.database, &self.entry).await;
-        let result = self.pool.checkout(&self.generation).await;
-        match &result {
-            Ok(server) => {
-                self.stats.record_wait(started.elapsed());
-                self.entry.set_active(server.id);
-            }
-            Err(_) => self.entry.set_idle(),
+    /// No server for this batch. PostgreSQL unreachable, or refusing connections while it
+    /// shuts down or starts up: in transaction mode the client only loses this query, as it
+    /// would with a failed statement, and keeps its connection for when PostgreSQL is back.
+    async fn no_server(&mut self, client_half: &mut HalfBuffer, e: PoolError) -> Next {
+        let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
+        let err = e.to_pg_error();
+        if transaction_mode
+            && (e.is_transient() || matches!(e, PoolError::Canceled))
+            && let Some(len) = complete_batch_len(&client_half.buf)
+        {
+            tracing::info!(error = %err, "no server connection for this query; the client stays connected");
+            bytes::Buf::advance(&mut client_half.buf, len);
+            let err = PgError {
+                severity: crate::protocol::Severity::Error,
+                ..err
+            };
+            return self.answer(&lost_batches(&err, 1)).await;
         }
-        result
-    }
-
-    fn remember(&mut self, changes: SessionChanges) {
-        for (name, value) in changes.params {
-            match self
-                .params
-                .iter_mut()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-            {
-                Some((_, v)) => *v = value,
-                None => {
-                    // A reported setting the client never asked for changed: only keep it if
-                    // it differs from what the pool's servers start with.
-                    let initial = self.pool.startup_params();
-                    let default = initial.as_ref().and_then(|p| {
-                        p.iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-                            .map(|(_, v)| v.clone())
-                    });
-                    if default.as_deref() != Some(value.as_str()) {
-                        self.params.push((name, value));
-                    }
-                }
-            }
-        }
+        self.fail(err).await;
+        Next::Close
     }
 
     /// Sends pgmoat's own answer to an idle client; the session goes on unless the client
@@ -364,12 +936,69 @@ impl ClientSession {
         Next::Continue
     }
 
-    async fn fail(&mut self, err: PgError) {
+    pub(super) async fn fail(&mut self, err: PgError) {
         tracing::info!(error = %err, "closing client connection");
         let _ = self.stream.write_all(&err.to_bytes()).await;
         let _ = self.stream.flush().await;
         let _ = self.stream.shutdown().await;
     }
+
+    /// The client is gone: a held server is reset (or closed) before anyone else gets it.
+    pub(super) async fn finish(&mut self) {
+        if let Some(held) = self.held.take() {
+            let Held { server, why, .. } = *held;
+            let generation = self.shared.snapshot();
+            let reset = if why.contains(PinReasons::SESSION_MODE) {
+                ResetNeed::ResetQuery
+            } else {
+                ResetNeed::DiscardAll
+            };
+            self.cancel.set(None);
+            server.hand_back(true, reset, &generation).await;
+        }
+    }
+}
+
+/// What the complete messages buffered at an idle client's batch may do, without a server:
+/// the SQL of Query and Parse messages, and the statements named by Binds.
+fn batch_effects(buf: &[u8], statements: &ClientStatements) -> Effects {
+    let mut effects = Effects::empty();
+    let mut pos = 0;
+    while let Ok(Some(header)) = crate::protocol::Header::parse(&buf[pos..]) {
+        let end = pos + header.total();
+        if end > buf.len() {
+            break;
+        }
+        let body = &buf[pos + crate::protocol::Header::SIZE..end];
+        match header.tag {
+            b'Q' | b'P' => effects |= crate::relay::effects::of_message(header.tag, body),
+            b'B' => {
+                let mut names = body.split(|b| *b == 0);
+                let _portal = names.next();
+                if let Some(statement) = names
+                    .next()
+                    .and_then(|n| std::str::from_utf8(n).ok())
+                    .filter(|n| !n.is_empty())
+                    .and_then(|n| statements.get(n))
+                {
+                    effects |= statement.effects;
+                }
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    effects
+}
+
+/// SQLSTATEs PostgreSQL may answer a bad startup setting with.
+fn static_sqlstate(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &["22023", "42704", "42501", "0A000", "55P02", "22P02"];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("22023")
 }
 
 /// The answer to `batches` batches that failed as a whole without a server to run them: for
@@ -406,14 +1035,15 @@ fn complete_batch_len(buf: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
     #[test]
     fn batches_that_can_be_dropped_whole() {
-        let msg = |tag: u8, body: &[u8]| {
-            let mut v = vec![tag];
-            v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-            v.extend_from_slice(body);
-            v
-        };
         let query = msg(b'Q', b"select 1\0");
         assert_eq!(complete_batch_len(&query), Some(query.len()));
         assert_eq!(complete_batch_len(&query[..4]), None);
@@ -425,5 +1055,21 @@ mod tests {
         extended.extend(msg(b'S', b""));
         assert_eq!(complete_batch_len(&extended), Some(without_sync + 5));
         assert_eq!(complete_batch_len(&msg(b'd', b"data")), None);
+    }
+
+    #[test]
+    fn an_idle_batch_is_judged_by_its_sql_and_its_statements() {
+        let statements = ClientStatements::default();
+        assert_eq!(
+            batch_effects(&msg(b'Q', b"CREATE TEMP TABLE t (x int)\0"), &statements),
+            Effects::TEMP
+        );
+        let mut extended = msg(b'P', b"\0SELECT pg_advisory_lock(1)\0\0\0");
+        extended.extend(msg(b'S', b""));
+        assert_eq!(
+            batch_effects(&extended, &statements),
+            Effects::ADVISORY_LOCK
+        );
+        assert!(batch_effects(&msg(b'Q', b"SELECT 1\0"), &statements).is_empty());
     }
 }

@@ -78,7 +78,9 @@ impl Collector for PoolCollector {
 
         let clients = keys.iter().flat_map(|(key, o)| {
             [
-                ("active", o.cl_active),
+                // A pinned client holds its server: counted as pinned, not as active.
+                ("active", o.cl_active.saturating_sub(o.cl_pinned)),
+                ("pinned", o.cl_pinned),
                 ("waiting", o.cl_waiting),
                 ("idle", o.cl_idle),
             ]
@@ -100,7 +102,13 @@ impl Collector for PoolCollector {
             clients,
         )?;
         let servers = keys.iter().flat_map(|(key, o)| {
-            [("active", o.sv_active), ("idle", o.sv_idle)].map(|(state, n)| {
+            [
+                ("active", o.sv_active),
+                ("idle", o.sv_idle),
+                ("being_canceled", o.sv_being_canceled),
+                ("used", o.sv_used),
+            ]
+            .map(|(state, n)| {
                 (
                     [
                         ("database", key.database.as_str()),

@@ -30,15 +30,46 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// Counters for events outside the pools. Cloning shares the counters.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     tls_handshakes: Family<HandshakeLabels, Counter>,
     auth_failures: Counter,
     reloads: Family<ResultLabels, Counter>,
+    cancel_requests: Family<ResultLabels, Counter>,
+    pins: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
+    /// A CancelRequest from a client, by what became of it (`forwarded`, `unknown_key`,
+    /// `no_server`, `client_limit`, `total_limit`, `failed`).
+    pub fn cancel_request(&self, result: &'static str) {
+        self.cancel_requests
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// How many cancel requests ended as `result` so far.
+    pub fn cancel_requests(&self, result: &'static str) -> u64 {
+        self.cancel_requests
+            .get_or_create(&ResultLabels { result })
+            .get()
+    }
+
+    /// A server was pinned to its client, once per reason that newly appeared.
+    pub fn pinned(&self, reasons: crate::backend::PinReasons) {
+        for (flag, reason) in crate::backend::PinReasons::NAMES {
+            if reasons.contains(flag) {
+                self.pins.get_or_create(&ReasonLabels { reason }).inc();
+            }
+        }
+    }
+
     pub fn tls_handshake_ok(&self) {
         self.tls_handshakes
             .get_or_create(&HandshakeLabels {
@@ -113,6 +144,16 @@ pub fn registry(shared: &Arc<Shared>) -> Registry {
         "auth_failures",
         "Client logins refused by authentication",
         m.auth_failures.clone(),
+    );
+    registry.register(
+        "cancel_requests",
+        "Client cancel requests by what became of them (forwarded, or dropped and why)",
+        m.cancel_requests.clone(),
+    );
+    registry.register(
+        "pins",
+        "Servers pinned to a client for session state, by reason",
+        m.pins.clone(),
     );
     registry.register(
         "reloads",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{PoolSettings, retire_reason};
+use super::retire_reason;
 use crate::state::Shared;
 
 const PERIOD: Duration = Duration::from_secs(1);
@@ -22,16 +22,10 @@ pub async fn run_janitor(shared: Arc<Shared>) {
         }
         let generation = shared.snapshot();
         let config = &generation.config;
+        // Pools a reload made obsolete are retired here too, should a reload have raced
+        // with a session creating one.
+        shared.pools.apply(&generation);
         for pool in shared.pools.all() {
-            if let Some(settings) = PoolSettings::resolve(
-                config,
-                &generation.users,
-                &pool.key.database,
-                &pool.key.user,
-            ) && settings.target == pool.settings.target
-            {
-                pool.resize(settings.size, settings.reserve_size);
-            }
             // The same checks as at checkout, for connections nobody takes: a rotated
             // certificate reaches PostgreSQL without waiting for a client.
             pool.pool

@@ -1,19 +1,32 @@
-//! A server connection lent to one client, with the pool permit it holds. Dropping it
-//! returns the connection to the pool (only do that when it is clean); `discard` closes it.
+//! The guard that lends a server connection to one client. deadpool's `Object` goes back to
+//! the pool when dropped, and deadpool checks it only at the next checkout; so the guard
+//! detaches the connection (`Object::take`) and closes it on every way out except one:
+//! [`Lent::hand_back`], which runs the server's state machine ([`next_step`]) and returns
+//! the connection to the pool only with the proof that gives.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::Object;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::ServerManager;
-use crate::backend::ServerConn;
+use super::{ServerManager, ServerPool, retire_reason};
+use crate::backend::lifecycle::{Facts, ResetNeed, Step, next_step};
+use crate::backend::{CloseReason, ServerConn, ServerState};
+use crate::state::Generation;
+
+/// How long a handed-back server waits for its cancels before it is closed instead. A cancel
+/// is itself bounded by server_connect_timeout (connect) and a few seconds (PostgreSQL closing
+/// it); this only catches what should never happen.
+const CANCEL_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct Lent {
-    /// Always `Some` until the connection goes back to the pool or is discarded.
-    pub(super) obj: Option<Object<ServerManager>>,
-    pub(super) _permit: OwnedSemaphorePermit,
+    /// `Some` until the connection goes back to the pool or is closed.
+    obj: Option<Object<ServerManager>>,
+    _permit: OwnedSemaphorePermit,
+    /// The pool (share) it came from: whether it was retired decides whether it may go back.
+    share: Arc<ServerPool>,
     /// How long the client waited for it.
     pub waited: Duration,
     /// Taken from the reserve pool.
@@ -22,38 +35,172 @@ pub struct Lent {
 
 impl Lent {
     pub(super) fn new(
-        obj: Object<ServerManager>,
+        mut obj: Object<ServerManager>,
         permit: OwnedSemaphorePermit,
-        waited: Duration,
-        reserve: bool,
+        share: Arc<ServerPool>,
+        client: u64,
+        (waited, reserve): (Duration, bool),
     ) -> Self {
+        obj.transition(ServerState::Lent { client });
         Lent {
             obj: Some(obj),
             _permit: permit,
+            share,
             waited,
             reserve,
         }
     }
 
-    /// Closes the connection instead of returning it (a client left mid-transaction, the
-    /// server broke, a reset failed): its pool slot is freed at once.
-    pub fn discard(mut self) {
-        if let Some(mut obj) = self.obj.take() {
-            // Its state is unknown: no goodbye message that could land mid-message.
-            obj.polite_close = false;
-            drop(Object::take(obj));
+    pub fn share(&self) -> &Arc<ServerPool> {
+        &self.share
+    }
+
+    /// Closes the connection instead of returning it: its pool slot is freed at once.
+    pub fn close(mut self, reason: CloseReason) {
+        self.close_now(reason);
+    }
+
+    fn close_now(&mut self, reason: CloseReason) {
+        if let Some(obj) = self.obj.take() {
+            let mut conn = Object::take(obj);
+            conn.transition(ServerState::Closing(reason));
+            tracing::debug!(
+                server_id = conn.id,
+                reason = reason.as_str(),
+                "closing server connection"
+            );
         }
+    }
+
+    /// The client is done with the server. `protocol_idle` is the relay's word that it
+    /// stopped at ReadyForQuery 'I' with nothing pending; `reset` is what must run before
+    /// anyone else may have it. Returns it to the pool only through [`next_step`]'s proof;
+    /// with a cancel still in flight it waits (in a task of its own, so the client goes on
+    /// meanwhile) until PostgreSQL has closed the cancel connection.
+    pub async fn hand_back(
+        mut self,
+        protocol_idle: bool,
+        reset: ResetNeed,
+        generation: &Generation,
+    ) {
+        let retire = self.retire_reason(generation);
+        let Some(obj) = self.obj.as_mut() else { return };
+        if let ServerState::Pinned { client, .. } = obj.state() {
+            obj.transition(ServerState::Lent { client });
+        }
+        let facts = Facts {
+            protocol_idle: protocol_idle && obj.read_buf.is_empty(),
+            cancels_in_flight: obj.cancels.in_flight(),
+            reset,
+            retire,
+        };
+        match next_step(&facts) {
+            Step::AwaitCancels => {
+                let client = obj.state().client().unwrap_or(0);
+                obj.transition(ServerState::BeingCanceled { client });
+                let cancels = obj.cancels.clone();
+                let reset_query = generation.config.server_reset_query.clone();
+                let current = self.share.current_generation();
+                // The client goes on meanwhile (with another server); this one waits out
+                // its cancel in a task of its own.
+                tokio::spawn(async move {
+                    if tokio::time::timeout(CANCEL_WAIT_LIMIT, cancels.settled())
+                        .await
+                        .is_err()
+                    {
+                        self.close_now(CloseReason::CancelStuck);
+                        return;
+                    }
+                    let generation = current.load_full();
+                    self.finish(reset, &reset_query, &generation).await;
+                });
+            }
+            Step::Close(reason) => self.close_now(reason),
+            Step::ReturnToPool(_) | Step::Reset(_) => {
+                let reset_query = generation.config.server_reset_query.clone();
+                self.finish(reset, &reset_query, generation).await;
+            }
+        }
+    }
+
+    /// After any cancel settled: reset if needed, then back to the pool with the proof, or
+    /// closed.
+    async fn finish(&mut self, mut reset: ResetNeed, reset_query: &str, generation: &Generation) {
+        loop {
+            let retire = self.retire_reason(generation);
+            let Some(obj) = self.obj.as_mut() else { return };
+            let facts = Facts {
+                protocol_idle: obj.read_buf.is_empty(),
+                cancels_in_flight: obj.cancels.in_flight(),
+                reset,
+                retire,
+            };
+            match next_step(&facts) {
+                Step::ReturnToPool(proof) => {
+                    obj.return_to_idle(proof);
+                    // deadpool's own `last_used` counts from the checkout, which would make a
+                    // long transaction look like idle time.
+                    obj.idle_since = Instant::now();
+                    // Dropping the object returns it to deadpool's idle set.
+                    self.obj = None;
+                    return;
+                }
+                Step::Reset(need) => {
+                    obj.transition(ServerState::Resetting);
+                    let (sql, drops_statements) = reset_sql(need, reset_query);
+                    match Box::pin(obj.reset_session(&sql, drops_statements)).await {
+                        Ok(()) => reset = ResetNeed::Nothing,
+                        Err(e) => {
+                            tracing::warn!(server_id = obj.id, error = %e, "resetting a server connection failed; closing it");
+                            self.close_now(CloseReason::ResetFailed);
+                            return;
+                        }
+                    }
+                }
+                Step::AwaitCancels => {
+                    // A cancel cannot start for a server no client holds; should one be in
+                    // flight anyway, the server is not proven clean.
+                    self.close_now(CloseReason::CancelStuck);
+                    return;
+                }
+                Step::Close(reason) => {
+                    self.close_now(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn retire_reason(&self, generation: &Generation) -> Option<CloseReason> {
+        if self.share.is_retired() {
+            return Some(CloseReason::PoolRetired);
+        }
+        let obj = self.obj.as_ref()?;
+        retire_reason(obj, Object::metrics(obj), generation)
+    }
+}
+
+/// The SQL of a reset, and whether it may drop prepared statements. server_reset_query is
+/// the operator's; whatever it is, role and session authorization are reset too, which
+/// RESET ALL alone does not do.
+fn reset_sql(need: ResetNeed, reset_query: &str) -> (String, bool) {
+    const IDENTITY: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL";
+    let custom = reset_query.trim().trim_end_matches(';').trim();
+    match need {
+        ResetNeed::DiscardAll => ("DISCARD ALL".into(), true),
+        ResetNeed::ResetQuery if custom.eq_ignore_ascii_case("discard all") => {
+            ("DISCARD ALL".into(), true)
+        }
+        ResetNeed::ResetQuery if !custom.is_empty() => (format!("{custom}; {IDENTITY}"), true),
+        _ => (IDENTITY.into(), false),
     }
 }
 
 impl Drop for Lent {
-    /// Back to the pool: idle from now on. deadpool's own `last_used` counts from the
-    /// checkout, which would make a long transaction look like idle time to
-    /// server_idle_timeout and server_check_delay.
+    /// Every way out that is not `hand_back` closes the connection: nothing is returned to
+    /// the pool without proof.
     fn drop(&mut self) {
-        if let Some(obj) = self.obj.as_mut() {
-            obj.idle_since = Instant::now();
-        }
+        self.close_now(CloseReason::Unproven);
     }
 }
 
@@ -63,7 +210,7 @@ impl Deref for Lent {
     fn deref(&self) -> &ServerConn {
         self.obj
             .as_ref()
-            .expect("a lent connection is present until dropped")
+            .expect("a lent connection is present until handed back or closed")
     }
 }
 
@@ -71,6 +218,26 @@ impl DerefMut for Lent {
     fn deref_mut(&mut self) -> &mut ServerConn {
         self.obj
             .as_mut()
-            .expect("a lent connection is present until dropped")
+            .expect("a lent connection is present until handed back or closed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reset_resets_identity() {
+        let sql = |need, query| reset_sql(need, query).0;
+        assert_eq!(sql(ResetNeed::DiscardAll, ""), "DISCARD ALL");
+        assert_eq!(sql(ResetNeed::ResetQuery, "discard all;"), "DISCARD ALL");
+        assert_eq!(
+            sql(ResetNeed::ResetQuery, "RESET ALL;"),
+            "RESET ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL"
+        );
+        assert_eq!(
+            reset_sql(ResetNeed::ResetQuery, " "),
+            ("SET SESSION AUTHORIZATION DEFAULT; RESET ALL".into(), false)
+        );
     }
 }

@@ -8,7 +8,9 @@ use arc_swap::ArcSwap;
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 
 use super::{CrossPoolLimits, PoolKey};
-use crate::backend::{BackendError, BackendTarget, ConnectOptions, ServerConn, connect};
+use crate::backend::{
+    BackendError, BackendTarget, CloseReason, ConnectOptions, ServerConn, ServerState, connect,
+};
 use crate::state::Generation;
 use crate::stats::{Registry, ServerEntry, TlsSummary};
 
@@ -27,30 +29,33 @@ pub fn close_needed(conn: &ServerConn) -> bool {
     conn.registration.as_ref().is_some_and(|r| r.close_needed())
 }
 
-/// Why an idle connection must not be lent again, from what pgmoat knows without asking the
-/// server: checked at checkout, and by the janitor for connections nobody takes.
+/// Why a connection must not be lent again, from what pgmoat knows without asking the
+/// server: checked at checkout, when it is handed back, and by the janitor for connections
+/// nobody takes.
 pub fn retire_reason(
     conn: &ServerConn,
     metrics: &Metrics,
     generation: &Generation,
-) -> Option<&'static str> {
+) -> Option<CloseReason> {
     let config = &generation.config;
     if conn.tls_epoch != generation.tls_epoch {
-        return Some("TLS configuration reloaded");
+        return Some(CloseReason::TlsReloaded);
     }
     if close_needed(conn) {
-        return Some("RECONNECT was issued");
+        return Some(CloseReason::Reconnect);
     }
     // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
     if metrics.age() > config.server_lifetime.duration() {
-        return Some("server_lifetime reached");
+        return Some(CloseReason::Lifetime);
     }
-    if config
-        .server_idle_timeout
-        .non_zero()
-        .is_some_and(|max| conn.idle_since.elapsed() > max)
+    // Measured from when it went idle, so only for connections in the idle set.
+    if conn.state() == ServerState::Idle
+        && config
+            .server_idle_timeout
+            .non_zero()
+            .is_some_and(|max| conn.idle_since.elapsed() > max)
     {
-        return Some("server_idle_timeout reached");
+        return Some(CloseReason::IdleTimeout);
     }
     None
 }
@@ -82,6 +87,10 @@ impl ServerManager {
     pub fn target(&self) -> &BackendTarget {
         &self.target
     }
+
+    pub fn current(&self) -> Arc<ArcSwap<Generation>> {
+        self.current.clone()
+    }
 }
 
 impl Manager for ServerManager {
@@ -102,14 +111,18 @@ impl Manager for ServerManager {
     ) -> RecycleResult<BackendError> {
         let generation = self.current.load();
         let config = &generation.config;
+        // Only a connection that went through the proof is in the idle set; anything else
+        // here is a bug, and is closed rather than lent.
+        if conn.state() != ServerState::Idle {
+            tracing::error!(server_id = conn.id, state = %conn.state(), "a server in the idle set is not idle; closing it");
+            return Err(RecycleError::message(CloseReason::Bug.as_str()));
+        }
         if let Some(reason) = retire_reason(conn, metrics, &generation) {
-            return Err(RecycleError::message(reason));
+            return Err(RecycleError::message(reason.as_str()));
         }
         let idle = conn.idle_since.elapsed();
         if !conn.is_quiet() {
-            return Err(RecycleError::message(
-                "server sent data or closed while idle",
-            ));
+            return Err(RecycleError::message(CloseReason::StrayData.as_str()));
         }
         let check_query = config.server_check_query.trim();
         if !check_query.is_empty() && idle > config.server_check_delay.duration() {

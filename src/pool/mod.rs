@@ -1,8 +1,14 @@
-//! Server pools, one per (database, user), on deadpool. deadpool does not check an object
-//! when it is dropped back into the pool, so a connection is only returned clean (after
-//! ReadyForQuery 'I'); anything doubtful is detached and closed by the caller instead. The
-//! checks at checkout (`recycle`) are cheap: TLS epoch, lifetime, idle time, a zero-wait
-//! read for stray bytes, and the check query only after server_check_delay.
+//! Server pools, one per (database, user), on deadpool. deadpool returns an object to the pool
+//! when it is dropped and checks it only at the next checkout, so connections are lent through
+//! [`Lent`], which closes them on every way out but the one that proves them clean (see
+//! `backend::lifecycle`). The checks at checkout (`recycle`) are cheap: TLS epoch, lifetime,
+//! idle time, a zero-wait read for stray bytes, and the check query only after
+//! server_check_delay.
+//!
+//! A reload that changes where or how a pool logs in (or its mode, or how it is split into
+//! shares) retires it: its waiting clients are woken with [`PoolError::Retired`] and ask the
+//! current pool, its idle servers close at once and its busy ones when handed back. Sessions
+//! look their pool up again after every reload, so nobody is left holding a closed pool.
 //!
 //! With several worker threads (`worker_threads`), a pool of at least `2 * MIN_SHARE`
 //! connections is split into one share per worker: each share is a pool of its own serving
@@ -11,33 +17,34 @@
 //! for a connection of its own share, as with PgBouncer processes sharing a port
 //! (so_reuseport). Smaller pools are not split.
 
+mod error;
 mod janitor;
 mod lent;
 mod limits;
 mod manager;
+mod pins;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use deadpool::managed::{Pool, PoolError, QueueMode, TimeoutType, Timeouts};
+use deadpool::managed::{Pool, PoolError as DeadpoolError, QueueMode, TimeoutType, Timeouts};
 use tokio::sync::Semaphore;
 
 use crate::backend::{BackendError, BackendTarget};
-use crate::config::{Config, PoolMode};
-use crate::protocol::{PgError, SqlState};
+use crate::config::{Config, PoolMode, SessionState};
 use crate::state::Generation;
 use crate::stats::{Registry, ServerEntry};
 
+pub use error::PoolError;
 pub use janitor::run_janitor;
 pub use lent::Lent;
 pub use limits::ConnectionPermits;
 use limits::NamedLimits;
 pub use manager::{ServerManager, close_needed, retire_reason};
-
-pub type ServerObject = Lent;
+pub use pins::{PinSlot, PinSlots};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
@@ -56,6 +63,10 @@ pub struct PoolSettings {
     pub mode: PoolMode,
     /// max_db_connections for this database (0 = unlimited).
     pub max_db_connections: usize,
+    /// Pin, or reset, when a client makes session state (transaction mode).
+    pub session_state: SessionState,
+    /// Servers of the pool (all shares) that may be pinned at once.
+    pub max_pinned: usize,
 }
 
 impl PoolSettings {
@@ -73,6 +84,7 @@ impl PoolSettings {
             Some(crate::auth::Secret::Plain(p)) if !p.is_empty() => Some(p.clone()),
             _ => None,
         });
+        let size = entry.pool_size.unwrap_or(config.default_pool_size).max(1);
         Some(PoolSettings {
             target: BackendTarget {
                 host: entry.host.clone(),
@@ -82,13 +94,40 @@ impl PoolSettings {
                 password,
                 scram_keys: None,
             },
-            size: entry.pool_size.unwrap_or(config.default_pool_size).max(1),
+            size,
             reserve_size: config.reserve_pool_size,
             mode: entry.pool_mode.unwrap_or(config.pool_mode),
             max_db_connections: entry
                 .max_db_connections
                 .unwrap_or(config.max_db_connections),
+            session_state: entry.session_state.unwrap_or(config.session_state),
+            // Half the pool by default: the other half always multiplexes.
+            max_pinned: entry
+                .max_pinned_servers
+                .or(config.max_pinned_servers)
+                .unwrap_or(size / 2),
         })
+    }
+}
+
+impl PoolSettings {
+    /// Whether a pool built with `self` can serve a client resolving to `other`: same place,
+    /// same login, same mode. SCRAM keys learnt from a client's proof compare by the verifier
+    /// they belong to, not by the client's key, so any client of the same password matches.
+    pub fn same_pool(&self, other: &PoolSettings) -> bool {
+        let (a, b) = (&self.target, &other.target);
+        let keys = |t: &BackendTarget| {
+            t.scram_keys
+                .as_ref()
+                .map(|k| (k.server_key, k.salt.clone(), k.iterations))
+        };
+        a.host == b.host
+            && a.port == b.port
+            && a.dbname == b.dbname
+            && a.user == b.user
+            && a.password == b.password
+            && (keys(a) == keys(b) || keys(a).is_none() || keys(b).is_none())
+            && self.mode == other.mode
     }
 }
 
@@ -132,6 +171,13 @@ pub struct ServerPool {
     /// ParameterStatus values a new client is told at login (server_version and so on),
     /// learnt from the first server connection.
     startup_params: Mutex<Option<Vec<(String, String)>>>,
+    /// PostgreSQL's spelling of reported settings as clients gave them at login, learnt the
+    /// first time a server applied them: (lower-case name, client's value) -> reported value.
+    canonical: Mutex<HashMap<(String, String), String>>,
+    /// A reload replaced this pool: no checkouts, and servers close when handed back.
+    retired: AtomicBool,
+    /// Servers pinned to clients, counted over all shares of the pool.
+    pub pins: Arc<PinSlots>,
 }
 
 /// Who may take a server: `main` has default_pool_size permits; `reserve` has
@@ -156,11 +202,19 @@ impl Gates {
 }
 
 impl ServerPool {
-    /// Waits (FIFO) for a server connection, up to query_wait_timeout; after
-    /// reserve_pool_timeout a waiting client may take one of the reserve connections.
-    pub async fn checkout(&self, generation: &Generation) -> Result<Lent, PgError> {
+    /// Waits (FIFO) for a server connection for client `client`, up to query_wait_timeout;
+    /// after reserve_pool_timeout a waiting client may take one of the reserve connections.
+    /// A retired pool answers [`PoolError::Retired`], also to clients already waiting.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        generation: &Generation,
+        client: u64,
+    ) -> Result<Lent, PoolError> {
         let config = &generation.config;
         let started = Instant::now();
+        if self.is_retired() {
+            return Err(PoolError::Retired);
+        }
         if self.home.get().is_none()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
@@ -189,8 +243,8 @@ impl ServerPool {
                 .map_err(|_| self.wait_timeout(config))?,
             None => acquire.await,
         };
-        let (permit, reserve) = acquired
-            .map_err(|_| PgError::fatal(SqlState::CANNOT_CONNECT_NOW, "server pool is closed"))?;
+        // The gates are closed only when the pool is retired.
+        let (permit, reserve) = acquired.map_err(|_| PoolError::Retired)?;
         if reserve {
             tracing::info!(database = %self.key.database, user = %self.key.user, "pool busy: using a reserve_pool_size connection");
         }
@@ -207,34 +261,62 @@ impl ServerPool {
         match self.pool.timeout_get(&timeouts).await {
             Ok(obj) => {
                 self.remember_params(&obj.initial_params);
-                Ok(Lent::new(obj, permit, started.elapsed(), reserve))
+                let lent = Lent::new(
+                    obj,
+                    permit,
+                    self.clone(),
+                    client,
+                    (started.elapsed(), reserve),
+                );
+                Ok(lent)
             }
-            Err(PoolError::Timeout(TimeoutType::Wait)) => Err(self.wait_timeout(config)),
-            Err(PoolError::Timeout(_)) => Err(BackendError::Timeout {
+            Err(DeadpoolError::Timeout(TimeoutType::Wait)) => Err(self.wait_timeout(config)),
+            Err(DeadpoolError::Timeout(_)) => Err(BackendError::Timeout {
                 addr: self.settings.target.addr_string(),
                 secs: config.server_connect_timeout.0,
             }
-            .to_pg_error()),
-            Err(PoolError::Backend(e)) => {
+            .into()),
+            Err(DeadpoolError::Backend(e)) => {
                 tracing::warn!(pool = %self.key.database, user = %self.key.user, error = %e, "server connection failed");
-                Err(e.to_pg_error())
+                Err(e.into())
             }
-            Err(other) => Err(PgError::fatal(
-                SqlState::CANNOT_CONNECT_NOW,
-                format!("server pool unavailable: {other:?}"),
-            )),
+            // Closed: retired while this checkout waited for deadpool.
+            Err(DeadpoolError::Closed) => Err(PoolError::Retired),
+            Err(other) => {
+                tracing::error!(error = ?other, "unexpected deadpool error");
+                Err(PoolError::Retired)
+            }
         }
     }
 
-    fn wait_timeout(&self, config: &Config) -> PgError {
-        PgError::fatal(
-            SqlState::QUERY_CANCELED,
-            format!(
-                "query_wait_timeout: no server connection for database \"{}\" became free within {} s",
-                self.key.database, config.query_wait_timeout.0
-            ),
-        )
-        .with_hint("raise default_pool_size or query_wait_timeout, or look for long transactions")
+    fn wait_timeout(&self, config: &Config) -> PoolError {
+        PoolError::WaitTimeout {
+            database: self.key.database.clone(),
+            secs: config.query_wait_timeout.0,
+        }
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Takes the pool out of service: waiting clients are told to look again, idle servers
+    /// close now, busy ones when handed back.
+    fn retire(&self, why: &str) {
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(database = %self.key.database, user = %self.key.user, share = self.share.index, reason = why, "pool retired");
+        let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates.main.close();
+        gates.reserve.close();
+        self.pool.close();
+    }
+
+    /// The configuration generation in force now (for work done after a wait, such as a
+    /// reset after a cancel settled).
+    pub fn current_generation(&self) -> Arc<ArcSwap<Generation>> {
+        self.pool.manager().current()
     }
 
     /// Applies new sizes from a reload (the whole pool's; this share takes its part).
@@ -262,6 +344,28 @@ impl ServerPool {
 
     pub fn startup_params(&self) -> Option<Vec<(String, String)>> {
         self.startup_params.lock().ok()?.clone()
+    }
+
+    /// PostgreSQL's spelling of a reported setting's value as a client gave it, if a server
+    /// of this pool applied that value before.
+    pub fn canonical(&self, name: &str, value: &str) -> Option<String> {
+        let known = self.canonical.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .get(&(name.to_ascii_lowercase(), value.to_owned()))
+            .cloned()
+    }
+
+    /// Remembers how PostgreSQL reported a setting a client gave as `value`. Bounded, so
+    /// clients cannot grow it without limit: past the bound, logins just ask a server.
+    pub fn learn_canonical(&self, name: &str, value: &str, reported: &str) {
+        const MAX_KNOWN: usize = 1024;
+        let mut known = self.canonical.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() < MAX_KNOWN {
+            known.insert(
+                (name.to_ascii_lowercase(), value.to_owned()),
+                reported.to_owned(),
+            );
+        }
     }
 
     fn remember_params(&self, params: &[(String, String)]) {
@@ -327,8 +431,7 @@ impl PoolRegistry {
 
     /// The share of the pool for these settings that serves clients of worker `worker`.
     /// The pool is replaced when a reload changed where or how it logs in, or a new size
-    /// splits it differently (its connections then close as they come back); resized when
-    /// only the size changed.
+    /// splits it differently (the old one is retired); resized when only the size changed.
     pub fn get_or_create(
         &self,
         key: PoolKey,
@@ -339,28 +442,73 @@ impl PoolRegistry {
         let count = share_count(self.workers, settings.size);
         if let Some(shares) = pools.get(&key) {
             let first = &shares[0];
-            if first.settings.target == settings.target
-                && first.settings.mode == settings.mode
-                && shares.len() == count
-            {
+            if first.settings.same_pool(&settings) && shares.len() == count {
                 for share in shares {
                     share.resize(settings.size, settings.reserve_size);
                 }
                 return shares[worker % count].clone();
             }
             for share in shares {
-                share.pool.close();
+                share.retire("its database entry changed");
             }
         }
+        let pins = Arc::new(PinSlots::default());
         let shares: Vec<_> = (0..count)
-            .map(|index| self.build(&key, &settings, Share { index, count }))
+            .map(|index| self.build(&key, &settings, Share { index, count }, pins.clone()))
             .collect();
         let chosen = shares[worker % count].clone();
         pools.insert(key, shares);
         chosen
     }
 
-    fn build(&self, key: &PoolKey, settings: &PoolSettings, share: Share) -> Arc<ServerPool> {
+    /// After a reload: retires and forgets the pools the new configuration no longer
+    /// produces (a database entry removed, a forced user changed, another host, port,
+    /// dbname, password or pool_mode, another number of shares), so none is orphaned;
+    /// resizes the others. Sessions find their current pool at their next checkout.
+    pub fn apply(&self, generation: &Generation) {
+        let config = &generation.config;
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|key, shares| {
+            let first = &shares[0];
+            let resolved =
+                PoolSettings::resolve(config, &generation.users, &key.database, &key.user);
+            let why = match &resolved {
+                None => Some("its database entry was removed"),
+                Some(s) if s.target.user != key.user => Some("its database entry's user changed"),
+                Some(s) if !first.settings.same_pool(s) => Some("its database entry changed"),
+                Some(s) if share_count(self.workers, s.size) != shares.len() => {
+                    Some("a new pool size splits it into another number of shares")
+                }
+                Some(_) if stale_scram_keys(&first.settings, generation) => {
+                    Some("the auth_file secret it logs in with changed")
+                }
+                Some(_) => None,
+            };
+            match (why, resolved) {
+                (Some(why), _) => {
+                    for share in shares.iter() {
+                        share.retire(why);
+                    }
+                    false
+                }
+                (None, Some(s)) => {
+                    for share in shares.iter() {
+                        share.resize(s.size, s.reserve_size);
+                    }
+                    true
+                }
+                (None, None) => true,
+            }
+        });
+    }
+
+    fn build(
+        &self,
+        key: &PoolKey,
+        settings: &PoolSettings,
+        share: Share,
+        pins: Arc<PinSlots>,
+    ) -> Arc<ServerPool> {
         let (size, reserve_size) = (share.of(settings.size), share.of(settings.reserve_size));
         let manager = ServerManager::new(
             key.clone(),
@@ -390,6 +538,9 @@ impl PoolRegistry {
             home: Default::default(),
             pool,
             startup_params: Mutex::new(None),
+            canonical: Mutex::default(),
+            retired: AtomicBool::new(false),
+            pins,
         })
     }
 
@@ -407,6 +558,22 @@ impl PoolRegistry {
     /// How many pools there are (a pool split into shares counts once).
     pub fn count(&self) -> usize {
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The pool logs in with SCRAM keys a client's proof gave, and auth_file now holds another
+/// verifier for that user: its new connections would fail.
+fn stale_scram_keys(settings: &PoolSettings, generation: &Generation) -> bool {
+    let Some(keys) = &settings.target.scram_keys else {
+        return false;
+    };
+    match generation.users.get(&settings.target.user) {
+        Some(crate::auth::Secret::Scram(verifier)) => {
+            verifier.server_key != keys.server_key
+                || verifier.salt != keys.salt
+                || verifier.iterations != keys.iterations
+        }
+        _ => true,
     }
 }
 

@@ -6,6 +6,7 @@
 //! statements pooled, the client's Parse/Bind/Describe/Close are rewritten on the way in
 //! (`translate`).
 
+pub mod effects;
 pub mod prepared;
 pub mod scan;
 pub mod translate;
@@ -28,6 +29,7 @@ use crate::protocol::error::ErrorFields;
 use crate::protocol::messages::parse_parameter_status;
 use crate::stats::PoolStats;
 use crate::stream::Stream;
+use effects::Effects;
 use prepared::{ClientStatements, Completion, CompletionQueue};
 use scan::{Scanner, Seen};
 use translate::{TranslateError, Translator, translate};
@@ -236,11 +238,16 @@ impl ClientFault {
     }
 }
 
-/// What the relay learnt that the session must remember.
-#[derive(Debug, Default)]
-pub struct SessionChanges {
-    /// ParameterStatus values the server reported (the client's own SETs).
-    pub params: Vec<(String, String)>,
+/// When a relay ends on its own (besides the client or server going away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseWhen {
+    /// Transaction mode: as soon as the server is idle (ReadyForQuery 'I').
+    Idle,
+    /// A server pinned to its client: when the server is idle after statements that may
+    /// have changed the session (so the session checks what is left), else never.
+    IdleAfterChanges,
+    /// Session mode: only once pgmoat shuts down, and then as soon as the server is idle.
+    Shutdown,
 }
 
 pub struct Relay<'a> {
@@ -249,16 +256,14 @@ pub struct Relay<'a> {
     pub server: &'a mut ServerConn,
     pub server_half: &'a mut HalfBuffer,
     pub tx: &'a mut TxState,
-    pub changes: &'a mut SessionChanges,
-    /// Transaction mode: end with `Released` when the server becomes idle.
-    pub release_when_idle: bool,
+    pub release: ReleaseWhen,
     /// Prepared statements pooled: the client's statements, and the server's bound.
     pub statements: Option<(&'a mut ClientStatements, usize)>,
     pub completions: CompletionQueue,
     /// The pool's counters: queries, transactions, bytes, times.
     pub stats: &'a PoolStats,
-    /// Session mode: pgmoat is shutting down once this completes; the relay then ends with
-    /// `Released` as soon as the server is idle, so the drain does not wait for the client.
+    /// pgmoat is shutting down once this completes; a relay that would not end at the next
+    /// idle point then ends there, so the drain does not wait for the client.
     pub shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// A FATAL error the server sent, held back from the client (see `RelayEnd::ServerFatal`).
     pub server_fatal: Option<ServerFatal>,
@@ -281,7 +286,7 @@ impl Relay<'_> {
             && shutdown.as_mut().poll(cx).is_ready()
         {
             self.shutdown = None;
-            self.release_when_idle = true;
+            self.release = ReleaseWhen::Idle;
         }
         if let Poll::Ready(end) = self.poll_server_to_client(cx) {
             return Poll::Ready(end);
@@ -301,7 +306,12 @@ impl Relay<'_> {
             if let Some(fatal) = self.server_fatal.take() {
                 return Poll::Ready(RelayEnd::ServerFatal(fatal));
             }
-            if self.release_when_idle
+            let release = match self.release {
+                ReleaseWhen::Idle => true,
+                ReleaseWhen::IdleAfterChanges => self.tx.effects.needs_probe(true),
+                ReleaseWhen::Shutdown => false,
+            };
+            if release
                 && self.tx.server_idle()
                 && self.client_half.at_boundary()
                 && self.server_half.at_boundary()
@@ -327,7 +337,6 @@ impl Relay<'_> {
         let half = &mut *self.server_half;
         let tx = &mut *self.tx;
         let server = &mut *self.server;
-        let changes = &mut *self.changes;
         let completions = &mut self.completions;
         let stats = self.stats;
         // Edits to ParseComplete / CloseComplete messages: (offset, replacement tag or
@@ -377,18 +386,16 @@ impl Relay<'_> {
                     b'S' => {
                         if let Ok((name, value)) = parse_parameter_status(body) {
                             server.set_param(name, value);
-                            changes.params.push((name.to_owned(), value.to_owned()));
+                            // A reported setting changed (a SET, or set_config in a
+                            // function): the session reads its settings back afterwards.
+                            tx.effects |= Effects::SESSION_SET;
                         }
                     }
                     b'C' => {
                         *completed = true;
-                        // A completed SET / RESET may have changed session state that the
-                        // next client must not inherit.
-                        if body.starts_with(b"SET") || body.starts_with(b"RESET") {
-                            server.dirty = true;
-                        } else if body.starts_with(b"DISCARD ALL")
-                            || body.starts_with(b"DEALLOCATE ALL")
-                        {
+                        tx.effects |= Effects::from_command_tag(body, tx.effects);
+                        if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL") {
+                            // The client dropped every prepared statement, pgmoat's too.
                             server.statements.clear();
                         }
                     }
@@ -522,16 +529,25 @@ fn ready_for_query_seen(tx: &mut TxState, stats: &PoolStats) {
 }
 
 /// Zero-copy scan of what the client sent: counts the messages that will each get a
-/// ReadyForQuery, and stops at Terminate (which is not forwarded: the server stays open for
-/// the pool).
+/// ReadyForQuery, notes what the SQL of Query and Parse messages may do to the session, and
+/// stops at Terminate (which is not forwarded: the server stays open for the pool).
 pub fn scan_client(half: &mut HalfBuffer, tx: &mut TxState) -> Result<(), ProtocolError> {
     let mut terminated = false;
     let result = half.scanner.scan(
         &half.buf,
         half.ready,
-        |tag| tag == b'X',
+        |tag| matches!(tag, b'X' | b'Q' | b'P'),
         |seen, _| {
             let tag = match seen {
+                Seen::Whole(tag @ (b'Q' | b'P'), body) => {
+                    tx.effects |= effects::of_message(tag, body);
+                    tag
+                }
+                // Too big to hold for a look: pgmoat cannot tell what it does.
+                Seen::Streamed(tag @ (b'Q' | b'P')) => {
+                    tx.effects |= Effects::UNKNOWN;
+                    tag
+                }
                 Seen::Whole(tag, _) | Seen::Streamed(tag) => tag,
             };
             match tag {

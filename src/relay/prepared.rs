@@ -32,6 +32,8 @@ pub struct Statement {
     pub server_name: Arc<str>,
     /// The Parse message (whole, with the server name) to prepare it on a server.
     pub parse: Bytes,
+    /// What running it may do to the session, from one scan of its text at Parse.
+    pub effects: super::effects::Effects,
 }
 
 impl Statement {
@@ -50,11 +52,13 @@ impl Statement {
             b.put_u8(0);
             b.put_slice(rest);
         });
+        let effects = super::effects::of_message(b'P', body);
         Some((
             name,
             Statement {
                 server_name,
                 parse: parse.freeze(),
+                effects,
             },
         ))
     }

@@ -6,6 +6,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::TxState;
+use super::effects::{self, Effects};
 use super::prepared::{
     ClientStatements, Completion, CompletionQueue, NOOP_STATEMENT, ServerStatements, Statement,
     close_statement,
@@ -86,6 +87,25 @@ pub fn translate(
                     terminated: true,
                 });
             }
+            b'Q' => {
+                // Held whole for a look at its SQL (up to MAX_SMALL), then passed on as is.
+                if total <= MAX_SMALL && input.len() < total {
+                    return Ok(Progress {
+                        needed: total - input.len(),
+                        terminated: false,
+                    });
+                }
+                if tx.client_message(b'Q') {
+                    tr.queue.batch_sent();
+                }
+                tx.effects |= if total > MAX_SMALL {
+                    // Too big to hold: pgmoat cannot tell what it does.
+                    Effects::UNKNOWN
+                } else {
+                    effects::of_message(b'Q', &input[Header::SIZE..total])
+                };
+                stream_through(input, out, remaining, total);
+            }
             b'P' | b'D' | b'C' => {
                 tx.client_message(header.tag);
                 let limit = if header.tag == b'P' {
@@ -99,6 +119,7 @@ pub fn translate(
                         return Err(TranslateError::StatementTooLarge(total));
                     }
                     if header.tag == b'P' {
+                        tx.effects |= Effects::UNKNOWN;
                         tr.queue.push(Completion::Parse {
                             swallow: false,
                             name: None,
@@ -117,7 +138,10 @@ pub fn translate(
                 }
                 let msg = input.split_to(total);
                 match header.tag {
-                    b'P' => parse(&msg, out, tr)?,
+                    b'P' => {
+                        tx.effects |= effects::of_message(b'P', &msg[Header::SIZE..]);
+                        parse(&msg, out, tr)?
+                    }
                     b'D' => describe(&msg, out, tr),
                     _ => close(&msg, out, tr),
                 }
@@ -153,6 +177,8 @@ pub fn translate(
                     .and_then(|n| tr.statements.get(n).cloned());
                 match statement {
                     Some(statement) => {
+                        // Each execution of a statement may do again what its text does.
+                        tx.effects |= statement.effects;
                         ensure_prepared(&statement, out, tr);
                         let prefix = Header::SIZE + stmt_end + 1;
                         let new_len =

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use super::effects::Effects;
+
 /// The transaction state both directions share.
 #[derive(Debug, Clone, Copy)]
 pub struct TxState {
@@ -17,6 +19,8 @@ pub struct TxState {
     pub busy_since: Option<Instant>,
     /// Since when the current transaction runs (for xact_time).
     pub xact_since: Option<Instant>,
+    /// What the statements sent since the server was taken may have done to the session.
+    pub effects: Effects,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores a Sync that arrives while it is in
     /// copy-in mode, so such a Sync gets no ReadyForQuery and must not be waited for.
     copy: CopyTracking,
@@ -45,6 +49,7 @@ impl Default for TxState {
             unsynced: false,
             busy_since: None,
             xact_since: None,
+            effects: Effects::empty(),
             copy: CopyTracking::default(),
         }
     }
@@ -56,8 +61,11 @@ impl TxState {
         self.copy.in_copy_in
     }
 
+    /// Nothing pending: every batch answered with ReadyForQuery 'I', no extended-protocol
+    /// message waiting for its Sync, and no COPY FROM STDIN open (its Sync was ignored, so
+    /// the last ReadyForQuery does not tell).
     pub fn server_idle(&self) -> bool {
-        self.outstanding == 0 && self.status == b'I' && !self.unsynced
+        self.outstanding == 0 && self.status == b'I' && !self.unsynced && !self.copy.in_copy_in
     }
 
     /// Accounts for one message the client sends. Returns true when it will be answered by a

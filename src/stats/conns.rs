@@ -143,8 +143,9 @@ pub struct ClientEntry {
     pub local: Option<SocketAddr>,
     pub user: String,
     pub database: String,
-    /// The user of the pool it borrows servers from (the database entry's user, if forced).
-    pub pool_user: String,
+    /// The user of the pool it borrows servers from (the database entry's user, if forced);
+    /// a reload may change it.
+    pool_user: Mutex<String>,
     pub application_name: String,
     pub connect_time: SystemTime,
     pub tls: Option<TlsSummary>,
@@ -153,6 +154,8 @@ pub struct ClientEntry {
     server: AtomicU64,
     /// When it last asked for a server (Unix microseconds), 0 before the first query.
     request_time: AtomicU64,
+    /// Why its server is pinned to it, as the bits of `backend::PinReasons` (0 = not pinned).
+    pinned: AtomicU8,
 }
 
 impl ClientEntry {
@@ -173,14 +176,38 @@ impl ClientEntry {
             local,
             user,
             database,
-            pool_user,
+            pool_user: Mutex::new(pool_user),
             application_name,
             connect_time: SystemTime::now(),
             tls,
             state: AtomicU8::new(ClientState::Idle as u8),
             server: AtomicU64::new(0),
             request_time: AtomicU64::new(0),
+            pinned: AtomicU8::new(0),
         }
+    }
+
+    pub fn pool_user(&self) -> String {
+        self.pool_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_pool_user(&self, user: &str) {
+        let mut current = self.pool_user.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != user {
+            *current = user.to_owned();
+        }
+    }
+
+    pub fn set_pinned(&self, bits: u8) {
+        self.pinned.store(bits, Ordering::Relaxed);
+    }
+
+    /// The bits of `backend::PinReasons` its server is pinned for; 0 when not pinned.
+    pub fn pinned(&self) -> u8 {
+        self.pinned.load(Ordering::Relaxed)
     }
 
     /// The client sent a query and now needs a server.
@@ -237,6 +264,32 @@ pub struct ServerEntry {
     pub tls: Option<TlsSummary>,
     /// RECONNECT was issued: closed instead of reused when it comes back.
     close_needed: AtomicBool,
+    /// Its state as the server connection last showed it.
+    shown: Mutex<ShownState>,
+}
+
+/// A server connection's state as SHOW SERVERS lists it, set at each state transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShownState {
+    /// pgmoat's name of the state (`lifecycle` column).
+    pub lifecycle: &'static str,
+    /// PgBouncer's word for it (`state` column).
+    pub pgbouncer: &'static str,
+    /// The client it serves, if any.
+    pub client: Option<u64>,
+    /// Why it is pinned, as the bits of `backend::PinReasons` (0 = not pinned).
+    pub pinned: u8,
+}
+
+impl Default for ShownState {
+    fn default() -> Self {
+        ShownState {
+            lifecycle: "idle",
+            pgbouncer: "idle",
+            client: None,
+            pinned: 0,
+        }
+    }
 }
 
 impl ServerEntry {
@@ -257,7 +310,16 @@ impl ServerEntry {
             remote_pid,
             tls,
             close_needed: AtomicBool::new(false),
+            shown: Mutex::default(),
         }
+    }
+
+    pub fn show(&self, state: ShownState) {
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    pub fn shown(&self) -> ShownState {
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn close_needed(&self) -> bool {

@@ -16,7 +16,7 @@ use crate::pool::PoolKey;
 
 pub use conns::{
     ClientEntry, ClientRegistration, ClientState, Registration, Registry, ServerEntry,
-    ServerRegistration, TlsSummary,
+    ServerRegistration, ShownState, TlsSummary,
 };
 
 /// PgBouncer's default stats_period: averages cover roughly this much recent time.
@@ -268,11 +268,10 @@ impl Stats {
     pub fn occupancy(&self) -> BTreeMap<PoolKey, Occupancy> {
         let now = SystemTime::now();
         let mut out: BTreeMap<PoolKey, Occupancy> = BTreeMap::new();
-        let mut linked = std::collections::HashSet::new();
         for client in self.clients.list() {
             let key = PoolKey {
                 database: client.database.clone(),
-                user: client.pool_user.clone(),
+                user: client.pool_user(),
             };
             let o = out.entry(key).or_default();
             match client.state() {
@@ -287,16 +286,17 @@ impl Stats {
                     o.maxwait = o.maxwait.max(waited);
                 }
             }
-            if let Some(id) = client.server_id() {
-                linked.insert(id);
+            if client.pinned() != 0 {
+                o.cl_pinned += 1;
             }
         }
         for server in self.servers.list() {
             let o = out.entry(server.pool.clone()).or_default();
-            if linked.contains(&server.id) {
-                o.sv_active += 1;
-            } else {
-                o.sv_idle += 1;
+            match server.shown().pgbouncer {
+                "idle" => o.sv_idle += 1,
+                "being_canceled" => o.sv_being_canceled += 1,
+                "used" => o.sv_used += 1,
+                _ => o.sv_active += 1,
             }
         }
         out
@@ -312,10 +312,16 @@ pub struct Occupancy {
     pub cl_idle: usize,
     /// Waiting for a server.
     pub cl_waiting: usize,
-    /// Lent to a client.
+    /// Of the clients above, those with a server pinned to them.
+    pub cl_pinned: usize,
+    /// Lent or pinned to a client.
     pub sv_active: usize,
     /// In the pool, free.
     pub sv_idle: usize,
+    /// Handed back with a cancel request still on its way to PostgreSQL.
+    pub sv_being_canceled: usize,
+    /// Being reset or closed.
+    pub sv_used: usize,
     /// How long the longest-waiting client has waited.
     pub maxwait: Duration,
 }
@@ -413,9 +419,15 @@ mod tests {
             database: "app".into(),
             user: "alice".into(),
         };
-        let _s1 = stats
+        let s1 = stats
             .servers
             .register(10, ServerEntry::new(10, pool.clone(), peer, None, 99, None));
+        s1.show(ShownState {
+            lifecycle: "lent",
+            pgbouncer: "active",
+            client: Some(1),
+            pinned: 0,
+        });
         let _s2 = stats
             .servers
             .register(11, ServerEntry::new(11, pool.clone(), peer, None, 98, None));

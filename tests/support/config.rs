@@ -16,6 +16,8 @@ pub struct ConfigBuilder {
     /// Where userlist files go (the Pki's dir, which outlives pgmoat in a test).
     files_dir: PathBuf,
     pg_port: u16,
+    pg_host: String,
+    pg_dbname: String,
 }
 
 /// A TOML string literal.
@@ -63,6 +65,8 @@ impl ConfigBuilder {
             ]),
             files_dir: pki.dir.path().to_owned(),
             pg_port,
+            pg_host: "localhost".into(),
+            pg_dbname: APP_DB.into(),
         }
     }
 
@@ -142,6 +146,18 @@ impl ConfigBuilder {
         self
     }
 
+    /// The `host` of `[databases.app]` (default `localhost`).
+    pub fn server_host(mut self, host: &str) -> Self {
+        self.pg_host = host.to_owned();
+        self
+    }
+
+    /// The `dbname` of `[databases.app]` (default `app`).
+    pub fn server_dbname(mut self, dbname: &str) -> Self {
+        self.pg_dbname = dbname.to_owned();
+        self
+    }
+
     /// The TOML text (writes the userlist file, if any, next to the Pki).
     pub fn build(&self) -> String {
         let mut text = String::new();
@@ -157,9 +173,10 @@ impl ConfigBuilder {
             text.push('\n');
         }
         text.push_str(&format!(
-            "\n[databases.{APP_DB}]\nhost = \"localhost\"\nport = {}\ndbname = {}\n",
+            "\n[databases.{APP_DB}]\nhost = {}\nport = {}\ndbname = {}\n",
+            toml_str(&self.pg_host),
             self.pg_port,
-            toml_str(APP_DB)
+            toml_str(&self.pg_dbname)
         ));
         for line in &self.database_lines {
             text.push_str(line);
