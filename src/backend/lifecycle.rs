@@ -307,6 +307,11 @@ impl CancelFlight {
         CancelTicket(self.clone())
     }
 
+    /// [`settled`](Self::settled), owning its handle (for futures that must be 'static).
+    pub async fn settled_owned(self: Arc<Self>) {
+        self.settled().await
+    }
+
     /// Resolves once no cancel is in flight.
     pub async fn settled(&self) {
         loop {

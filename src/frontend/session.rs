@@ -27,6 +27,9 @@ use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
 
+/// How long pgmoat waits for a cancel in flight before its own check of a server's session.
+const CANCEL_SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the session loop does after a transaction.
 enum Next {
     /// Wait for the client's next message.
@@ -720,8 +723,22 @@ impl ClientSession {
             self.release(server, reset, generation).await;
             return Next::Continue;
         }
+        // The check is pgmoat's own query: no cancel may reach it. New cancels find no server
+        // meanwhile; one already on its way is waited out first.
+        self.cancel.set(None);
+        let settled =
+            tokio::time::timeout(CANCEL_SETTLE_LIMIT, server.cancels.clone().settled_owned());
         let login_user = self.pool.settings.target.user.clone();
-        let snapshot = match Box::pin(server.probe_session(&login_user)).await {
+        let probed = match settled.await {
+            Ok(()) => Box::pin(server.probe_session(&login_user)).await,
+            Err(_) => Err(crate::backend::BackendError::Protocol {
+                addr: server.addr.to_string(),
+                source: crate::protocol::ProtocolError::Malformed(
+                    "a cancel request for this server did not finish",
+                ),
+            }),
+        };
+        let snapshot = match probed {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::warn!(error = %e, "checking a server's session state failed; closing it");
@@ -790,6 +807,11 @@ impl ClientSession {
     }
 
     fn hold(&mut self, mut server: Lent, why: PinReasons, slot: Option<PinSlot>) {
+        self.cancel.set(Some(CancelTarget {
+            target: server.share().cancel_target.clone(),
+            server_key: server.key,
+            flight: server.cancels.clone(),
+        }));
         if server.state().pinned() != why {
             server.transition(ServerState::Pinned {
                 client: self.id,
