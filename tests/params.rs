@@ -284,3 +284,84 @@ async fn startup_parameters_follow_their_client_only() {
         assert_eq!(plain.value(check).await, defaults, "round {round}");
     }
 }
+
+/// What a client is told at login is PostgreSQL's canonical spelling, as PostgreSQL itself
+/// would report it, whatever the client wrote; a bad value is refused at login, as
+/// PostgreSQL refuses it.
+#[tokio::test]
+async fn startup_parameters_are_reported_in_postgresqls_spelling() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = one_backend(&pki, &db);
+    for _ in 0..2 {
+        // Twice: the second login is answered from what the pool learnt.
+        let mut client = moat_raw(
+            &moat,
+            &pki,
+            "alice",
+            &[("client_encoding", "eucjp"), ("DateStyle", "german")],
+        )
+        .await;
+        assert_eq!(client.param("client_encoding"), Some("EUC_JP"));
+        assert_eq!(client.param("DateStyle"), Some("German, DMY"));
+        assert_eq!(client.value("SHOW client_encoding").await, "EUC_JP");
+    }
+    let refused = RawClient::connect(
+        moat.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        APP_DB,
+        &[("DateStyle", "no such style")],
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .err()
+    .expect("a bad startup setting is refused at login");
+    assert!(refused.contains("DateStyle"), "{refused}");
+}
+
+/// In session mode the client holds one server for its whole session, so its BackendKeyData
+/// carries that server's real pid: pg_backend_pid(), pg_terminate_backend() of that pid and
+/// the pid in a notification from its own session agree with what it was told.
+#[tokio::test]
+async fn session_mode_clients_are_told_their_servers_real_pid() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set_str("pool_mode", "session")
+            .build(),
+    );
+    let mut client = moat_raw(&moat, &pki, "alice", &[]).await;
+    let told = client.pid;
+    assert_eq!(
+        client.value("SELECT pg_backend_pid()").await,
+        told.to_string()
+    );
+    client.simple("LISTEN me").await.unwrap();
+    client.send(&wire::query("NOTIFY me")).await;
+    let answer = client.until_ready().await.unwrap();
+    let notification = answer
+        .iter()
+        .find(|m| m.tag == b'A')
+        .expect("its own notification");
+    assert_eq!(
+        i32::from_be_bytes(notification.body[..4].try_into().unwrap()),
+        told
+    );
+    // Its cancel key still works, and pg_terminate_backend of the told pid ends this
+    // client's own server.
+    let mut other = moat_raw(&moat, &pki, "alice", &[]).await;
+    assert_ne!(other.pid, told);
+    assert_eq!(
+        other
+            .value(&format!("SELECT pg_terminate_backend({told})"))
+            .await,
+        "t"
+    );
+    let err = client.simple("SELECT 1").await.unwrap_err();
+    assert!(
+        err.code.starts_with("57P01") || err.code == "08006",
+        "{err}"
+    );
+}
