@@ -39,6 +39,9 @@ struct CopyTracking {
     ends_at_start: u32,
     /// The server is in copy-in mode: Syncs are ignored until CopyDone / CopyFail.
     in_copy_in: bool,
+    /// The last command that may start a COPY was an Execute: its batch (and implicit
+    /// transaction) ends only with a Sync after CopyDone / CopyFail.
+    started_by_execute: bool,
 }
 
 impl Default for TxState {
@@ -89,11 +92,17 @@ impl TxState {
                 copy.after_start = true;
                 copy.syncs_after_start = 0;
                 copy.ends_at_start = copy.ends_sent;
+                copy.started_by_execute = tag == b'E';
             }
             b'c' | b'f' => {
                 copy.after_start = false;
                 copy.ends_sent = copy.ends_sent.wrapping_add(1);
                 copy.in_copy_in = false;
+                if copy.started_by_execute {
+                    // The Sync sent right after the Execute was ignored: the batch is still
+                    // open until the next one.
+                    self.unsynced = true;
+                }
             }
             _ => copy.after_start = false,
         }
