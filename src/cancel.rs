@@ -22,8 +22,8 @@ use tokio::sync::Semaphore;
 
 use crate::backend::lifecycle::CancelTicket;
 use crate::backend::{BackendKey, BackendTarget, CancelFlight, ConnectOptions, negotiate_tls};
-use crate::metrics::Metrics;
-use crate::state::Generation;
+use crate::generation::Generation;
+use crate::stats::Metrics;
 
 /// Cancels one client may have on their way at once; one more would only repeat the first.
 pub const MAX_CANCELS_PER_CLIENT: u32 = 1;

@@ -6,7 +6,6 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +13,10 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, UserList};
 use crate::config::{Config, ConfigErrors};
-use crate::state::{Generation, Shared};
-use crate::tls::{TlsError, TlsState};
+use crate::generation::{LoadError, load_generation, log_certificate_expiry};
+use crate::reload::reload;
+use crate::state::Shared;
 use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +26,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigErrors),
     #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("auth_file: {0}")]
-    Auth(#[from] AuthError),
+    Load(#[from] LoadError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -39,69 +36,6 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
-}
-
-/// Loads everything a generation needs from `config`. `previous` keeps the TLS epoch when
-/// the PostgreSQL-facing TLS material did not change.
-pub fn load_generation(
-    config: Config,
-    previous: Option<&Generation>,
-) -> Result<Generation, StartError> {
-    let tls = TlsState::load(&config)?;
-    let users = match &config.auth_file {
-        Some(path) => UserList::load(path)?,
-        None => UserList::default(),
-    };
-    let fingerprint = server_tls_fingerprint(&config);
-    let (id, tls_epoch) = match previous {
-        // Compared with what the previous generation read then, not with the files now.
-        Some(prev) if prev.server_tls_fingerprint == fingerprint => (prev.id + 1, prev.tls_epoch),
-        Some(prev) => (prev.id + 1, prev.tls_epoch + 1),
-        None => (1, 1),
-    };
-    Ok(Generation {
-        id,
-        config: Arc::new(config),
-        tls: Arc::new(tls),
-        tls_epoch,
-        server_tls_fingerprint: fingerprint,
-        users: Arc::new(users),
-        scram_cache: Default::default(),
-    })
-}
-
-/// Identity of the TLS material towards PostgreSQL: mode and the bytes of the files.
-fn server_tls_fingerprint(config: &Config) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    format!(
-        "{:?}{:?}",
-        config.server_tls_sslmode, config.server_tls_protocols
-    )
-    .hash(&mut hasher);
-    for path in [
-        &config.server_tls_ca_file,
-        &config.server_tls_cert_file,
-        &config.server_tls_key_file,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
-    }
-    hasher.finish()
-}
-
-/// Logs the days left of every loaded certificate, warning from cert_expiry_warn_days on.
-pub fn log_certificate_expiry(generation: &Generation) {
-    let warn_days = i64::from(generation.config.cert_expiry_warn_days);
-    for cert in &generation.tls.certs {
-        let days = cert.days_left();
-        if days <= warn_days {
-            tracing::warn!(setting = cert.setting, file = %cert.path, subject = %cert.subject, days_left = days, not_after = %cert.not_after, "certificate expires soon");
-        } else {
-            tracing::info!(setting = cert.setting, file = %cert.path, subject = %cert.subject, days_left = days, "certificate loaded");
-        }
-    }
 }
 
 const WATCH_PERIOD: Duration = Duration::from_secs(2);
@@ -190,7 +124,10 @@ impl Server {
         let tracker = TaskTracker::new();
         let workers = Workers::start(self.shared.pools.workers()).map_err(StartError::Workers)?;
         tracing::info!(worker_threads = workers.count(), "workers started");
-        tokio::spawn(crate::pool::run_janitor(self.shared.clone()));
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            crate::pool::run_janitor(&shared.pools, &shared.current, &shared.shutdown).await
+        });
         // Certificates are checked at start, at each reload, and daily.
         let mut daily = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(86_400),
@@ -276,48 +213,4 @@ fn hand_to_worker(
         },
         handle,
     );
-}
-
-/// Re-reads the config file and every TLS and auth file. The new generation replaces the old
-/// only if all of it loads; otherwise the old one keeps serving and the error is logged (and
-/// returned, for the console's RELOAD).
-pub fn reload(shared: &Shared) -> Result<(), StartError> {
-    let current = shared.snapshot();
-    let source = current.config.source.clone();
-    let result = Config::load(source.as_deref(), std::env::vars())
-        .map_err(StartError::from)
-        .and_then(|config| {
-            if (config.listen_addr.as_str(), config.listen_port)
-                != (
-                    current.config.listen_addr.as_str(),
-                    current.config.listen_port,
-                )
-            {
-                tracing::warn!(
-                    "listen_addr / listen_port changed: takes effect only after a restart"
-                );
-            }
-            if config.worker_threads != current.config.worker_threads {
-                tracing::warn!("worker_threads changed: takes effect only after a restart");
-            }
-            load_generation(config, Some(&current))
-        });
-    match result {
-        Ok(generation) => {
-            log_certificate_expiry(&generation);
-            let tls_changed = generation.tls_epoch != current.tls_epoch;
-            shared.current.store(Arc::new(generation));
-            tracing::info!(
-                tls_towards_postgresql_changed = tls_changed,
-                "configuration reloaded"
-            );
-            shared.metrics.reloaded(true);
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(config = %source.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "environment".into()), error = %e, "reload failed; the previous configuration stays in effect");
-            shared.metrics.reloaded(false);
-            Err(e)
-        }
-    }
 }

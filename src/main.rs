@@ -160,7 +160,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             pgmoat::tls::install_default_provider();
-            pgmoat::lifecycle::load_generation(config.clone(), None)?;
+            pgmoat::generation::load_generation(config.clone(), None)?;
             println!("{}", config.redacted_summary());
             println!("configuration OK");
             Ok(ExitCode::SUCCESS)

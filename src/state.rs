@@ -1,7 +1,8 @@
 //! State shared by every connection: the reloadable generation (config, TLS, auth_file)
 //! behind one `ArcSwap`, the pools, the cancel registry, statistics, metrics and the PAUSE
-//! gate. A connection takes one snapshot of the generation when it starts and keeps it, so a
-//! reload never changes a handshake half-way.
+//! gate. A handshake uses one snapshot of the generation; a checkout uses the current one.
+//! `Shared` only holds these handles: it imports the modules below it, never the ones that
+//! use it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -9,28 +10,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::PauseGate;
-use crate::auth::UserList;
 use crate::cancel::CancelRegistry;
-use crate::config::Config;
-use crate::metrics::Metrics;
+pub use crate::generation::Generation;
+use crate::pool::PauseGate;
 use crate::pool::PoolRegistry;
+use crate::stats::Metrics;
 use crate::stats::Stats;
-use crate::tls::TlsState;
-
-/// Everything a reload replaces, validated as a whole before it is swapped in.
-pub struct Generation {
-    pub id: u64,
-    pub config: Arc<Config>,
-    pub tls: Arc<TlsState>,
-    /// Changes only when the TLS material towards PostgreSQL changes, so idle server
-    /// connections are retired only when they were made with old certificates.
-    pub tls_epoch: u64,
-    /// Digest of the PostgreSQL-facing TLS files as they were read for this generation.
-    pub server_tls_fingerprint: u64,
-    pub users: Arc<UserList>,
-    pub scram_cache: crate::frontend::ScramCache,
-}
 
 pub struct Shared {
     pub current: Arc<ArcSwap<Generation>>,

@@ -31,7 +31,7 @@ fn check_database(shared: &Shared, database: Option<&str>, verb: &str) -> Result
 
 pub fn reload(shared: &Shared) -> Result<&'static str, PgError> {
     tracing::info!("RELOAD command issued");
-    crate::lifecycle::reload(shared).map(|()| "RELOAD").map_err(|_| {
+    crate::reload::reload(shared).map(|()| "RELOAD").map_err(|_| {
         // The reason may quote a config line; it is in the log, not on the wire.
         PgError::error(
             CONFIG_FILE_ERROR,

@@ -5,7 +5,6 @@
 mod columns;
 mod command;
 mod control;
-mod pause;
 mod result;
 mod show;
 
@@ -22,9 +21,9 @@ use crate::state::Shared;
 use crate::stats::ClientRegistration;
 use crate::stream::Stream;
 
+pub use crate::pool::{PauseError, PauseGate};
 pub use columns::{CERTS, CONFIG, DATABASES, LISTS, POOLS, SOCKETS, STATS};
 pub use command::{Command, ParseError, Show, parse};
-pub use pause::{PauseError, PauseGate};
 pub use result::{ResultSet, Type};
 
 /// Database names that reach the console instead of a pool.

@@ -27,7 +27,7 @@ password = "s3cret-db-password"
 fn shared() -> Arc<Shared> {
     let config =
         Config::from_toml_str_with(CONFIG, Path::new("test.toml"), FileChecks::Skip).unwrap();
-    Shared::new(crate::lifecycle::load_generation(config, None).unwrap())
+    Shared::new(crate::generation::load_generation(config, None).unwrap())
 }
 
 /// The messages of a reply: (tag, body).

@@ -5,6 +5,7 @@
 pub mod cert;
 pub mod md5;
 pub mod scram;
+mod scram_cache;
 pub mod userlist;
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 pub use self::cert::cert_common_name;
 pub use self::md5::{md5_salt, verify_md5};
 pub use self::scram::{ScramError, ScramSecret, ScramServer};
+pub use self::scram_cache::ScramCache;
 pub use self::userlist::{Secret, UserList};
 
 /// Errors of the auth module. No variant carries a password or secret, so every one may be

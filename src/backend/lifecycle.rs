@@ -56,17 +56,23 @@ impl PinReasons {
     ];
 }
 
+impl PinReasons {
+    /// The words of the reasons set, in [`NAMES`](Self::NAMES) order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        PinReasons::NAMES
+            .into_iter()
+            .filter(move |(flag, _)| self.contains(*flag))
+            .map(|(_, name)| name)
+    }
+}
+
 impl fmt::Display for PinReasons {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for (flag, name) in PinReasons::NAMES {
-            if self.contains(flag) {
-                if !first {
-                    f.write_str(",")?;
-                }
-                f.write_str(name)?;
-                first = false;
+        for (i, name) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
             }
+            f.write_str(name)?;
         }
         Ok(())
     }

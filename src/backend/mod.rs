@@ -8,6 +8,7 @@ pub mod lifecycle;
 mod probe;
 mod query;
 pub mod scram_keys;
+mod statements;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use connect::{BackendTarget, ConnectOptions, connect, negotiate_tls};
 pub use error::BackendError;
 pub use lifecycle::{CancelFlight, CleanProof, CloseReason, PinReasons, ResetNeed, ServerState};
 pub use probe::SessionSnapshot;
+pub use statements::{ConnectionPermits, ServerStatements, SpareBuffers};
 
 /// PostgreSQL's cancel key for one backend process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,7 +39,7 @@ pub struct ServerConn {
     /// server direction's relay buffer while a client holds this connection.
     pub read_buf: BytesMut,
     /// The client direction's relay buffers, lent to the client holding this connection.
-    pub spare_buffers: crate::relay::SpareBuffers,
+    pub spare_buffers: SpareBuffers,
     /// Parameters as the server last reported them (ParameterStatus), in arrival order.
     pub params: Vec<(String, String)>,
     /// The reported parameters right after login, before any client changed anything.
@@ -64,9 +66,9 @@ pub struct ServerConn {
     /// Cleared when a connection is discarded in the middle of something.
     pub polite_close: bool,
     /// Prepared statements this server holds for pooled clients.
-    pub statements: crate::relay::prepared::ServerStatements,
+    pub statements: ServerStatements,
     /// max_db_connections / max_user_connections permits, held until the connection closes.
-    pub permits: crate::pool::ConnectionPermits,
+    pub permits: ConnectionPermits,
     /// Its entry in SHOW SERVERS, removed when the connection is dropped.
     pub registration: Option<crate::stats::ServerRegistration>,
 }

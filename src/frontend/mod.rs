@@ -3,8 +3,6 @@
 //! that borrows a server for each transaction (or the whole session).
 
 mod auth;
-
-pub use auth::ScramCache;
 mod console;
 mod login;
 mod negotiate;

@@ -10,10 +10,10 @@ use tokio::net::TcpStream;
 use super::FrontendError;
 use crate::backend::BackendKey;
 use crate::config::SslMode;
-use crate::metrics::Metrics;
 use crate::protocol::startup::{StartupMessage, StartupPacket, read_startup_packet};
 use crate::protocol::{PgError, SqlState};
 use crate::state::Generation;
+use crate::stats::Metrics;
 use crate::stream::Stream;
 use crate::tls::acceptor::ALPN_POSTGRESQL;
 

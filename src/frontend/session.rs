@@ -788,7 +788,7 @@ impl ClientSession {
         };
         let new = pins - was_pinned;
         if !new.is_empty() {
-            self.shared.metrics.pinned(new);
+            self.shared.metrics.pinned(new.names());
             tracing::info!(reason = %pins, "server pinned to its client for session state");
         }
         if self.params != server.session_settings {

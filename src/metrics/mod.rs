@@ -7,128 +7,15 @@ mod http;
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::state::Shared;
 
+pub use crate::stats::{Metrics, handshake_failure_reason};
 pub use http::serve;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "pgmoat";
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HandshakeLabels {
-    result: &'static str,
-    reason: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-/// Counters for events outside the pools. Cloning shares the counters.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    tls_handshakes: Family<HandshakeLabels, Counter>,
-    auth_failures: Counter,
-    reloads: Family<ResultLabels, Counter>,
-    cancel_requests: Family<ResultLabels, Counter>,
-    pins: Family<ReasonLabels, Counter>,
-}
-
-impl Metrics {
-    /// A CancelRequest from a client, by what became of it (`forwarded`, `unknown_key`,
-    /// `no_server`, `client_limit`, `total_limit`, `failed`).
-    pub fn cancel_request(&self, result: &'static str) {
-        self.cancel_requests
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
-    /// How many cancel requests ended as `result` so far.
-    pub fn cancel_requests(&self, result: &'static str) -> u64 {
-        self.cancel_requests
-            .get_or_create(&ResultLabels { result })
-            .get()
-    }
-
-    /// A server was pinned to its client, once per reason that newly appeared.
-    pub fn pinned(&self, reasons: crate::backend::PinReasons) {
-        for (flag, reason) in crate::backend::PinReasons::NAMES {
-            if reasons.contains(flag) {
-                self.pins.get_or_create(&ReasonLabels { reason }).inc();
-            }
-        }
-    }
-
-    pub fn tls_handshake_ok(&self) {
-        self.tls_handshakes
-            .get_or_create(&HandshakeLabels {
-                result: "ok",
-                reason: "",
-            })
-            .inc();
-    }
-
-    pub fn tls_handshake_failed(&self, error: &std::io::Error) {
-        self.tls_handshakes
-            .get_or_create(&HandshakeLabels {
-                result: "failed",
-                reason: handshake_failure_reason(error),
-            })
-            .inc();
-    }
-
-    pub fn auth_failed(&self) {
-        self.auth_failures.inc();
-    }
-
-    pub fn reloaded(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
-        self.reloads.get_or_create(&ResultLabels { result }).inc();
-    }
-
-    pub fn auth_failures(&self) -> u64 {
-        self.auth_failures.get()
-    }
-}
-
-/// A short, stable label for why a client's TLS handshake failed (never the raw message,
-/// which would make label values unbounded).
-pub fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error};
-    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
-        return match error.kind() {
-            std::io::ErrorKind::UnexpectedEof => "eof",
-            std::io::ErrorKind::TimedOut => "timeout",
-            _ => "io",
-        };
-    };
-    match tls {
-        Error::NoCertificatesPresented => "no_client_certificate",
-        Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "certificate_expired",
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_issuer",
-        Error::InvalidCertificate(CertificateError::Revoked) => "certificate_revoked",
-        Error::InvalidCertificate(_) => "bad_certificate",
-        Error::PeerIncompatible(_) => "incompatible",
-        Error::AlertReceived(_) => "alert_received",
-        Error::InvalidMessage(_)
-        | Error::InappropriateMessage { .. }
-        | Error::InappropriateHandshakeMessage { .. } => "protocol_error",
-        _ => "other",
-    }
-}
 
 /// The registry of one scrape target: the counters in `shared.metrics`, the wait-time
 /// histograms and the collector that samples pools and certificates.
@@ -196,7 +83,7 @@ host = "127.0.0.1"
 "#;
         let config =
             Config::from_toml_str_with(text, Path::new("t.toml"), FileChecks::Skip).unwrap();
-        Shared::new(crate::lifecycle::load_generation(config, None).unwrap())
+        Shared::new(crate::generation::load_generation(config, None).unwrap())
     }
 
     #[test]

@@ -3,29 +3,35 @@
 //! configuration a reload replaced, without waiting for a client to trip over them, and keep
 //! min_pool_size connections open.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::retire_reason;
-use crate::state::Shared;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::{PoolRegistry, retire_reason};
+use crate::generation::Generation;
 
 const PERIOD: Duration = Duration::from_secs(1);
 
-pub async fn run_janitor(shared: Arc<Shared>) {
+pub async fn run_janitor(
+    pools: &PoolRegistry,
+    current: &ArcSwap<Generation>,
+    shutdown: &CancellationToken,
+) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
-        let generation = shared.snapshot();
+        let generation = current.load_full();
         let config = &generation.config;
         // Pools a reload made obsolete are retired here too, should a reload have raced
         // with a session creating one.
-        shared.pools.apply(&generation);
-        for pool in shared.pools.all() {
+        pools.apply(&generation);
+        for pool in pools.all() {
             // The same checks as at checkout, for connections nobody takes: a rotated
             // certificate reaches PostgreSQL without waiting for a client.
             pool.pool

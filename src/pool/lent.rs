@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{ServerManager, ServerPool, retire_reason};
 use crate::backend::lifecycle::{Facts, ResetNeed, Step, next_step};
 use crate::backend::{CloseReason, ServerConn, ServerState};
-use crate::state::Generation;
+use crate::generation::Generation;
 
 /// How long a handed-back server waits for its cancels before it is closed instead. A cancel
 /// is itself bounded by server_connect_timeout (connect) and a few seconds (PostgreSQL closing

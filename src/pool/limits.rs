@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+
+pub use crate::backend::ConnectionPermits;
 
 /// Semaphores by name, each sized by the limit it was created with (0 = unlimited: none).
 #[derive(Default)]
@@ -31,17 +33,5 @@ impl NamedLimits {
                 Some(sem)
             }
         }
-    }
-}
-
-/// Permits a server connection holds for its lifetime.
-#[derive(Default)]
-pub struct ConnectionPermits {
-    _permits: Vec<OwnedSemaphorePermit>,
-}
-
-impl ConnectionPermits {
-    pub fn new(permits: Vec<OwnedSemaphorePermit>) -> Self {
-        ConnectionPermits { _permits: permits }
     }
 }

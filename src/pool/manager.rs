@@ -11,7 +11,7 @@ use super::{CrossPoolLimits, PoolKey};
 use crate::backend::{
     BackendError, BackendTarget, CloseReason, ConnectOptions, ServerConn, ServerState, connect,
 };
-use crate::state::Generation;
+use crate::generation::Generation;
 use crate::stats::{Registry, ServerEntry, TlsSummary};
 
 pub struct ServerManager {

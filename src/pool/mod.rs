@@ -22,6 +22,7 @@ mod janitor;
 mod lent;
 mod limits;
 mod manager;
+mod pause;
 mod pins;
 
 use std::collections::HashMap;
@@ -35,24 +36,18 @@ use tokio::sync::Semaphore;
 
 use crate::backend::{BackendError, BackendTarget};
 use crate::config::{Config, PoolMode, SessionState};
-use crate::state::Generation;
+use crate::generation::Generation;
 use crate::stats::{Registry, ServerEntry};
 
+pub use crate::stats::PoolKey;
 pub use error::PoolError;
 pub use janitor::run_janitor;
 pub use lent::Lent;
 pub use limits::ConnectionPermits;
 use limits::NamedLimits;
 pub use manager::{ServerManager, close_needed, retire_reason};
+pub use pause::{PauseError, PauseGate};
 pub use pins::{PinSlot, PinSlots};
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PoolKey {
-    /// The database name as the client asked for it.
-    pub database: String,
-    /// The user pgmoat logs in to PostgreSQL as.
-    pub user: String,
-}
 
 /// The per-database settings a pool was built with.
 #[derive(Debug, Clone, PartialEq)]

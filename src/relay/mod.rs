@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::backend::ServerConn;
+pub use crate::backend::SpareBuffers;
 use crate::protocol::ProtocolError;
 use crate::protocol::error::ErrorFields;
 use crate::protocol::messages::parse_parameter_status;
@@ -42,15 +43,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Idle clients are most of a pooler's clients, so they must not each hold a buffer; the
 /// relay's large buffers travel with the server connection instead ([`SpareBuffers`]).
 const IDLE_READ: usize = 512;
-
-/// The client direction's large buffers, kept by a server connection between uses and lent
-/// to whichever client holds that server. Memory for relay buffers thus grows with the
-/// number of server connections, not with the number of (mostly idle) clients.
-#[derive(Debug, Default)]
-pub struct SpareBuffers {
-    buf: BytesMut,
-    out: BytesMut,
-}
 
 /// One direction's buffers. Zero-copy mode forwards `buf[..ready]` in place; translate mode
 /// (client direction with prepared statements) moves messages into `out` first.

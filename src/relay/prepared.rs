@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+pub use crate::backend::ServerStatements;
 use crate::protocol::messages::write_message;
 
 /// Closing a statement that does not exist is not an error, and answers CloseComplete.
@@ -106,55 +107,6 @@ impl ClientStatements {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
-    }
-}
-
-/// What one server has prepared, least recently used first out.
-#[derive(Debug, Default)]
-pub struct ServerStatements {
-    last_used: HashMap<Arc<str>, u64>,
-    tick: u64,
-}
-
-impl ServerStatements {
-    pub fn contains(&self, name: &str) -> bool {
-        self.last_used.contains_key(name)
-    }
-
-    pub fn touch(&mut self, name: &Arc<str>) {
-        self.tick += 1;
-        self.last_used.insert(name.clone(), self.tick);
-    }
-
-    pub fn remove(&mut self, name: &str) {
-        self.last_used.remove(name);
-    }
-
-    pub fn clear(&mut self) {
-        self.last_used.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.last_used.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.last_used.is_empty()
-    }
-
-    /// The least recently used name, removed, when the set is at `max` and `keep` is not
-    /// among them.
-    pub fn evict_for(&mut self, max: usize, keep: &str) -> Option<Arc<str>> {
-        if self.last_used.len() < max.max(1) || self.contains(keep) {
-            return None;
-        }
-        let victim = self
-            .last_used
-            .iter()
-            .min_by_key(|(_, tick)| **tick)
-            .map(|(name, _)| name.clone())?;
-        self.last_used.remove(&victim);
-        Some(victim)
     }
 }
 

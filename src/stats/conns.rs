@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 
+use super::PoolKey;
 use super::unix_micros;
-use crate::pool::PoolKey;
 use crate::stream::TlsInfo;
 
 /// Connections alive right now, by id. Entries are added when a connection starts and

@@ -3,6 +3,7 @@
 //! servers alive right now, which change once per connection and are read when someone asks.
 
 mod conns;
+mod events;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,12 +13,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::pool::PoolKey;
-
 pub use conns::{
     ClientEntry, ClientRegistration, ClientState, Registration, Registry, ServerEntry,
     ServerRegistration, ShownState, TlsSummary,
 };
+pub use events::{Metrics, handshake_failure_reason};
+
+/// What pools, their counters and their gauges are keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// The database name as the client asked for it.
+    pub database: String,
+    /// The user pgmoat logs in to PostgreSQL as.
+    pub user: String,
+}
 
 /// PgBouncer's default stats_period: averages cover roughly this much recent time.
 const STATS_PERIOD: Duration = Duration::from_secs(60);

@@ -1,0 +1,98 @@
+//! One generation of everything a reload replaces: the config, the TLS material both ways and
+//! auth_file, loaded and checked as a whole before it is swapped in (a bad one changes
+//! nothing). Pools, cancels and sessions read the current generation; this module reads only
+//! config, tls and auth.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::auth::{AuthError, ScramCache, UserList};
+use crate::config::Config;
+use crate::tls::{TlsError, TlsState};
+
+/// Why a generation could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    // Transparent: main prints the whole source chain.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("auth_file: {0}")]
+    Auth(#[from] AuthError),
+}
+
+/// Everything a reload replaces, validated as a whole before it is swapped in.
+pub struct Generation {
+    pub id: u64,
+    pub config: Arc<Config>,
+    pub tls: Arc<TlsState>,
+    /// Changes only when the TLS material towards PostgreSQL changes, so idle server
+    /// connections are retired only when they were made with old certificates.
+    pub tls_epoch: u64,
+    /// Digest of the PostgreSQL-facing TLS files as they were read for this generation.
+    pub server_tls_fingerprint: u64,
+    pub users: Arc<UserList>,
+    pub scram_cache: ScramCache,
+}
+
+/// Loads everything a generation needs from `config`. `previous` keeps the TLS epoch when
+/// the PostgreSQL-facing TLS material did not change.
+pub fn load_generation(
+    config: Config,
+    previous: Option<&Generation>,
+) -> Result<Generation, LoadError> {
+    let tls = TlsState::load(&config)?;
+    let users = match &config.auth_file {
+        Some(path) => UserList::load(path)?,
+        None => UserList::default(),
+    };
+    let fingerprint = server_tls_fingerprint(&config);
+    let (id, tls_epoch) = match previous {
+        // Compared with what the previous generation read then, not with the files now.
+        Some(prev) if prev.server_tls_fingerprint == fingerprint => (prev.id + 1, prev.tls_epoch),
+        Some(prev) => (prev.id + 1, prev.tls_epoch + 1),
+        None => (1, 1),
+    };
+    Ok(Generation {
+        id,
+        config: Arc::new(config),
+        tls: Arc::new(tls),
+        tls_epoch,
+        server_tls_fingerprint: fingerprint,
+        users: Arc::new(users),
+        scram_cache: Default::default(),
+    })
+}
+
+/// Identity of the TLS material towards PostgreSQL: mode and the bytes of the files.
+fn server_tls_fingerprint(config: &Config) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!(
+        "{:?}{:?}",
+        config.server_tls_sslmode, config.server_tls_protocols
+    )
+    .hash(&mut hasher);
+    for path in [
+        &config.server_tls_ca_file,
+        &config.server_tls_cert_file,
+        &config.server_tls_key_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Logs the days left of every loaded certificate, warning from cert_expiry_warn_days on.
+pub fn log_certificate_expiry(generation: &Generation) {
+    let warn_days = i64::from(generation.config.cert_expiry_warn_days);
+    for cert in &generation.tls.certs {
+        let days = cert.days_left();
+        if days <= warn_days {
+            tracing::warn!(setting = cert.setting, file = %cert.path, subject = %cert.subject, days_left = days, not_after = %cert.not_after, "certificate expires soon");
+        } else {
+            tracing::info!(setting = cert.setting, file = %cert.path, subject = %cert.subject, days_left = days, "certificate loaded");
+        }
+    }
+}
