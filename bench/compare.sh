@@ -13,6 +13,9 @@
 #   --idle N         idle TLS clients for the memory-per-client figure (default 2000)
 #   --idle-max N     idle TLS clients held on pgmoat with a pool of 20 (default 10000)
 #   --harness DIR    the shared harness (default ../shared/bench beside the repository)
+#   --baseline REV   instead: this tree's pgmoat against the build of git revision REV (or
+#                    --baseline-bin FILE), alternating on one PostgreSQL, CPU per transaction
+#                    with the run-to-run spread; see bench/baseline.sh (writes baseline.md)
 #
 # Run as root: the harness runs PostgreSQL and PgBouncer as the postgres account. Everything
 # it starts runs on free loopback ports in a temporary directory and is stopped on exit.
@@ -31,7 +34,12 @@ pool_size=20
 latency_clients=32
 known_workloads=" select1 select1-mtls select1-plain extended prepared tpcb connect "
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+for arg in "$@"; do
+    case $arg in
+        --baseline|--baseline-bin) exec "$repo/bench/baseline.sh" "$@" ;;
+    esac
+done
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
