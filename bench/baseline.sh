@@ -75,6 +75,7 @@ cleanup() {
     [ -n "$work" ] && [ -f "$work/pg/PG_VERSION" ] && "$harness/pg.sh" stop "$work/pg"
     [ -n "$work" ] && rm -rf "$work"
     [ -n "${worktree:-}" ] && git -C "$repo" worktree remove --force "$worktree" 2>/dev/null
+    [ "$rc" = 0 ] || echo "baseline.sh: FAILED (exit $rc)" >&2
     exit "$rc"
 }
 trap cleanup EXIT
@@ -94,7 +95,10 @@ if [ -n "$baseline_rev" ]; then
 else
     baseline_name=$(basename "$baseline_bin")
 fi
-current_name="$(git -C "$repo" rev-parse --short HEAD)$([ -n "$(git -C "$repo" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock)" ] && echo -dirty)"
+current_name=$(git -C "$repo" rev-parse --short HEAD)
+if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock)" ]; then
+    current_name="$current_name-dirty"
+fi
 
 work=$(mktemp -d /tmp/pgmoat-baseline.XXXXXX)
 chmod 755 "$work"

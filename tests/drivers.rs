@@ -149,3 +149,65 @@ fn pgjdbc_named_statements_over_3_backends() {
     );
     assert!(db.backends_of("alice") <= 3);
 }
+
+/// The session state a new user tries first (tests/drivers/psycopg_session_state.py and
+/// PgjdbcSessionState.java): SET ROLE and search_path stay with their connection, a temp table,
+/// an advisory lock, LISTEN, SQL PREPARE and a WITH HOLD cursor survive their transaction for
+/// their owner only, notifications arrive while idle, and a cancel stops only its own query.
+fn session_state_pool(pki: &Pki, db: &TestDb) -> Pgmoat {
+    db.sql(
+        APP_DB,
+        "CREATE ROLE tenant_a; GRANT tenant_a TO alice; GRANT TEMPORARY ON DATABASE app TO alice",
+    );
+    transaction_pool(pki, db, 2)
+}
+
+#[test]
+fn psycopg_session_state_follows_its_connection() {
+    let python = venv_python();
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = session_state_pool(&pki, &db);
+    let out = run_script(
+        &python,
+        "psycopg_session_state.py",
+        &moat,
+        &pki,
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n--- pgmoat log tail ---\n{}",
+        output_text(&out),
+        log_tail(&moat)
+    );
+}
+
+#[test]
+fn pgjdbc_session_state_follows_its_connection() {
+    let jar = Path::new("/usr/share/java/postgresql.jar");
+    assert!(jar.exists(), "pgjdbc is missing (.ci/run installs it)");
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = session_state_pool(&pki, &db);
+    let source = root()
+        .join("tests")
+        .join("drivers")
+        .join("PgjdbcSessionState.java");
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(jar)
+        .arg(&source)
+        .arg(moat.port().to_string())
+        .arg(&pki.ca)
+        .arg(ALICE_PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running java: {e}"));
+    assert!(
+        out.status.success(),
+        "{}\n--- pgmoat log tail ---\n{}",
+        output_text(&out),
+        log_tail(&moat)
+    );
+}
