@@ -371,3 +371,48 @@ async fn metrics_parse_with_the_prometheus_client_library() {
     );
     drop(client);
 }
+
+/// A pinned client shows as `state="pinned"` and its pin is counted by reason; cancel
+/// requests are counted by what became of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_and_cancels_are_counted() {
+    let s = setup();
+    s._db
+        .sql(APP_DB, "GRANT TEMPORARY ON DATABASE app TO alice");
+    let client = moat_client(&s.pgmoat, &s.pki, "alice").await;
+    client
+        .batch_execute("CREATE TEMP TABLE t (x int)")
+        .await
+        .unwrap();
+    let pinned = format!(r#"pgmoat_clients{{database="app",user="alice",state="pinned"}}"#);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(s.metrics_port, "/metrics").await;
+        if sample(&body, &pinned) == Some(1.0) {
+            assert_eq!(
+                sample(&body, r#"pgmoat_pins_total{reason="temp_table"}"#),
+                Some(1.0),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never pinned:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An idle client's cancel (no pinned server here: a second client) is dropped, counted.
+    let idle = moat_raw(&s.pgmoat, &s.pki, "alice", &[]).await;
+    send_cancel_request(s.pgmoat.port(), idle.pid, idle.secret).await;
+    let series = r#"pgmoat_cancel_requests_total{result="no_server"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(s.metrics_port, "/metrics").await;
+        if sample(&body, series) == Some(1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not counted:\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
