@@ -384,11 +384,11 @@ async fn pins_and_cancels_are_counted() {
         .batch_execute("CREATE TEMP TABLE t (x int)")
         .await
         .unwrap();
-    let pinned = format!(r#"pgmoat_clients{{database="app",user="alice",state="pinned"}}"#);
+    let pinned = r#"pgmoat_clients{database="app",user="alice",state="pinned"}"#;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, body) = get(s.metrics_port, "/metrics").await;
-        if sample(&body, &pinned) == Some(1.0) {
+        if sample(&body, pinned) == Some(1.0) {
             assert_eq!(
                 sample(&body, r#"pgmoat_pins_total{reason="temp_table"}"#),
                 Some(1.0),
