@@ -114,35 +114,10 @@ fn log_tail(moat: &Pgmoat) -> String {
 /// statements from 12 connections over 3 backends, and a prepared INSERT in a transaction.
 #[test]
 fn pgjdbc_named_statements_over_3_backends() {
-    let jar = Path::new("/usr/share/java/postgresql.jar");
-    assert!(
-        jar.exists(),
-        "pgjdbc is missing: apt-get install -y libpostgresql-jdbc-java default-jre-headless \
-         (.ci/run does this)"
-    );
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let moat = transaction_pool(&pki, &db, 3);
-    let source = root()
-        .join("tests")
-        .join("drivers")
-        .join("PgjdbcCheck.java");
-    let out = Command::new("java")
-        .arg("-cp")
-        .arg(jar)
-        .arg(&source)
-        .arg(moat.port().to_string())
-        .arg(&pki.ca)
-        .arg(ALICE_PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running java (apt-get install -y default-jre-headless): {e}"));
-    assert!(
-        out.status.success(),
-        "{}\n--- pgmoat log tail ---\n{}",
-        output_text(&out),
-        log_tail(&moat)
-    );
+    run_java("PgjdbcCheck.java", &moat, &pki);
     assert_eq!(
         db.count("SELECT count(*) FROM items WHERE v LIKE 'pgjdbc-%'"),
         12 * 10
@@ -185,15 +160,22 @@ fn psycopg_session_state_follows_its_connection() {
 
 #[test]
 fn pgjdbc_session_state_follows_its_connection() {
-    let jar = Path::new("/usr/share/java/postgresql.jar");
-    assert!(jar.exists(), "pgjdbc is missing (.ci/run installs it)");
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let moat = session_state_pool(&pki, &db);
-    let source = root()
-        .join("tests")
-        .join("drivers")
-        .join("PgjdbcSessionState.java");
+    run_java("PgjdbcSessionState.java", &moat, &pki);
+}
+
+/// Runs a single-file Java program of tests/drivers with pgjdbc (Debian's
+/// libpostgresql-jdbc-java) against `moat`; panics with its output and pgmoat's log on failure.
+fn run_java(program: &str, moat: &Pgmoat, pki: &Pki) {
+    let jar = Path::new("/usr/share/java/postgresql.jar");
+    assert!(
+        jar.exists(),
+        "pgjdbc is missing: apt-get install -y libpostgresql-jdbc-java default-jre-headless \
+         (.ci/run does this)"
+    );
+    let source = root().join("tests").join("drivers").join(program);
     let out = Command::new("java")
         .arg("-cp")
         .arg(jar)
@@ -203,11 +185,11 @@ fn pgjdbc_session_state_follows_its_connection() {
         .arg(ALICE_PASSWORD)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("running java: {e}"));
+        .unwrap_or_else(|e| panic!("running java (apt-get install -y default-jre-headless): {e}"));
     assert!(
         out.status.success(),
         "{}\n--- pgmoat log tail ---\n{}",
         output_text(&out),
-        log_tail(&moat)
+        log_tail(moat)
     );
 }

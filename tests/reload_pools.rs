@@ -114,20 +114,37 @@ async fn reload_keeps_everyone_working(pki: &Pki, db: &TestDb, change: Change) {
     );
 }
 
+impl Change {
+    /// A change that only needs the new config; nothing else to tell PostgreSQL.
+    fn new(before: ConfigBuilder, after: ConfigBuilder) -> Change {
+        Change {
+            before,
+            after,
+            server_side: None,
+            new_password: ALICE_PASSWORD,
+            shows_new_pool: ("SELECT 'ok'", "ok"),
+        }
+    }
+
+    fn shows(mut self, query: &'static str, expected: &'static str) -> Change {
+        self.shows_new_pool = (query, expected);
+        self
+    }
+
+    /// alice's password changes in PostgreSQL just before the reload.
+    fn renews_password(mut self) -> Change {
+        self.server_side = Some("ALTER ROLE alice PASSWORD 'alice-renewed'");
+        self
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn host_change() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let before = base(&pki, &db);
     let after = before.clone().server_host("127.0.0.1");
-    let change = Change {
-        before,
-        after,
-        server_side: None,
-        new_password: ALICE_PASSWORD,
-        shows_new_pool: ("SELECT 'ok'", "ok"),
-    };
-    reload_keeps_everyone_working(&pki, &db, change).await;
+    reload_keeps_everyone_working(&pki, &db, Change::new(before, after)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,14 +154,7 @@ async fn port_change() {
     let tap = TcpTap::start(db.port()).await;
     let before = base(&pki, &db);
     let after = before.clone().server_port(tap.port());
-    let change = Change {
-        before,
-        after,
-        server_side: None,
-        new_password: ALICE_PASSWORD,
-        shows_new_pool: ("SELECT 'ok'", "ok"),
-    };
-    reload_keeps_everyone_working(&pki, &db, change).await;
+    reload_keeps_everyone_working(&pki, &db, Change::new(before, after)).await;
     assert!(
         !tap.first_codes().is_empty(),
         "the new pool did not connect through the new port"
@@ -158,13 +168,7 @@ async fn dbname_change() {
     db.sql("app2", "GRANT USAGE, CREATE ON SCHEMA public TO PUBLIC");
     let before = base(&pki, &db);
     let after = before.clone().server_dbname("app2");
-    let change = Change {
-        before,
-        after,
-        server_side: None,
-        new_password: ALICE_PASSWORD,
-        shows_new_pool: ("SELECT current_database()", "app2"),
-    };
+    let change = Change::new(before, after).shows("SELECT current_database()", "app2");
     reload_keeps_everyone_working(&pki, &db, change).await;
 }
 
@@ -174,13 +178,7 @@ async fn user_change() {
     let db = TestDb::start(&pki);
     let before = base(&pki, &db).database_line("user = \"alice\"");
     let after = base(&pki, &db).database_line("user = \"bob\"");
-    let change = Change {
-        before,
-        after,
-        server_side: None,
-        new_password: ALICE_PASSWORD,
-        shows_new_pool: ("SELECT current_user", "bob"),
-    };
+    let change = Change::new(before, after).shows("SELECT current_user", "bob");
     reload_keeps_everyone_working(&pki, &db, change).await;
 }
 
@@ -190,14 +188,8 @@ async fn entry_password_change() {
     let db = TestDb::start(&pki);
     let before = base(&pki, &db).database_line(&format!("password = \"{ALICE_PASSWORD}\""));
     let after = base(&pki, &db).database_line(&format!("password = \"{NEW_PASSWORD}\""));
-    let change = Change {
-        before,
-        after,
-        server_side: Some("ALTER ROLE alice PASSWORD 'alice-renewed'"),
-        // Clients still log in to pgmoat with the auth_file password.
-        new_password: ALICE_PASSWORD,
-        shows_new_pool: ("SELECT 'ok'", "ok"),
-    };
+    // Clients still log in to pgmoat with the auth_file password.
+    let change = Change::new(before, after).renews_password();
     reload_keeps_everyone_working(&pki, &db, change).await;
 }
 
@@ -207,13 +199,8 @@ async fn auth_file_password_change() {
     let db = TestDb::start(&pki);
     let before = base(&pki, &db);
     let after = base(&pki, &db).userlist(&[("alice", NEW_PASSWORD), ("bob", BOB_PASSWORD)]);
-    let change = Change {
-        before,
-        after,
-        server_side: Some("ALTER ROLE alice PASSWORD 'alice-renewed'"),
-        new_password: NEW_PASSWORD,
-        shows_new_pool: ("SELECT 'ok'", "ok"),
-    };
+    let mut change = Change::new(before, after).renews_password();
+    change.new_password = NEW_PASSWORD;
     reload_keeps_everyone_working(&pki, &db, change).await;
 }
 
@@ -226,14 +213,7 @@ async fn pool_mode_change() {
     let after = base(&pki, &db)
         .set_str("pool_mode", "session")
         .set("default_pool_size", "4");
-    let change = Change {
-        before,
-        after,
-        server_side: None,
-        new_password: ALICE_PASSWORD,
-        shows_new_pool: ("SELECT 'ok'", "ok"),
-    };
-    reload_keeps_everyone_working(&pki, &db, change).await;
+    reload_keeps_everyone_working(&pki, &db, Change::new(before, after)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,12 +223,5 @@ async fn pool_size_change_across_worker_shares() {
     // With two workers a pool of 1 is one share and a pool of 8 is two.
     let before = base(&pki, &db).set("worker_threads", "2");
     let after = before.clone().set("default_pool_size", "8");
-    let change = Change {
-        before,
-        after,
-        server_side: None,
-        new_password: ALICE_PASSWORD,
-        shows_new_pool: ("SELECT 'ok'", "ok"),
-    };
-    reload_keeps_everyone_working(&pki, &db, change).await;
+    reload_keeps_everyone_working(&pki, &db, Change::new(before, after)).await;
 }

@@ -707,19 +707,20 @@ impl ClientSession {
         generation: &Generation,
     ) -> Next {
         let was_pinned = server.state().pinned();
-        let reset_always = generation.config.server_reset_query_always
-            && !generation.config.server_reset_query.trim().is_empty();
+        // With server_reset_query_always, every server going back to the pool is reset.
+        let reset = if generation.config.server_reset_query_always
+            && !generation.config.server_reset_query.trim().is_empty()
+        {
+            ResetNeed::ResetQuery
+        } else {
+            ResetNeed::Nothing
+        };
         if !effects.needs_probe(!was_pinned.is_empty()) {
             if !was_pinned.is_empty() {
                 self.hold(server, was_pinned, slot);
                 return Next::Continue;
             }
             drop(slot);
-            let reset = if reset_always {
-                ResetNeed::ResetQuery
-            } else {
-                ResetNeed::Nothing
-            };
             self.release(server, reset, generation).await;
             return Next::Continue;
         }
@@ -760,11 +761,6 @@ impl ClientSession {
                 self.entry.set_pinned(0);
             }
             drop(slot);
-            let reset = if reset_always {
-                ResetNeed::ResetQuery
-            } else {
-                ResetNeed::Nothing
-            };
             self.release(server, reset, generation).await;
             return Next::Continue;
         }

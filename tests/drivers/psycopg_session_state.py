@@ -14,19 +14,8 @@ import time
 
 import psycopg
 
-
-def conninfo():
-    return psycopg.conninfo.make_conninfo(
-        host="localhost",
-        hostaddr="127.0.0.1",
-        port=os.environ["PGMOAT_PORT"],
-        user="alice",
-        password=os.environ["PGMOAT_PASSWORD"],
-        dbname="app",
-        sslmode="verify-full",
-        sslrootcert=os.environ["PGMOAT_CA"],
-        connect_timeout="10",
-    )
+# The same connection settings as the other psycopg check (this directory is on sys.path).
+from psycopg_checks import conninfo
 
 
 def one(conn, sql, params=None):
