@@ -173,6 +173,7 @@ fn bench_translate(c: &mut Criterion) {
             server: &mut server,
             queue: &mut queue,
             max_prepared: 200,
+            pin_budget: None,
         };
         translate(
             &mut warm,
@@ -202,6 +203,7 @@ fn bench_translate(c: &mut Criterion) {
                     server: &mut server,
                     queue,
                     max_prepared: 200,
+                    pin_budget: None,
                 };
                 translate(input, out, &mut remaining, &mut TxState::default(), &mut tr)
                     .expect("well-formed input");

@@ -400,3 +400,55 @@ async fn a_pinned_client_keeps_its_server_across_a_reload_that_replaces_its_pool
     );
     assert_ne!(pid(&a).await, pinned);
 }
+
+/// Inside an open transaction too: at the limit, a statement that would pin is refused before
+/// it runs (PostgreSQL raises the refusal in its place, so the transaction is aborted as for
+/// any failed statement), with prepared statements pooled and without.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_limit_a_pinning_statement_inside_a_transaction_is_refused_too() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    db.sql(APP_DB, "GRANT TEMPORARY ON DATABASE app TO alice");
+    for max_prepared in ["200", "0"] {
+        let moat = Pgmoat::start(
+            &pinning_config(&pki, &db)
+                .set("max_prepared_statements", max_prepared)
+                .build(),
+        );
+        let a = moat_client(&moat, &pki, "alice").await;
+        let b = moat_client(&moat, &pki, "alice").await;
+        a.batch_execute("CREATE TEMP TABLE a_only (x int)")
+            .await
+            .unwrap();
+        b.batch_execute("BEGIN; INSERT INTO items (v) VALUES ('in b''s transaction')")
+            .await
+            .unwrap();
+        let err = b
+            .batch_execute("CREATE TEMP TABLE b_too (x int)")
+            .await
+            .expect_err("a second pin beyond max_pinned_servers = 1");
+        let db_err = err.as_db_error().unwrap();
+        assert_eq!(db_err.code().code(), "53300", "{db_err:?}");
+        assert!(
+            db_err.message().contains("max_pinned_servers"),
+            "{db_err:?}"
+        );
+        b.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(
+            db.count("SELECT count(*) FROM items WHERE v = 'in b''s transaction'"),
+            0,
+            "max_prepared_statements = {max_prepared}: the transaction was rolled back"
+        );
+        assert_eq!(text_value(&b, "SELECT 'on'").await, "on");
+        // Positive control: with a free place, the same statement inside a transaction pins.
+        a.batch_execute("DROP TABLE a_only").await.unwrap();
+        let console = moat_console(&moat, &pki, "alice").await;
+        wait_unpinned(&console).await;
+        b.batch_execute("BEGIN").await.unwrap();
+        b.batch_execute("CREATE TEMP TABLE b_too (x int)")
+            .await
+            .unwrap();
+        b.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(text_value(&b, "SELECT count(*) FROM b_too").await, "0");
+    }
+}

@@ -17,12 +17,12 @@ use crate::backend::scram_keys::ScramKeys;
 use crate::backend::{BackendKey, CloseReason, PinReasons, ResetNeed, ServerState};
 use crate::cancel::CancelTarget;
 use crate::config::{PoolMode, SessionState};
-use crate::pool::{Lent, PinSlot, PoolError, PoolKey, PoolSettings, ServerPool};
+use crate::pool::{Lent, PinSlot, PinSlots, PoolError, PoolKey, PoolSettings, ServerPool};
 use crate::protocol::{PgError, SqlState};
 use crate::relay::effects::Effects;
 use crate::relay::prepared::ClientStatements;
 use crate::relay::translate::{IdleBatch, answer_locally, classify_idle};
-use crate::relay::{HalfBuffer, Relay, RelayEnd, ReleaseWhen, TxState};
+use crate::relay::{HalfBuffer, PinBudget, Relay, RelayEnd, ReleaseWhen, TxState};
 use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
@@ -44,6 +44,27 @@ struct Held {
     why: PinReasons,
     /// Its place under max_pinned_servers (none in session mode).
     _slot: Option<PinSlot>,
+}
+
+/// The pool's limit on pinned servers as the relay asks it, for a statement that would pin
+/// sent inside an open transaction: a place is reserved, or the statement refused.
+struct PinAllowance {
+    slots: Arc<PinSlots>,
+    limit: usize,
+    slot: Option<PinSlot>,
+}
+
+impl PinBudget for PinAllowance {
+    fn allow_pin(&mut self, why: PinReasons) -> bool {
+        if self.slot.is_some() {
+            return true;
+        }
+        self.slot = self.slots.try_reserve(self.limit);
+        if self.slot.is_none() {
+            tracing::info!(pinned = self.slots.count(), limit = self.limit, reason = %why, "statement refused inside a transaction: the pool's limit on pinned servers is reached");
+        }
+        self.slot.is_some()
+    }
 }
 
 pub struct ClientSession {
@@ -549,10 +570,16 @@ impl ClientSession {
             return Next::Continue;
         }
         let mut tx = TxState::default();
+        let mut allowance = PinAllowance {
+            slots: self.pool.pins.clone(),
+            limit: self.max_pinned,
+            slot: reserved,
+        };
+        let budget = (self.session_state == SessionState::Pin).then_some(&mut allowance);
         let end = self
-            .relay(client_half, &mut server, &mut tx, ReleaseWhen::Idle)
+            .relay(client_half, &mut server, &mut tx, ReleaseWhen::Idle, budget)
             .await;
-        self.after_relay(server, end, tx, reserved, &generation)
+        self.after_relay(server, end, tx, allowance.slot, &generation)
             .await
     }
 
@@ -574,7 +601,9 @@ impl ClientSession {
         };
         let mut tx = TxState::default();
         self.entry.set_active(server.id);
-        let end = self.relay(client_half, &mut server, &mut tx, release).await;
+        let end = self
+            .relay(client_half, &mut server, &mut tx, release, None)
+            .await;
         let generation = self.shared.snapshot();
         if why.contains(PinReasons::SESSION_MODE) {
             // Session mode ends a relay only when the client leaves or pgmoat drains.
@@ -615,6 +644,7 @@ impl ClientSession {
         server: &mut Lent,
         tx: &mut TxState,
         release: ReleaseWhen,
+        budget: Option<&mut PinAllowance>,
     ) -> RelayEnd {
         let max_prepared = self.shared.snapshot().config.max_prepared_statements;
         let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
@@ -635,6 +665,7 @@ impl ClientSession {
                 .then(|| Box::pin(self.shared.shutdown.clone().cancelled_owned())),
             server_fatal: None,
             completed: false,
+            pin_budget: budget.map(|b| b as &mut (dyn PinBudget + Send)),
         }
         .run()
         .await;

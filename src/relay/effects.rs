@@ -557,6 +557,26 @@ impl Word {
     }
 }
 
+/// A Query message that makes PostgreSQL refuse, in its place, a statement that would pin
+/// its client's server beyond max_pinned_servers: the error comes in order with the other
+/// answers, and a transaction it is part of is aborted, as with any failed statement.
+pub fn refusal_query(why: PinReasons) -> Vec<u8> {
+    let sql = format!(
+        "DO $pgmoat$BEGIN RAISE EXCEPTION USING ERRCODE = '53300', MESSAGE = 'this statement \
+         would pin a server to this connection ({why}), and the pool''s limit on pinned servers \
+         (max_pinned_servers) is reached', DETAIL = 'pgmoat refused it before it ran.', HINT = \
+         'Retry once other clients release their session state, raise max_pinned_servers or \
+         the pool size, use transaction-scoped alternatives (ON COMMIT DROP, \
+         pg_advisory_xact_lock), or set session_state = \"reset\".'; END$pgmoat$"
+    );
+    let mut msg = Vec::with_capacity(sql.len() + 6);
+    msg.push(b'Q');
+    msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    msg
+}
+
 /// The effects of a Query (`Q`) or Parse (`P`) message body; nothing for other messages.
 #[inline]
 pub fn of_message(tag: u8, body: &[u8]) -> Effects {

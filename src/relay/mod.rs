@@ -230,6 +230,13 @@ impl ClientFault {
     }
 }
 
+/// Asked when a client that holds no pinned server sends, inside a transaction, a Query the
+/// keyword scan says would pin it: true reserves a place under max_pinned_servers, false (the
+/// limit is reached) has the relay refuse the statement before it runs.
+pub trait PinBudget {
+    fn allow_pin(&mut self, why: crate::backend::PinReasons) -> bool;
+}
+
 /// When a relay ends on its own (besides the client or server going away).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseWhen {
@@ -261,6 +268,8 @@ pub struct Relay<'a> {
     pub server_fatal: Option<ServerFatal>,
     /// The server has sent a CommandComplete or ReadyForQuery in this relay.
     pub completed: bool,
+    /// For an unpinned client: the pool's limit on pinned servers.
+    pub pin_budget: Option<&'a mut (dyn PinBudget + Send + 'static)>,
 }
 
 impl Relay<'_> {
@@ -472,6 +481,7 @@ impl Relay<'_> {
                     server: &mut self.server.statements,
                     queue: &mut self.completions,
                     max_prepared: *max_prepared,
+                    pin_budget: self.pin_budget.as_deref_mut(),
                 };
                 let progress = translate(
                     &mut half.buf,
@@ -484,7 +494,11 @@ impl Relay<'_> {
                 half.terminated |= progress.terminated;
                 Ok(())
             }
-            None => Ok(scan_client(self.client_half, self.tx)?),
+            None => Ok(scan_client_within(
+                self.client_half,
+                self.tx,
+                self.pin_budget.as_deref_mut(),
+            )?),
         }
     }
 
@@ -524,42 +538,129 @@ fn ready_for_query_seen(tx: &mut TxState, stats: &PoolStats) {
 /// ReadyForQuery, notes what the SQL of Query and Parse messages may do to the session, and
 /// stops at Terminate (which is not forwarded: the server stays open for the pool).
 pub fn scan_client(half: &mut HalfBuffer, tx: &mut TxState) -> Result<(), ProtocolError> {
-    let mut terminated = false;
-    let result = half.scanner.scan(
-        &half.buf,
-        half.ready,
-        |tag| matches!(tag, b'X' | b'Q' | b'P'),
-        |seen, _| {
-            let tag = match seen {
-                Seen::Whole(tag @ (b'Q' | b'P'), body) => {
-                    tx.effects |= effects::of_message(tag, body);
-                    tag
+    scan_client_within(half, tx, None)
+}
+
+/// [`scan_client`], with a Query that would pin beyond `budget` replaced by one that makes
+/// PostgreSQL refuse it in its place (see [`effects::refusal_query`]).
+pub fn scan_client_within(
+    half: &mut HalfBuffer,
+    tx: &mut TxState,
+    mut budget: Option<&mut (dyn PinBudget + Send + '_)>,
+) -> Result<(), ProtocolError> {
+    loop {
+        let mut terminated = false;
+        let mut refuse = None;
+        let result = half.scanner.scan(
+            &half.buf,
+            half.ready,
+            |tag| matches!(tag, b'X' | b'Q' | b'P'),
+            |seen, pos| {
+                let tag = match seen {
+                    Seen::Whole(tag @ (b'Q' | b'P'), body) => {
+                        let effects = effects::of_message(tag, body);
+                        if tag == b'Q' && over_budget(effects, tx.effects, budget.as_deref_mut()) {
+                            refuse = Some((pos, body.len() + 5, effects));
+                            return false;
+                        }
+                        tx.effects |= effects;
+                        tag
+                    }
+                    // Too big to hold for a look: pgmoat cannot tell what it does.
+                    Seen::Streamed(tag @ (b'Q' | b'P')) => {
+                        tx.effects |= Effects::UNKNOWN;
+                        tag
+                    }
+                    Seen::Whole(tag, _) | Seen::Streamed(tag) => tag,
+                };
+                match tag {
+                    b'X' => {
+                        terminated = true;
+                        return false;
+                    }
+                    tag => {
+                        tx.client_message(tag);
+                    }
                 }
-                // Too big to hold for a look: pgmoat cannot tell what it does.
-                Seen::Streamed(tag @ (b'Q' | b'P')) => {
-                    tx.effects |= Effects::UNKNOWN;
-                    tag
-                }
-                Seen::Whole(tag, _) | Seen::Streamed(tag) => tag,
-            };
-            match tag {
-                b'X' => {
-                    terminated = true;
-                    return false;
-                }
-                tag => {
-                    tx.client_message(tag);
-                }
-            }
-            true
-        },
-    )?;
-    half.ready = result.forward_to;
-    half.needed = result.needed;
-    if terminated {
-        half.terminated = true;
-        // Whatever follows Terminate is meaningless.
-        half.buf.truncate(half.ready);
+                true
+            },
+        )?;
+        half.ready = result.forward_to;
+        half.needed = result.needed;
+        if let Some((pos, len, effects)) = refuse {
+            let tail = half.buf.split_off(pos + len);
+            half.buf.truncate(pos);
+            half.buf
+                .extend_from_slice(&effects::refusal_query(effects.pin_reasons()));
+            half.buf.extend_from_slice(&tail);
+            continue;
+        }
+        if terminated {
+            half.terminated = true;
+            // Whatever follows Terminate is meaningless.
+            half.buf.truncate(half.ready);
+        }
+        return Ok(());
     }
-    Ok(())
+}
+
+/// A statement with `effects` would pin its client's server, none of the statements before
+/// it in this relay did, and the budget says no.
+#[inline]
+pub(crate) fn over_budget(
+    effects: Effects,
+    so_far: Effects,
+    budget: Option<&mut (dyn PinBudget + Send + '_)>,
+) -> bool {
+    effects.intersects(Effects::PINS)
+        && !so_far.intersects(Effects::PINS)
+        && budget.is_some_and(|b| !b.allow_pin(effects.pin_reasons()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Full;
+
+    impl PinBudget for Full {
+        fn allow_pin(&mut self, _: crate::backend::PinReasons) -> bool {
+            false
+        }
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m
+    }
+
+    #[test]
+    fn a_query_over_the_pin_budget_is_replaced_in_place() {
+        let mut half = HalfBuffer::new();
+        half.buf.extend_from_slice(&query("SELECT 1"));
+        half.buf
+            .extend_from_slice(&query("CREATE TEMP TABLE t (x int)"));
+        half.buf.extend_from_slice(&query("SELECT 2"));
+        let mut tx = TxState::default();
+        let mut full = Full;
+        scan_client_within(&mut half, &mut tx, Some(&mut full)).unwrap();
+        let refusal = effects::refusal_query(crate::backend::PinReasons::TEMP_TABLE);
+        let mut expected = query("SELECT 1");
+        expected.extend_from_slice(&refusal);
+        expected.extend_from_slice(&query("SELECT 2"));
+        assert_eq!(&half.buf[..], &expected[..]);
+        assert_eq!(half.ready, expected.len(), "all of it may be forwarded");
+        assert_eq!(tx.outstanding, 3);
+        assert!(!tx.effects.intersects(Effects::PINS));
+        // Without a budget (a pinned client) nothing is replaced.
+        let mut half = HalfBuffer::new();
+        half.buf
+            .extend_from_slice(&query("CREATE TEMP TABLE t (x int)"));
+        let mut tx = TxState::default();
+        scan_client_within(&mut half, &mut tx, None).unwrap();
+        assert!(tx.effects.contains(Effects::TEMP));
+    }
 }

@@ -37,6 +37,8 @@ pub struct Translator<'a> {
     pub server: &'a mut ServerStatements,
     pub queue: &'a mut CompletionQueue,
     pub max_prepared: usize,
+    /// For an unpinned client: the pool's limit on pinned servers (see `PinBudget`).
+    pub pin_budget: Option<&'a mut (dyn super::PinBudget + Send + 'static)>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -98,12 +100,21 @@ pub fn translate(
                 if tx.client_message(b'Q') {
                     tr.queue.batch_sent();
                 }
-                tx.effects |= if total > MAX_SMALL {
+                if total > MAX_SMALL {
                     // Too big to hold: pgmoat cannot tell what it does.
-                    Effects::UNKNOWN
-                } else {
-                    effects::of_message(b'Q', &input[Header::SIZE..total])
-                };
+                    tx.effects |= Effects::UNKNOWN;
+                    stream_through(input, out, remaining, total);
+                    continue;
+                }
+                let found = effects::of_message(b'Q', &input[Header::SIZE..total]);
+                if super::over_budget(found, tx.effects, tr.pin_budget.as_deref_mut()) {
+                    // PostgreSQL refuses it in its place, in order and inside the transaction.
+                    input.advance(total);
+                    out.extend_from_slice(&effects::refusal_query(found.pin_reasons()));
+                    tx.effects |= Effects::UNKNOWN;
+                    continue;
+                }
+                tx.effects |= found;
                 stream_through(input, out, remaining, total);
             }
             b'P' | b'D' | b'C' => {
@@ -447,6 +458,7 @@ mod tests {
             server: &mut server,
             queue: &mut queue,
             max_prepared: 10,
+            pin_budget: None,
         };
         let mut input = BytesMut::new();
         input.extend(parse_msg("P_0", "select $1"));
@@ -480,6 +492,7 @@ mod tests {
             server: &mut server2,
             queue: &mut queue2,
             max_prepared: 10,
+            pin_budget: None,
         };
         let mut input = BytesMut::from(&msg(b'B', &bind_body)[..]);
         let mut out = BytesMut::new();
