@@ -26,9 +26,9 @@ use crate::generation::Generation;
 use crate::stats::Metrics;
 
 /// Cancels one client may have on their way at once; one more would only repeat the first.
-pub const MAX_CANCELS_PER_CLIENT: u32 = 1;
+pub(crate) const MAX_CANCELS_PER_CLIENT: u32 = 1;
 /// Cancels on their way at once over all clients: each costs PostgreSQL a process.
-pub const MAX_CANCELS_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_CANCELS_IN_FLIGHT: usize = 64;
 /// How long PostgreSQL gets to close a cancel connection after the request was sent (it
 /// does so right after signalling the backend).
 const CANCEL_CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -74,14 +74,14 @@ impl CancelSlot {
 
     /// The client starts waiting for a server: a cancel from now on ends the wait (its query
     /// never runs), as PostgreSQL would cancel it.
-    pub fn begin_wait(&self) {
+    pub(crate) fn begin_wait(&self) {
         let mut state = self.lock();
         state.waiting = true;
         state.wait_cancelled = false;
     }
 
     /// Resolves when a cancel arrived for the wait begun with [`begin_wait`](Self::begin_wait).
-    pub async fn wait_cancelled(&self) {
+    pub(crate) async fn wait_cancelled(&self) {
         loop {
             let notified = self.wait_cancel.notified();
             if self.lock().wait_cancelled {
@@ -94,7 +94,7 @@ impl CancelSlot {
     /// The wait is over, with `target` the server the client got (if it got one). Returns
     /// true when a cancel came first: the client's query must not run, and the slot stays
     /// empty.
-    pub fn end_wait(&self, target: Option<CancelTarget>) -> bool {
+    pub(crate) fn end_wait(&self, target: Option<CancelTarget>) -> bool {
         let mut state = self.lock();
         state.waiting = false;
         let cancelled = std::mem::take(&mut state.wait_cancelled);

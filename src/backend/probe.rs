@@ -40,7 +40,7 @@ impl ServerConn {
     /// Reads the session state back (see the module documentation). `login_user` is the
     /// user the server logged in as: a session_authorization equal to it is no change. The
     /// server's own record of its session settings becomes the answer.
-    pub async fn probe_session(
+    pub(crate) async fn probe_session(
         &mut self,
         login_user: &str,
     ) -> Result<SessionSnapshot, BackendError> {

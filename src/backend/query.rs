@@ -19,7 +19,7 @@ impl ServerConn {
     /// Runs a reset and forgets what it undid: the session settings pgmoat knew of, the
     /// reported parameters (back to their login values) and, when `drops_statements`, the
     /// prepared statements.
-    pub async fn reset_session(
+    pub(crate) async fn reset_session(
         &mut self,
         sql: &str,
         drops_statements: bool,
@@ -34,7 +34,7 @@ impl ServerConn {
 
     /// Like [`simple_query`](Self::simple_query), collecting the text of every row's columns
     /// into `rows` (one `Vec` per row, in order, over all result sets).
-    pub async fn simple_query_rows(
+    pub(crate) async fn simple_query_rows(
         &mut self,
         sql: &str,
         mut rows: Option<&mut Vec<Vec<Option<String>>>>,

@@ -51,12 +51,12 @@ impl Lent {
         }
     }
 
-    pub fn share(&self) -> &Arc<ServerPool> {
+    pub(crate) fn share(&self) -> &Arc<ServerPool> {
         &self.share
     }
 
     /// Closes the connection instead of returning it: its pool slot is freed at once.
-    pub fn close(mut self, reason: CloseReason) {
+    pub(crate) fn close(mut self, reason: CloseReason) {
         self.close_now(reason);
     }
 
@@ -77,7 +77,7 @@ impl Lent {
     /// anyone else may have it. Returns it to the pool only through [`next_step`]'s proof;
     /// with a cancel still in flight it waits (in a task of its own, so the client goes on
     /// meanwhile) until PostgreSQL has closed the cancel connection.
-    pub async fn hand_back(
+    pub(crate) async fn hand_back(
         mut self,
         protocol_idle: bool,
         reset: ResetNeed,

@@ -310,7 +310,7 @@ impl ServerPool {
 
     /// The configuration generation in force now (for work done after a wait, such as a
     /// reset after a cancel settled).
-    pub fn current_generation(&self) -> Arc<ArcSwap<Generation>> {
+    pub(crate) fn current_generation(&self) -> Arc<ArcSwap<Generation>> {
         self.pool.manager().current()
     }
 
@@ -343,7 +343,7 @@ impl ServerPool {
 
     /// PostgreSQL's spelling of a reported setting's value as a client gave it, if a server
     /// of this pool applied that value before.
-    pub fn canonical(&self, name: &str, value: &str) -> Option<String> {
+    pub(crate) fn canonical(&self, name: &str, value: &str) -> Option<String> {
         let known = self.canonical.lock().unwrap_or_else(|e| e.into_inner());
         known
             .get(&(name.to_ascii_lowercase(), value.to_owned()))
@@ -352,7 +352,7 @@ impl ServerPool {
 
     /// Remembers how PostgreSQL reported a setting a client gave as `value`. Bounded, so
     /// clients cannot grow it without limit: past the bound, logins just ask a server.
-    pub fn learn_canonical(&self, name: &str, value: &str, reported: &str) {
+    pub(crate) fn learn_canonical(&self, name: &str, value: &str, reported: &str) {
         const MAX_KNOWN: usize = 1024;
         let mut known = self.canonical.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() < MAX_KNOWN {
@@ -460,7 +460,7 @@ impl PoolRegistry {
     /// produces (a database entry removed, a forced user changed, another host, port,
     /// dbname, password or pool_mode, another number of shares), so none is orphaned;
     /// resizes the others. Sessions find their current pool at their next checkout.
-    pub fn apply(&self, generation: &Generation) {
+    pub(crate) fn apply(&self, generation: &Generation) {
         let config = &generation.config;
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|key, shares| {
