@@ -440,6 +440,18 @@ async fn at_the_limit_a_pinning_statement_inside_a_transaction_is_refused_too() 
             "max_prepared_statements = {max_prepared}: the transaction was rolled back"
         );
         assert_eq!(text_value(&b, "SELECT 'on'").await, "on");
+        // The extended protocol's unnamed statement (psycopg, pgjdbc's first executions).
+        let mut raw = moat_raw(&moat, &pki, "alice", &[]).await;
+        raw.simple("BEGIN").await.unwrap();
+        let mut batch = wire::parse("", "CREATE TEMP TABLE b_ext (x int)");
+        batch.extend_from_slice(&wire::bind("", "", &[]));
+        batch.extend_from_slice(&wire::execute());
+        batch.extend_from_slice(&wire::sync());
+        let err = raw.round_trip(&batch).await.unwrap_err();
+        assert_eq!(err.code, "53300", "{err}");
+        raw.simple("ROLLBACK").await.unwrap();
+        assert_eq!(raw.value("SELECT 'on'").await, "on");
+        drop(raw);
         // Positive control: with a free place, the same statement inside a transaction pins.
         a.batch_execute("DROP TABLE a_only").await.unwrap();
         let console = moat_console(&moat, &pki, "alice").await;

@@ -561,20 +561,45 @@ impl Word {
 /// its client's server beyond max_pinned_servers: the error comes in order with the other
 /// answers, and a transaction it is part of is aborted, as with any failed statement.
 pub fn refusal_query(why: PinReasons) -> Vec<u8> {
-    let sql = format!(
-        "DO $pgmoat$BEGIN RAISE EXCEPTION USING ERRCODE = '53300', MESSAGE = 'this statement \
-         would pin a server to this connection ({why}), and the pool''s limit on pinned servers \
-         (max_pinned_servers) is reached', DETAIL = 'pgmoat refused it before it ran.', HINT = \
-         'Retry once other clients release their session state, raise max_pinned_servers or \
-         the pool size, use transaction-scoped alternatives (ON COMMIT DROP, \
-         pg_advisory_xact_lock), or set session_state = \"reset\".'; END$pgmoat$"
-    );
+    let sql = refusal_sql(why);
     let mut msg = Vec::with_capacity(sql.len() + 6);
     msg.push(b'Q');
     msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
     msg.extend_from_slice(sql.as_bytes());
     msg.push(0);
     msg
+}
+
+/// The unnamed Parse `body` (name, query, parameter types) with its query replaced by the
+/// refusal: PostgreSQL raises it at Execute, in order. The parameter types are kept, so a
+/// Bind with the client's parameters still matches. `None` for a named or malformed Parse.
+pub fn refusal_parse(why: PinReasons, body: &[u8]) -> Option<Vec<u8>> {
+    if body.first() != Some(&0) {
+        return None;
+    }
+    let query_end = 1 + memchr::memchr(0, &body[1..])?;
+    let types = &body[query_end + 1..];
+    let sql = refusal_sql(why);
+    let len = 4 + 1 + sql.len() + 1 + types.len();
+    let mut msg = Vec::with_capacity(len + 1);
+    msg.push(b'P');
+    msg.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.push(0);
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(types);
+    Some(msg)
+}
+
+fn refusal_sql(why: PinReasons) -> String {
+    format!(
+        "DO $pgmoat$BEGIN RAISE EXCEPTION USING ERRCODE = '53300', MESSAGE = 'this statement \
+         would pin a server to this connection ({why}), and the pool''s limit on pinned servers \
+         (max_pinned_servers) is reached', DETAIL = 'pgmoat refused it before it ran.', HINT = \
+         'Retry once other clients release their session state, raise max_pinned_servers or \
+         the pool size, use transaction-scoped alternatives (ON COMMIT DROP, \
+         pg_advisory_xact_lock), or set session_state = \"reset\".'; END$pgmoat$"
+    )
 }
 
 /// The effects of a Query (`Q`) or Parse (`P`) message body; nothing for other messages.

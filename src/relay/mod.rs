@@ -559,9 +559,17 @@ pub fn scan_client_within(
                 let tag = match seen {
                     Seen::Whole(tag @ (b'Q' | b'P'), body) => {
                         let effects = effects::of_message(tag, body);
-                        if tag == b'Q' && over_budget(effects, tx.effects, budget.as_deref_mut()) {
-                            refuse = Some((pos, body.len() + 5, effects));
-                            return false;
+                        // A named statement is left alone: the server would keep it.
+                        let refusable = tag == b'Q' || body.first() == Some(&0);
+                        if refusable && over_budget(effects, tx.effects, budget.as_deref_mut()) {
+                            let replacement = match tag {
+                                b'Q' => Some(effects::refusal_query(effects.pin_reasons())),
+                                _ => effects::refusal_parse(effects.pin_reasons(), body),
+                            };
+                            if let Some(replacement) = replacement {
+                                refuse = Some((pos, body.len() + 5, replacement));
+                                return false;
+                            }
                         }
                         tx.effects |= effects;
                         tag
@@ -587,11 +595,10 @@ pub fn scan_client_within(
         )?;
         half.ready = result.forward_to;
         half.needed = result.needed;
-        if let Some((pos, len, effects)) = refuse {
+        if let Some((pos, len, replacement)) = refuse {
             let tail = half.buf.split_off(pos + len);
             half.buf.truncate(pos);
-            half.buf
-                .extend_from_slice(&effects::refusal_query(effects.pin_reasons()));
+            half.buf.extend_from_slice(&replacement);
             half.buf.extend_from_slice(&tail);
             continue;
         }

@@ -150,8 +150,22 @@ pub fn translate(
                 let msg = input.split_to(total);
                 match header.tag {
                     b'P' => {
-                        tx.effects |= effects::of_message(b'P', &msg[Header::SIZE..]);
-                        parse(&msg, out, tr)?
+                        let body = &msg[Header::SIZE..];
+                        let found = effects::of_message(b'P', body);
+                        let refusal = (body.first() == Some(&0)
+                            && super::over_budget(found, tx.effects, tr.pin_budget.as_deref_mut()))
+                        .then(|| effects::refusal_parse(found.pin_reasons(), body))
+                        .flatten();
+                        match refusal {
+                            Some(refusal) => {
+                                tx.effects |= Effects::UNKNOWN;
+                                parse(&refusal, out, tr)?
+                            }
+                            None => {
+                                tx.effects |= found;
+                                parse(&msg, out, tr)?
+                            }
+                        }
                     }
                     b'D' => describe(&msg, out, tr),
                     _ => close(&msg, out, tr),
