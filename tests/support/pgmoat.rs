@@ -50,7 +50,11 @@ impl Pgmoat {
                     pgmoat.log()
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The log line too: a connect to a port nobody listens on yet can succeed as a TCP
+            // self-connection when the kernel picks that very port as the local one.
+            if pgmoat.log().contains("pgmoat is accepting connections")
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return pgmoat;
             }
             if Instant::now() > deadline {
