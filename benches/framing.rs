@@ -141,7 +141,7 @@ fn bench_translate(c: &mut Criterion) {
     parse.extend_from_slice(b"P_0\0SELECT abalance FROM pgbench_accounts WHERE aid = $1\0");
     parse.put_u16(1);
     parse.put_u32(23);
-    let (name, statement) = Statement::from_parse(&parse).expect("a valid Parse body");
+    let (name, statement) = Statement::from_parse(&parse, &[0; 16]).expect("a valid Parse body");
     let mut statements = ClientStatements::default();
     statements.insert(name, statement);
 

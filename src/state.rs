@@ -29,6 +29,9 @@ pub struct Shared {
     pub pause: PauseGate,
     /// Key for the fake SCRAM secrets of unknown users (random per process).
     pub mock_key: [u8; 32],
+    /// Key for the names of prepared statements on servers (random per process), so a
+    /// client cannot guess one and prepare other SQL under it.
+    pub statement_key: [u8; 16],
 }
 
 impl Shared {
@@ -52,6 +55,7 @@ impl Shared {
             metrics: Metrics::default(),
             pause: PauseGate::default(),
             mock_key: rand::random(),
+            statement_key: rand::random(),
         })
     }
 

@@ -379,3 +379,61 @@ async fn eviction_does_not_close_an_open_portal() {
     );
     client.simple("COMMIT").await.unwrap();
 }
+
+/// Statement poisoning: a client reads the server-side name of a statement pgmoat prepared
+/// for someone else (pg_prepared_statements shows it), drops it and prepares other SQL under
+/// that name, in plain SQL or inside DO/EXECUTE. The victim's next execution still runs its
+/// own statement: an SQL PREPARE pins the attacker's server to the attacker, a DEALLOCATE
+/// (by its command tag, or seen by pgmoat's check after a DO) makes pgmoat forget what it
+/// prepared on that server, and a server whose statements are not pgmoat's is reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_client_cannot_replace_a_pooled_statement() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = moat_with(&pki, &db, 2, 200);
+    let victim = moat_client(&moat, &pki, "alice").await;
+    let statement = victim.prepare("SELECT $1::int + 1000").await.unwrap();
+    let run = async |victim: &Client| -> i32 {
+        let row = victim.query_one(&statement, &[&1i32]).await.unwrap();
+        row.get(0)
+    };
+    assert_eq!(run(&victim).await, 1001);
+    let attacks = [
+        // Drops it only, where pgmoat sees no DEALLOCATE tag.
+        "DO $$BEGIN EXECUTE format('DEALLOCATE %I', '{name}'); END$$",
+        // Drops and replaces it in plain SQL.
+        "DEALLOCATE \"{name}\"; PREPARE \"{name}\" (int) AS SELECT 666",
+        // The same inside DO.
+        "DO $$BEGIN EXECUTE format('DEALLOCATE %I', '{name}'); \
+         EXECUTE format('PREPARE %I (int) AS SELECT 666', '{name}'); END$$",
+    ];
+    // The previous attacker stays until the next one has struck, so the server its SQL
+    // PREPARE pinned is not the one the next attacker gets.
+    let mut previous: Option<Client> = None;
+    for attack in attacks {
+        let attacker = moat_client(&moat, &pki, "alice").await;
+        // The server the victim just used, with pgmoat's statement on it.
+        let names = attacker
+            .simple_query("SELECT name FROM pg_prepared_statements WHERE NOT from_sql")
+            .await
+            .unwrap();
+        let name = names
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_or_else(|| {
+                panic!("before {attack}: the attacker sees no pgmoat statement (positive control)")
+            });
+        assert!(name.starts_with("pgmoat_"), "{name}");
+        attacker
+            .batch_execute(&attack.replace("{name}", &name))
+            .await
+            .unwrap();
+        drop(previous.replace(attacker));
+        for _ in 0..3 {
+            assert_eq!(run(&victim).await, 1001, "after {attack}");
+        }
+    }
+}

@@ -24,7 +24,8 @@ SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class \
      AND locktype OPERATOR(pg_catalog.=) 'advisory'), \
  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels()), \
  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
- (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)";
+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors WHERE is_holdable), \
+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)";
 
 /// What a server's session holds beyond its login defaults, as PostgreSQL says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct SessionSnapshot {
     pub settings: Vec<(String, String)>,
     /// What pins the server to its client.
     pub pins: PinReasons,
+    /// Protocol-level prepared statements on the server (pgmoat's own, normally): when this
+    /// is not what pgmoat believes it prepared there, a client dropped or replaced some.
+    pub protocol_statements: u64,
 }
 
 impl ServerConn {
@@ -78,7 +82,7 @@ fn snapshot_from(
     }
     rest.sort();
     identity.extend(rest);
-    if counts.len() != 5 {
+    if counts.len() != 6 {
         return None;
     }
     let mut pins = PinReasons::empty();
@@ -95,9 +99,11 @@ fn snapshot_from(
             pins |= reason;
         }
     }
+    let protocol_statements = counts[5].as_deref()?.parse().ok()?;
     Some(SessionSnapshot {
         settings: identity,
         pins,
+        protocol_statements,
     })
 }
 
@@ -117,7 +123,7 @@ mod tests {
             row(&["session_authorization", "alice"]),
             row(&["role", "tenant_a"]),
         ];
-        let counts = row(&["0", "2", "0", "0", "1"]);
+        let counts = row(&["0", "2", "0", "0", "1", "3"]);
         let snap = snapshot_from(&settings, &counts, "boss").unwrap();
         let names: Vec<_> = snap.settings.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -133,9 +139,9 @@ mod tests {
             row(&["session_authorization", "boss"]),
             row(&["role", "none"]),
         ];
-        let snap = snapshot_from(&defaults, &row(&["0"; 5]), "boss").unwrap();
+        let snap = snapshot_from(&defaults, &row(&["0"; 6]), "boss").unwrap();
         assert_eq!(snap, SessionSnapshot::default());
-        assert!(snapshot_from(&defaults, &row(&["0"; 4]), "boss").is_none());
-        assert!(snapshot_from(&[vec![None]], &row(&["0"; 5]), "boss").is_none());
+        assert!(snapshot_from(&defaults, &row(&["0"; 5]), "boss").is_none());
+        assert!(snapshot_from(&[vec![None]], &row(&["0"; 6]), "boss").is_none());
     }
 }

@@ -135,6 +135,7 @@ pub(super) struct SessionStart {
 impl ClientSession {
     pub(super) fn new(start: SessionStart) -> ClientSession {
         let settings = &start.pool.settings;
+        let statements = ClientStatements::with_key(start.shared.statement_key);
         ClientSession {
             session_state: settings.session_state,
             max_pinned: settings.max_pinned,
@@ -152,7 +153,7 @@ impl ClientSession {
             database: start.database,
             scram_keys: start.scram_keys,
             pool_statements: start.pool_statements,
-            statements: ClientStatements::default(),
+            statements,
             entry: start.entry,
             stats: start.stats,
             held: None,
@@ -786,6 +787,19 @@ impl ClientSession {
         };
         self.params = merge_snapshot(&self.startup, &snapshot.settings);
         let pins = snapshot.pins;
+        let mut reset = reset;
+        if snapshot.protocol_statements != server.statements.len() as u64 {
+            // A client dropped or replaced prepared statements pgmoat made (DEALLOCATE inside
+            // a function, say): nothing is assumed prepared there any more, and the server
+            // is reset before anyone else binds a name on it.
+            tracing::info!(
+                server = snapshot.protocol_statements,
+                pgmoat = server.statements.len(),
+                "the server's prepared statements are not the ones pgmoat made there"
+            );
+            server.statements.clear();
+            reset = ResetNeed::DiscardAll;
+        }
         if pins.is_empty() {
             if !was_pinned.is_empty() {
                 tracing::info!(was = %was_pinned, "session state gone: server unpinned");

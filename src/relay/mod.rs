@@ -395,8 +395,9 @@ impl Relay<'_> {
                     b'C' => {
                         *completed = true;
                         tx.effects |= Effects::from_command_tag(body, tx.effects);
-                        if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE ALL") {
-                            // The client dropped every prepared statement, pgmoat's too.
+                        if body.starts_with(b"DISCARD ALL") || body.starts_with(b"DEALLOCATE") {
+                            // The client dropped prepared statements, perhaps pgmoat's: nothing
+                            // is assumed prepared on this server any more.
                             server.statements.clear();
                         }
                     }

@@ -1,7 +1,7 @@
 //! Named prepared statements under transaction pooling. A client's statement names are its
 //! own; on the wire they become `pgmoat_<digest>` names derived from the query text and
-//! parameter types, so two clients preparing the same query share one server-side
-//! statement, and a client that moves to another server gets its statements prepared there
+//! parameter types keyed with a random per-process secret, so two clients preparing the same
+//! query share one server-side statement while no client can guess (and replace) a name, and a client that moves to another server gets its statements prepared there
 //! on first use. Each server keeps a bounded LRU set (max_prepared_statements) of what it
 //! has prepared.
 //!
@@ -39,13 +39,16 @@ pub struct Statement {
 
 impl Statement {
     /// From a client's Parse body: its statement name, and the statement under its
-    /// server-side name. `None` for a malformed body.
-    pub fn from_parse(body: &[u8]) -> Option<(String, Statement)> {
+    /// server-side name, keyed with `key` (the process's secret). `None` for a malformed body.
+    pub fn from_parse(body: &[u8], key: &[u8; 16]) -> Option<(String, Statement)> {
         let name_end = body.iter().position(|&b| b == 0)?;
         let name = std::str::from_utf8(&body[..name_end]).ok()?.to_owned();
         // Query text and parameter types identify the statement.
         let rest = &body[name_end + 1..];
-        let digest = Sha256::digest(rest);
+        let digest = Sha256::new()
+            .chain_update(key)
+            .chain_update(rest)
+            .finalize();
         let server_name: Arc<str> = format!("pgmoat_{}", hex(&digest[..12])).into();
         let mut parse = BytesMut::with_capacity(rest.len() + server_name.len() + 6);
         write_message(&mut parse, b'P', |b| {
@@ -74,9 +77,23 @@ fn hex(bytes: &[u8]) -> String {
 pub struct ClientStatements {
     by_name: HashMap<String, Arc<Statement>>,
     bytes: usize,
+    /// The process's secret for server-side names (zero in tests).
+    key: [u8; 16],
 }
 
 impl ClientStatements {
+    /// A client's (empty) set, naming statements on servers with the process's `key`.
+    pub fn with_key(key: [u8; 16]) -> Self {
+        ClientStatements {
+            key,
+            ..Default::default()
+        }
+    }
+
+    pub fn key(&self) -> &[u8; 16] {
+        &self.key
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
         self.by_name.get(name)
     }
@@ -231,14 +248,17 @@ mod tests {
 
     #[test]
     fn same_query_same_server_name_whatever_the_client_name() {
-        let (a_name, a) = Statement::from_parse(&parse_body("P_0", "select 1")).unwrap();
-        let (b_name, b) = Statement::from_parse(&parse_body("S_9", "select 1")).unwrap();
-        let (_, c) = Statement::from_parse(&parse_body("P_0", "select 2")).unwrap();
+        let (a_name, a) = Statement::from_parse(&parse_body("P_0", "select 1"), &[0; 16]).unwrap();
+        let (b_name, b) = Statement::from_parse(&parse_body("S_9", "select 1"), &[0; 16]).unwrap();
+        let (_, c) = Statement::from_parse(&parse_body("P_0", "select 2"), &[0; 16]).unwrap();
         assert_eq!((a_name.as_str(), b_name.as_str()), ("P_0", "S_9"));
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.parse.starts_with(b"P"));
         assert!(a.parse[5..].starts_with(a.server_name.as_bytes()));
+        // Another process (another key) names the same statement differently.
+        let (_, other) = Statement::from_parse(&parse_body("P_0", "select 1"), &[7; 16]).unwrap();
+        assert_ne!(other.server_name, a.server_name);
     }
 
     #[test]

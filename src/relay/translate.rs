@@ -247,7 +247,7 @@ fn parse(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) -> Result<(), 
         });
         return Ok(());
     }
-    let Some((name, statement)) = Statement::from_parse(body) else {
+    let Some((name, statement)) = Statement::from_parse(body, tr.statements.key()) else {
         return Err(ProtocolError::Malformed("Parse message").into());
     };
     if !tr.statements.insert(name.clone(), statement) {
@@ -403,8 +403,8 @@ pub fn answer_locally(
         let total = header.total();
         if header.tag == b'P' {
             let body = &batch[pos + Header::SIZE..pos + total];
-            let (name, statement) =
-                Statement::from_parse(body).ok_or(ProtocolError::Malformed("Parse message"))?;
+            let (name, statement) = Statement::from_parse(body, statements.key())
+                .ok_or(ProtocolError::Malformed("Parse message"))?;
             if !statements.insert(name, statement) {
                 return Err(TranslateError::TooManyStatements(
                     super::prepared::MAX_CLIENT_STATEMENTS,
