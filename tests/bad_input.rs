@@ -358,3 +358,27 @@ async fn fifty_bad_clients_at_once_cost_a_good_client_nothing() {
         .count();
     assert!(peers >= 10, "refusals not logged with their peers:\n{log}");
 }
+
+/// Names a client sends before it has authenticated are logged escaped: a user name with a
+/// newline cannot forge a log line.
+#[tokio::test]
+async fn client_supplied_names_cannot_forge_log_lines() {
+    let pki = Pki::new();
+    let pgmoat = Pgmoat::start(&ConfigBuilder::for_port(&pki, 1).build());
+    let mut stream = raw_tls_connect(pgmoat.port(), tls_client_config(&pki.ca, None)).await;
+    let forged = "2026-01-01T00:00:00.000000Z  INFO pgmoat: forged";
+    let user = format!("mallory\n{forged}");
+    let startup = startup_packet(&[("user", user.as_str()), ("database", "app\nx")]);
+    stream.write_all(&startup).await.unwrap();
+    // Refused (no such database), after the startup was read and logged.
+    let answer = read_raw_message(&mut stream).await.unwrap().unwrap();
+    assert_eq!(answer.sqlstate().as_deref(), Some("3D000"), "{answer:?}");
+    pgmoat.wait_for_log("client refused", Duration::from_secs(10));
+    let log = pgmoat.log();
+    assert!(log.contains(r"mallory\n2026"), "escaped in the log:\n{log}");
+    assert!(log.contains(r"app\nx"), "escaped in the refusal:\n{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a forged line made it into the log:\n{log}"
+    );
+}

@@ -93,7 +93,13 @@ pub async fn login(
     if let Err(e) = stream.flush().await {
         return Err((None, FrontendError::Protocol(e.into())));
     }
-    tracing::info!(%user, %database, ?role, client_id = id, "admin console login");
+    tracing::info!(
+        ?user,
+        ?database,
+        ?role,
+        client_id = id,
+        "admin console login"
+    );
     Ok(AdminSession::new(
         stream,
         shared.clone(),

@@ -85,7 +85,9 @@ pub async fn login(
         }
     }
     tracing::Span::current().record("user", user.as_str());
-    tracing::debug!(%user, %database, "startup");
+    // Debug formatting: names come from the client, before authentication, and may hold
+    // newlines or escapes that would forge log lines.
+    tracing::debug!(?user, ?database, "startup");
     if startup
         .param("replication")
         .is_some_and(|v| v != "false" && v != "0" && v != "off")
@@ -222,8 +224,8 @@ pub async fn login(
         return Err((None, FrontendError::Protocol(e.into())));
     }
     tracing::info!(
-        user = %session.user,
-        database = %session.database,
+        user = ?session.user,
+        database = ?session.database,
         client_id = id,
         tls = session.stream.tls_info().map(|t| t.version).unwrap_or_else(|| "off".into()),
         "client logged in"

@@ -151,7 +151,10 @@ fn register_client(
 /// Logs why a client was turned away and, where the protocol allows, tells it.
 async fn refuse(stream: Option<Stream>, err: FrontendError) {
     match &err {
-        FrontendError::Refused(e) => tracing::info!(error = %e, "client refused"),
+        FrontendError::Refused(e) => {
+            // Escaped: a refusal may quote what the client sent (a database name).
+            tracing::info!(error = %e.to_string().escape_debug(), "client refused")
+        }
         FrontendError::Protocol(e) if e.is_closed() => {
             tracing::debug!("client closed the connection before logging in")
         }

@@ -1000,7 +1000,7 @@ impl ClientSession {
     }
 
     pub(super) async fn fail(&mut self, err: PgError) {
-        tracing::info!(error = %err, "closing client connection");
+        tracing::info!(error = %err.to_string().escape_debug(), "closing client connection");
         let _ = self.stream.write_all(&err.to_bytes()).await;
         let _ = self.stream.flush().await;
         let _ = self.stream.shutdown().await;

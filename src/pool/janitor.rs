@@ -56,7 +56,7 @@ pub async fn run_janitor(
                             Ok(conn) => held.push(conn),
                             Err(deadpool::managed::PoolError::Timeout(_)) => break,
                             Err(e) => {
-                                tracing::warn!(database = %pool.key.database, error = ?e, "could not open a min_pool_size connection");
+                                tracing::warn!(database = ?pool.key.database, error = ?e, "could not open a min_pool_size connection");
                                 break;
                             }
                         }

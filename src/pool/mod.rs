@@ -241,7 +241,7 @@ impl ServerPool {
         // The gates are closed only when the pool is retired.
         let (permit, reserve) = acquired.map_err(|_| PoolError::Retired)?;
         if reserve {
-            tracing::info!(database = %self.key.database, user = %self.key.user, "pool busy: using a reserve_pool_size connection");
+            tracing::info!(database = ?self.key.database, user = ?self.key.user, "pool busy: using a reserve_pool_size connection");
         }
         let timeouts = Timeouts {
             wait: Some(
@@ -272,7 +272,7 @@ impl ServerPool {
             }
             .into()),
             Err(DeadpoolError::Backend(e)) => {
-                tracing::warn!(pool = %self.key.database, user = %self.key.user, error = %e, "server connection failed");
+                tracing::warn!(pool = ?self.key.database, user = ?self.key.user, error = %e, "server connection failed");
                 Err(e.into())
             }
             // Closed: retired while this checkout waited for deadpool.
@@ -301,7 +301,7 @@ impl ServerPool {
         if self.retired.swap(true, Ordering::AcqRel) {
             return;
         }
-        tracing::info!(database = %self.key.database, user = %self.key.user, share = self.share.index, reason = why, "pool retired");
+        tracing::info!(database = ?self.key.database, user = ?self.key.user, share = self.share.index, reason = why, "pool retired");
         let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         gates.main.close();
         gates.reserve.close();
@@ -322,7 +322,7 @@ impl ServerPool {
         if gates.size != size || gates.reserve_size != reserve_size {
             *gates = Gates::new(size, reserve_size);
             self.pool.resize(size + reserve_size);
-            tracing::info!(database = %self.key.database, user = %self.key.user, size, reserve_size, share = self.share.index, shares = self.share.count, "pool resized");
+            tracing::info!(database = ?self.key.database, user = ?self.key.user, size, reserve_size, share = self.share.index, shares = self.share.count, "pool resized");
         }
     }
 
@@ -633,7 +633,7 @@ impl CrossPoolLimits {
                 pool.key.user == key.user
             };
             if same && pool.key != *key && pool.close_idle(1) > 0 {
-                tracing::debug!(closed_from = %pool.key.database, user = %pool.key.user, "closed an idle server connection to stay within max_db_connections / max_user_connections");
+                tracing::debug!(closed_from = ?pool.key.database, user = ?pool.key.user, "closed an idle server connection to stay within max_db_connections / max_user_connections");
                 return;
             }
         }
