@@ -84,6 +84,9 @@ impl Server {
         crate::tls::install_default_provider();
         let addr = format!("{}:{}", config.listen_addr, config.listen_port);
         let metrics_addr = config.metrics_addr.clone();
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let generation = load_generation(config, None)?;
         log_certificate_expiry(&generation);
         let listener = bind(&addr).await?;

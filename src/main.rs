@@ -161,6 +161,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             pgmoat::tls::install_default_provider();
             pgmoat::generation::load_generation(config.clone(), None)?;
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}", config.redacted_summary());
             println!("configuration OK");
             Ok(ExitCode::SUCCESS)

@@ -198,3 +198,30 @@ fn a_good_config_checks_out() {
         output_text(&out)
     );
 }
+
+/// trust with optional TLS and admin_users set lets anyone who reaches the port run SHUTDOWN:
+/// check-config says so (it is valid, so it still passes), and with client certificates
+/// required it does not.
+#[test]
+fn check_config_warns_about_trust_with_an_open_admin_console() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let open = ConfigBuilder::for_port(&pki, 5432)
+        .auth_type("trust")
+        .set("admin_users", r#"["admin"]"#);
+    let out = check_config(&write_config(dir.path(), &open.clone().build()));
+    assert!(out.status.success(), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: auth_type = \"trust\"") && stderr.contains("SHUTDOWN"),
+        "{stderr}"
+    );
+    let closed = open.client_sslmode("verify-full");
+    let out = check_config(&write_config(dir.path(), &closed.build()));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning:"),
+        "{}",
+        output_text(&out)
+    );
+}

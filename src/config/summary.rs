@@ -21,6 +21,33 @@ fn toml_key(name: &str) -> String {
 }
 
 impl Config {
+    /// Settings that are valid but dangerous together, each with what to do about it:
+    /// `check-config` prints them and `run` logs them as warnings.
+    pub fn warnings(&self) -> Vec<String> {
+        use super::{AuthType, SslMode};
+        let mut warnings = Vec::new();
+        let certificates_required = matches!(
+            self.client_tls_sslmode,
+            SslMode::VerifyCa | SslMode::VerifyFull
+        );
+        if self.auth_type == AuthType::Trust
+            && !certificates_required
+            && !self.admin_users.is_empty()
+        {
+            warnings.push(format!(
+                "auth_type = \"trust\" with client_tls_sslmode = \"{}\" and admin_users set: anyone \
+                 who reaches {}:{} can log in to the admin console as {} and run SHUTDOWN; \
+                 require client certificates (client_tls_sslmode = \"verify-full\") or use \
+                 another auth_type",
+                self.client_tls_sslmode.as_str(),
+                self.listen_addr,
+                self.listen_port,
+                self.admin_users.join(", ")
+            ));
+        }
+        warnings
+    }
+
     /// Reads back as a config file, except that passwords are `***`.
     pub fn redacted_summary(&self) -> String {
         let from = match &self.source {
