@@ -99,7 +99,6 @@ impl Lent {
                 let client = obj.state().client().unwrap_or(0);
                 obj.transition(ServerState::BeingCanceled { client });
                 let cancels = obj.cancels.clone();
-                let reset_query = generation.config.server_reset_query.clone();
                 let current = self.share.current_generation();
                 // The client goes on meanwhile (with another server); this one waits out
                 // its cancel in a task of its own.
@@ -112,20 +111,19 @@ impl Lent {
                         return;
                     }
                     let generation = current.load_full();
-                    self.finish(reset, &reset_query, &generation).await;
+                    self.finish(reset, &generation).await;
                 });
             }
             Step::Close(reason) => self.close_now(reason),
             Step::ReturnToPool(_) | Step::Reset(_) => {
-                let reset_query = generation.config.server_reset_query.clone();
-                self.finish(reset, &reset_query, generation).await;
+                self.finish(reset, generation).await;
             }
         }
     }
 
     /// After any cancel settled: reset if needed, then back to the pool with the proof, or
     /// closed.
-    async fn finish(&mut self, mut reset: ResetNeed, reset_query: &str, generation: &Generation) {
+    async fn finish(&mut self, mut reset: ResetNeed, generation: &Generation) {
         loop {
             let retire = self.retire_reason(generation);
             let Some(obj) = self.obj.as_mut() else { return };
@@ -147,7 +145,8 @@ impl Lent {
                 }
                 Step::Reset(need) => {
                     obj.transition(ServerState::Resetting);
-                    let (sql, drops_statements) = reset_sql(need, reset_query);
+                    let (sql, drops_statements) =
+                        reset_sql(need, &generation.config.server_reset_query);
                     match Box::pin(obj.reset_session(&sql, drops_statements)).await {
                         Ok(()) => reset = ResetNeed::Nothing,
                         Err(e) => {

@@ -436,15 +436,14 @@ impl PoolRegistry {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let count = share_count(self.workers, settings.size);
         if let Some(shares) = pools.get(&key) {
-            let first = &shares[0];
-            if first.settings.same_pool(&settings) && shares.len() == count {
+            let Some(why) = self.replaced(shares, &settings) else {
                 for share in shares {
                     share.resize(settings.size, settings.reserve_size);
                 }
                 return shares[worker % count].clone();
-            }
+            };
             for share in shares {
-                share.retire("its database entry changed");
+                share.retire(why);
             }
         }
         let pins = Arc::new(PinSlots::default());
@@ -464,37 +463,46 @@ impl PoolRegistry {
         let config = &generation.config;
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|key, shares| {
-            let first = &shares[0];
             let resolved =
                 PoolSettings::resolve(config, &generation.users, &key.database, &key.user);
             let why = match &resolved {
                 None => Some("its database entry was removed"),
                 Some(s) if s.target.user != key.user => Some("its database entry's user changed"),
-                Some(s) if !first.settings.same_pool(s) => Some("its database entry changed"),
-                Some(s) if share_count(self.workers, s.size) != shares.len() => {
-                    Some("a new pool size splits it into another number of shares")
-                }
-                Some(_) if stale_scram_keys(&first.settings, generation) => {
-                    Some("the auth_file secret it logs in with changed")
-                }
-                Some(_) => None,
+                Some(s) => self.replaced(shares, s).or_else(|| {
+                    stale_scram_keys(&shares[0].settings, generation)
+                        .then_some("the auth_file secret it logs in with changed")
+                }),
             };
-            match (why, resolved) {
-                (Some(why), _) => {
-                    for share in shares.iter() {
-                        share.retire(why);
-                    }
-                    false
+            if let Some(why) = why {
+                for share in shares.iter() {
+                    share.retire(why);
                 }
-                (None, Some(s)) => {
-                    for share in shares.iter() {
-                        share.resize(s.size, s.reserve_size);
-                    }
-                    true
-                }
-                (None, None) => true,
+                return false;
             }
+            // Not replaced, so it resolved.
+            if let Some(s) = resolved {
+                for share in shares.iter() {
+                    share.resize(s.size, s.reserve_size);
+                }
+            }
+            true
         });
+    }
+
+    /// Why the pool made of `shares` cannot serve clients that resolve to `settings` any
+    /// more (another login or mode, or another number of worker shares), if so.
+    fn replaced(
+        &self,
+        shares: &[Arc<ServerPool>],
+        settings: &PoolSettings,
+    ) -> Option<&'static str> {
+        if !shares[0].settings.same_pool(settings) {
+            return Some("its database entry changed");
+        }
+        if share_count(self.workers, settings.size) != shares.len() {
+            return Some("a new pool size splits it into another number of shares");
+        }
+        None
     }
 
     fn build(
