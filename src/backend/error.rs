@@ -51,12 +51,25 @@ impl BackendError {
         }
     }
 
+    /// For a client whose startup settings PostgreSQL refused (a bad value, an unknown
+    /// setting): PostgreSQL's own SQLSTATE and message, as FATAL, as PostgreSQL itself would
+    /// refuse the login. Any other failure is [`to_pg_error`](Self::to_pg_error).
+    pub fn to_setting_error(&self) -> PgError {
+        match self {
+            BackendError::Server { fields, .. } => PgError::fatal(
+                SqlState(static_code(&fields.code, "22023")),
+                fields.message.clone(),
+            ),
+            other => other.to_pg_error(),
+        }
+    }
+
     /// The ErrorResponse the client gets. Errors PostgreSQL itself raised keep its SQLSTATE.
     pub fn to_pg_error(&self) -> PgError {
         match self {
             BackendError::Server { fields, .. } => PgError {
                 severity: Severity::Fatal,
-                code: SqlState(static_code(&fields.code)),
+                code: SqlState(static_code(&fields.code, "08004")),
                 message: fields.message.clone(),
                 // Only an authentication failure is about the credentials; a shutdown or
                 // a full server is not.
@@ -81,16 +94,16 @@ impl BackendError {
     }
 }
 
-/// SQLSTATEs PostgreSQL sends during login, mapped onto static strings (the code is five
-/// ASCII characters; anything else becomes a generic connection failure).
-fn static_code(code: &str) -> &'static str {
+/// SQLSTATEs PostgreSQL sends during login or for a bad setting, mapped onto static strings
+/// (the code is five ASCII characters); anything else becomes `fallback`.
+fn static_code(code: &str, fallback: &'static str) -> &'static str {
     const KNOWN: &[&str] = &[
         "28P01", "28000", "3D000", "53300", "57P03", "57P01", "08P01", "0A000", "42501", "53100",
-        "53200", "XX000",
+        "53200", "XX000", "22023", "42704", "55P02", "22P02",
     ];
     KNOWN
         .iter()
         .find(|k| **k == code)
         .copied()
-        .unwrap_or("08004")
+        .unwrap_or(fallback)
 }

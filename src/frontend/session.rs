@@ -183,16 +183,7 @@ impl ClientSession {
             server
                 .hand_back(true, ResetNeed::Nothing, &generation)
                 .await;
-            return Err(match e {
-                crate::backend::BackendError::Server { fields, .. } => PgError {
-                    severity: crate::protocol::Severity::Fatal,
-                    code: SqlState(static_sqlstate(&fields.code)),
-                    message: fields.message,
-                    detail: None,
-                    hint: None,
-                },
-                other => other.to_pg_error(),
-            });
+            return Err(e.to_setting_error());
         }
         // PostgreSQL's spelling of what the client asked for.
         for (name, value) in &mut self.startup {
@@ -247,11 +238,7 @@ impl ClientSession {
     ) {
         self.shared.cancel.unregister(self.key);
         if let Some(held) = &self.held {
-            slot.set(Some(CancelTarget {
-                target: self.pool.cancel_target.clone(),
-                server_key: held.server.key,
-                flight: held.server.cancels.clone(),
-            }));
+            slot.set(Some(cancel_target(&held.server)));
         }
         self.key = key;
         self.cancel = slot;
@@ -390,7 +377,8 @@ impl ClientSession {
 
     /// Before a batch of an unpinned client runs: the news that its pinned server was lost,
     /// or a refusal when what the batch does would pin a server and the pool's limit on
-    /// pinned servers is reached. `Ok` with the pin slot reserved for it, if it would pin;
+    /// pinned servers is reached. `Ok` with a pin slot reserved for it, if it would pin and a
+    /// place came free;
     /// `Err(None)` when the batch is not complete yet; `Err(Some((len, error)))` to answer
     /// the first `len` bytes with `error` instead of running them.
     #[allow(clippy::type_complexity)]
@@ -416,6 +404,12 @@ impl ClientSession {
                 .with_hint("Run it again; recreate the session state first if it needs it."),
             )));
         }
+        if self.pool.pins.count() < self.max_pinned {
+            // Under the limit the relay reserves a place as it forwards a statement that
+            // would pin (PinAllowance); the batch is read here only at the limit, to refuse
+            // it before a server is taken. So plain traffic is not scanned twice.
+            return Ok(None);
+        }
         let effects = batch_effects(buf, &self.statements);
         if !effects.intersects(Effects::PINS) {
             return Ok(None);
@@ -425,28 +419,11 @@ impl ClientSession {
         }
         let len = complete_batch_len(buf).ok_or(None)?;
         let why = effects.pin_reasons();
-        tracing::info!(pinned = self.pool.pins.count(), limit = self.max_pinned, reason = %why, "statement refused: the pool's limit on pinned servers is reached");
+        let pinned = self.pool.pins.count();
+        tracing::info!(pinned, limit = self.max_pinned, reason = %why, "statement refused: the pool's limit on pinned servers is reached");
         Err(Some((
             len,
-            PgError::error(
-                SqlState::TOO_MANY_CONNECTIONS,
-                format!(
-                    "this statement would pin a server to this connection ({why}), and {} of \
-                     the pool's servers are pinned already (max_pinned_servers = {})",
-                    self.pool.pins.count(),
-                    self.max_pinned
-                ),
-            )
-            .with_detail(
-                "Temporary tables, session advisory locks, LISTEN, SQL PREPARE and WITH HOLD \
-                 cursors outlive their transaction, so the server that holds them is kept for \
-                 their client until they are gone.",
-            )
-            .with_hint(
-                "Retry once other clients release their session state, raise \
-                 max_pinned_servers or the pool size, use transaction-scoped alternatives \
-                 (ON COMMIT DROP, pg_advisory_xact_lock), or set session_state = \"reset\".",
-            ),
+            crate::relay::effects::pin_refusal(why, Some((pinned, self.max_pinned))),
         )))
     }
 
@@ -500,11 +477,7 @@ impl ClientSession {
             result = self.wait_for_server(generation) => result,
             () = cancel.wait_cancelled() => Err(PoolError::Canceled),
         };
-        let target = result.as_ref().ok().map(|server| CancelTarget {
-            target: server.share().cancel_target.clone(),
-            server_key: server.key,
-            flight: server.cancels.clone(),
-        });
+        let target = result.as_ref().ok().map(cancel_target);
         if cancel.end_wait(target) {
             // The cancel came first: the query must not run.
             if let Ok(server) = result {
@@ -647,7 +620,8 @@ impl ClientSession {
         release: ReleaseWhen,
         budget: Option<&mut PinAllowance>,
     ) -> RelayEnd {
-        let max_prepared = self.shared.snapshot().config.max_prepared_statements;
+        // A guard, not a snapshot: only one number is read.
+        let max_prepared = self.shared.current.load().config.max_prepared_statements;
         let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
         let mut server_half = HalfBuffer::server_side(std::mem::take(&mut server.read_buf));
         client_half.borrow_spare(&mut server.spare_buffers);
@@ -779,7 +753,6 @@ impl ClientSession {
                     self.state_lost = true;
                 }
                 self.entry.set_pinned(0);
-                self.cancel.set(None);
                 self.entry.set_idle();
                 server.close(CloseReason::ResetFailed);
                 return Next::Continue;
@@ -839,20 +812,12 @@ impl ClientSession {
                 tracing::warn!(error = %e, "could not restore a startup setting on a pinned server");
             }
         }
-        server.transition(ServerState::Pinned {
-            client: self.id,
-            why: pins,
-        });
         self.hold(server, pins, slot);
         Next::Continue
     }
 
     fn hold(&mut self, mut server: Lent, why: PinReasons, slot: Option<PinSlot>) {
-        self.cancel.set(Some(CancelTarget {
-            target: server.share().cancel_target.clone(),
-            server_key: server.key,
-            flight: server.cancels.clone(),
-        }));
+        self.cancel.set(Some(cancel_target(&server)));
         if server.state().pinned() != why {
             server.transition(ServerState::Pinned {
                 client: self.id,
@@ -1022,6 +987,15 @@ impl ClientSession {
     }
 }
 
+/// Where a cancel for the client holding `server` goes.
+fn cancel_target(server: &Lent) -> CancelTarget {
+    CancelTarget {
+        target: server.share().cancel_target.clone(),
+        server_key: server.key,
+        flight: server.cancels.clone(),
+    }
+}
+
 /// What the complete messages buffered at an idle client's batch may do, without a server:
 /// the SQL of Query and Parse messages, and the statements named by Binds.
 fn batch_effects(buf: &[u8], statements: &ClientStatements) -> Effects {
@@ -1052,16 +1026,6 @@ fn batch_effects(buf: &[u8], statements: &ClientStatements) -> Effects {
         pos = end;
     }
     effects
-}
-
-/// SQLSTATEs PostgreSQL may answer a bad startup setting with.
-fn static_sqlstate(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &["22023", "42704", "42501", "0A000", "55P02", "22P02"];
-    KNOWN
-        .iter()
-        .find(|k| **k == code)
-        .copied()
-        .unwrap_or("22023")
 }
 
 /// The answer to `batches` batches that failed as a whole without a server to run them: for

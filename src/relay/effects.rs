@@ -25,6 +25,7 @@
 //! triggers make inside plain DML is not seen (documented in the README).
 
 use crate::backend::PinReasons;
+use crate::protocol::{PgError, SqlState};
 
 bitflags::bitflags! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -591,14 +592,45 @@ pub fn refusal_parse(why: PinReasons, body: &[u8]) -> Option<Vec<u8>> {
     Some(msg)
 }
 
+/// The refusal of a statement that would pin its client's server while the pool's limit on
+/// pinned servers is reached: one wording, whether pgmoat answers it itself (at the start of a
+/// transaction, knowing `pinned` = (servers pinned, limit)) or has PostgreSQL raise it inside
+/// an open transaction.
+pub fn pin_refusal(why: PinReasons, pinned: Option<(usize, usize)>) -> PgError {
+    let message = match pinned {
+        Some((count, limit)) => format!(
+            "this statement would pin a server to this connection ({why}), and {count} of the \
+             pool's servers are pinned already (max_pinned_servers = {limit})"
+        ),
+        None => format!(
+            "this statement would pin a server to this connection ({why}), and the pool's \
+             limit on pinned servers (max_pinned_servers) is reached"
+        ),
+    };
+    PgError::error(SqlState::TOO_MANY_CONNECTIONS, message)
+        .with_detail(
+            "pgmoat refused it before it ran: temporary tables, session advisory locks, LISTEN, \
+             SQL PREPARE and WITH HOLD cursors outlive their transaction, so the server that \
+             holds them is kept for their client until they are gone.",
+        )
+        .with_hint(
+            "Retry once other clients release their session state, raise max_pinned_servers \
+             or the pool size, use transaction-scoped alternatives (ON COMMIT DROP, \
+             pg_advisory_xact_lock), or set session_state = \"reset\".",
+        )
+}
+
+/// A DO block that raises [`pin_refusal`] inside PostgreSQL.
 fn refusal_sql(why: PinReasons) -> String {
+    let refusal = pin_refusal(why, None);
+    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
     format!(
-        "DO $pgmoat$BEGIN RAISE EXCEPTION USING ERRCODE = '53300', MESSAGE = 'this statement \
-         would pin a server to this connection ({why}), and the pool''s limit on pinned servers \
-         (max_pinned_servers) is reached', DETAIL = 'pgmoat refused it before it ran.', HINT = \
-         'Retry once other clients release their session state, raise max_pinned_servers or \
-         the pool size, use transaction-scoped alternatives (ON COMMIT DROP, \
-         pg_advisory_xact_lock), or set session_state = \"reset\".'; END$pgmoat$"
+        "DO $pgmoat$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}, DETAIL = {}, \
+         HINT = {}; END$pgmoat$",
+        refusal.code.0,
+        literal(&refusal.message),
+        literal(refusal.detail.as_deref().unwrap_or_default()),
+        literal(refusal.hint.as_deref().unwrap_or_default()),
     )
 }
 
