@@ -173,6 +173,7 @@ fn bench_translate(c: &mut Criterion) {
             server: &mut server,
             queue: &mut queue,
             max_prepared: 200,
+            max_packet: 0,
             pin_budget: None,
         };
         translate(
@@ -203,6 +204,7 @@ fn bench_translate(c: &mut Criterion) {
                     server: &mut server,
                     queue,
                     max_prepared: 200,
+                    max_packet: 0,
                     pin_budget: None,
                 };
                 translate(input, out, &mut remaining, &mut TxState::default(), &mut tr)

@@ -2,6 +2,7 @@
 //! pools backend connections, and re-encrypts every backend connection with verify-full TLS.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod cancel;

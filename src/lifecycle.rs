@@ -119,6 +119,7 @@ impl Server {
         let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+        raise_open_file_limit(&self.shared.snapshot().config);
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(listen = %addr, "pgmoat is accepting connections");
         if let Some(listener) = self.metrics.take() {
@@ -129,7 +130,13 @@ impl Server {
         tracing::info!(worker_threads = workers.count(), "workers started");
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            crate::pool::run_janitor(&shared.pools, &shared.current, &shared.shutdown).await
+            crate::pool::run_janitor(
+                &shared.pools,
+                &shared.current,
+                &shared.shutdown,
+                &shared.stats,
+            )
+            .await
         });
         // Certificates are checked at start, at each reload, and daily.
         let mut daily = tokio::time::interval_at(
@@ -140,15 +147,18 @@ impl Server {
         // volume's atomic symlink swap is seen too).
         let mut watch = tokio::time::interval(WATCH_PERIOD);
         let mut last_stamp: Option<u64> = None;
+        let mut accept_errors = AcceptErrors::default();
         loop {
             tokio::select! {
                 _ = daily.tick() => log_certificate_expiry(&self.shared.snapshot()),
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => hand_to_worker(tcp, peer, &self.shared, &workers, &tracker),
-                    // Out of file descriptors and the like: back off instead of spinning.
+                    // Out of file descriptors and the like: back off instead of spinning
+                    // (connected clients are served meanwhile; new ones wait in the
+                    // backlog), and say so at most once a second.
                     Err(e) => {
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        accept_errors.note(&e);
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 },
                 _ = hangup.recv() => { let _ = reload(&self.shared); }
@@ -183,6 +193,79 @@ impl Server {
         // Stops the workers; clients still there are cut off with their tasks.
         drop(workers);
         Ok(())
+    }
+}
+
+/// How long the accept loop pauses after a failed accept (EMFILE, ENFILE, ENOBUFS).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Failed accepts, logged at most once a second with how many there were since.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn note(&mut self, error: &std::io::Error) {
+        self.unlogged += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if due {
+            let hint = match error.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::MFILE.raw_os_error() => {
+                    "pgmoat is out of file descriptors: raise its open-file limit (ulimit -n, LimitNOFILE=) or lower max_client_conn / max_pending_logins"
+                }
+                Some(code) if code == rustix::io::Errno::NFILE.raw_os_error() => {
+                    "the system is out of file descriptors (fs.file-max)"
+                }
+                _ => "",
+            };
+            tracing::error!(error = %error, failed_accepts = self.unlogged, hint, "accept failed; serving connected clients, new ones wait");
+            self.last_logged = Some(std::time::Instant::now());
+            self.unlogged = 0;
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every client and server connection is a
+/// descriptor, and the common default of 1024 would run out long before max_client_conn
+/// plus the pools and pending logins. Logged, with a warning when even the hard limit
+/// looks too small for the configuration.
+fn raise_open_file_limit(config: &crate::config::Config) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return;
+    };
+    let target = hard.unwrap_or(1 << 20).min(1 << 20);
+    let mut now = soft;
+    if target > soft {
+        let raised = rustix::process::Rlimit {
+            current: Some(target),
+            maximum: hard,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                now = target;
+                tracing::debug!(from = soft, to = target, "raised the open-file limit");
+            }
+            Err(e) => tracing::debug!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+    let pools: usize = config
+        .databases
+        .values()
+        .map(|d| d.pool_size.unwrap_or(config.default_pool_size))
+        .sum();
+    let wanted = (config.max_client_conn + config.max_pending_logins + pools + 64) as u64;
+    if now < wanted {
+        tracing::warn!(
+            open_file_limit = now,
+            wanted,
+            "the open-file limit is below max_client_conn + max_pending_logins + the pools; accepts will fail with EMFILE before those limits are reached"
+        );
     }
 }
 

@@ -5,7 +5,7 @@
 //! use it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,8 @@ pub struct Shared {
     pub current: Arc<ArcSwap<Generation>>,
     pub pools: PoolRegistry,
     pub cancel: CancelRegistry,
-    pub clients: AtomicUsize,
+    /// Pending logins and logged-in clients (max_pending_logins, max_client_conn).
+    pub admission: Arc<crate::admission::Admission>,
     ids: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
     pub stats: Stats,
@@ -48,7 +49,7 @@ impl Shared {
             ),
             current,
             cancel: CancelRegistry::default(),
-            clients: AtomicUsize::new(0),
+            admission: Arc::default(),
             ids,
             shutdown: CancellationToken::new(),
             stats,

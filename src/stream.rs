@@ -40,6 +40,11 @@ impl Stream {
     }
 
     /// The peer's end-entity certificate (DER), if TLS is on and the peer sent one.
+    /// TLS that pgmoat accepted (a client's connection, not one towards PostgreSQL).
+    pub fn is_accepted_tls(&self) -> bool {
+        matches!(self, Stream::Accepted(_))
+    }
+
     pub fn peer_certificate(&self) -> Option<&[u8]> {
         let certs = match self {
             Stream::Plain(_) => None,

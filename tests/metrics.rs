@@ -79,7 +79,17 @@ async fn counters_move_with_queries_and_health_is_ok() {
         .await
         .unwrap();
 
-    let (_, after) = get(s.metrics_port, "/metrics").await;
+    // The client has its answer a moment before pgmoat marks it idle again: scrape until
+    // it shows as idle.
+    let idle = r#"pgmoat_clients{database="app",user="alice",state="idle"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let (_, after) = get(s.metrics_port, "/metrics").await;
+        if sample(&after, idle) == Some(1.0) || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let value =
         |series: &str| sample(&after, series).unwrap_or_else(|| panic!("no {series} in\n{after}"));
     assert!(value(&format!("pgmoat_transactions_total{APP}")) >= 6.0);
@@ -415,4 +425,73 @@ async fn pins_and_cancels_are_counted() {
         assert!(std::time::Instant::now() < deadline, "not counted:\n{body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The endpoint bounds what idle and slow connections can hold: a reader that pipelines
+/// requests and never reads is cut off at the connection deadline, and connections beyond
+/// the cap push out the oldest, so /health still answers with 40 idle connections open.
+#[tokio::test]
+async fn slow_readers_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.metrics_port));
+
+    // A slow reader: a small receive window, requests pipelined, nothing read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    let mark = s.pgmoat.log_mark();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: pgmoat\r\n\r\n";
+    for _ in 0..2000 {
+        // Until pgmoat stops reading too (it is blocked writing to us), or all are sent.
+        match tokio::time::timeout(Duration::from_millis(500), slow.write_all(request)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    s.pgmoat.wait_for_log_since(
+        mark,
+        "metrics connection cut off at its deadline",
+        Duration::from_secs(60),
+    );
+    let mut sink = vec![0u8; 64 * 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match slow.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow reader's connection ends");
+
+    // Idle connections beyond the cap: the oldest make room, /health answers.
+    let mark = s.pgmoat.log_mark();
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let (status, body) = get(s.metrics_port, "/health").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    s.pgmoat.wait_for_log_since(
+        mark,
+        "closed the oldest connection to make room",
+        Duration::from_secs(30),
+    );
+    let mut byte = [0u8; 1];
+    let oldest = tokio::time::timeout(Duration::from_secs(30), idle[0].read(&mut byte)).await;
+    assert!(
+        matches!(oldest, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest idle connection is closed: {oldest:?}"
+    );
+    // Still writable and answered after the flood (a kept-alive scraper is unaffected).
+    let mut fresh = tokio::net::TcpStream::connect(addr).await.unwrap();
+    fresh
+        .write_all(b"GET /health HTTP/1.1\r\nHost: pgmoat\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    fresh.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

@@ -4,7 +4,6 @@
 //! columns come after PgBouncer's.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::columns::*;
@@ -371,10 +370,7 @@ pub fn lists(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(LISTS);
     let generation = shared.snapshot();
     let used_clients = shared.stats.clients.len();
-    let logging_in = shared
-        .clients
-        .load(Ordering::Relaxed)
-        .saturating_sub(used_clients);
+    let logging_in = shared.admission.pending();
     let items = [
         ("databases", generation.config.databases.len()),
         ("users", generation.users.len()),

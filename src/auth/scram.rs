@@ -1,6 +1,7 @@
 //! The server side of SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL runs it: the user comes
-//! from the startup packet (the SASL user name is ignored), no channel binding is offered, and
-//! a failed proof looks the same for a wrong password and an unknown user.
+//! from the startup packet (the SASL user name is ignored), SCRAM-SHA-256-PLUS with
+//! `tls-server-end-point` channel binding is offered over TLS, and a failed proof looks the
+//! same for a wrong password and an unknown user.
 
 use std::fmt;
 
@@ -12,10 +13,13 @@ use subtle::ConstantTimeEq;
 
 mod messages;
 
-use messages::{parse_client_final, parse_client_first};
+use messages::{CbindFlag, parse_client_final, parse_client_first};
 
-/// The only mechanism offered; -PLUS (channel binding) is not.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// SCRAM-SHA-256 with channel binding; offered only over TLS.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The one channel binding type PostgreSQL (and pgmoat) supports.
+pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 
 pub(super) const SCRAM_SECRET_PREFIX: &str = "SCRAM-SHA-256$";
 
@@ -33,6 +37,11 @@ pub enum ScramError {
 
     #[error("client selected an invalid SASL authentication mechanism")]
     UnsupportedMechanism,
+
+    /// Channel binding was asked for wrongly, or its data does not match this connection
+    /// (a man in the middle), in PostgreSQL's words.
+    #[error("{0}")]
+    ChannelBinding(&'static str),
 
     /// A malformed or out-of-order message. The text never quotes the client's message.
     #[error("malformed SCRAM message: {0}")]
@@ -169,6 +178,8 @@ impl fmt::Debug for ScramSecret {
 pub struct ScramServer {
     secret: ScramSecret,
     state: State,
+    /// tls-server-end-point data of this connection: SCRAM-SHA-256-PLUS is offered.
+    binding: Option<Vec<u8>>,
 }
 
 enum State {
@@ -180,7 +191,9 @@ enum State {
 
 /// What the final round needs from the first: the pieces of the AuthMessage and the nonce.
 struct FirstRound {
-    gs2_header: Vec<u8>,
+    /// What the client-final-message's `c=` must decode to: the gs2 header, followed by
+    /// the channel binding data when the client binds.
+    expected_binding: Vec<u8>,
     client_first_bare: Vec<u8>,
     server_first: String,
     nonce: String,
@@ -191,6 +204,23 @@ impl ScramServer {
         ScramServer {
             secret,
             state: State::AwaitingClientFirst,
+            binding: None,
+        }
+    }
+
+    /// Offers SCRAM-SHA-256-PLUS bound to `binding` (the tls-server-end-point data of
+    /// pgmoat's certificate on this connection), when there is one.
+    pub fn with_channel_binding(mut self, binding: Option<Vec<u8>>) -> Self {
+        self.binding = binding;
+        self
+    }
+
+    /// The mechanisms to advertise in AuthenticationSASL, most preferred first.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.binding.is_some() {
+            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+        } else {
+            &[SCRAM_SHA_256]
         }
     }
 
@@ -205,12 +235,14 @@ impl ScramServer {
         if !matches!(state, State::AwaitingClientFirst) {
             return Err(protocol("client-first-message out of order"));
         }
-        if mechanism != SCRAM_SHA_256 {
-            return Err(ScramError::UnsupportedMechanism);
-        }
+        let plus = match mechanism {
+            SCRAM_SHA_256 => false,
+            SCRAM_SHA_256_PLUS if self.binding.is_some() => true,
+            _ => return Err(ScramError::UnsupportedMechanism),
+        };
         let mut raw = [0u8; SERVER_NONCE_RAW_LEN];
         rand::fill(&mut raw[..]);
-        self.first_with_server_nonce(client_first, &BASE64.encode(raw))
+        self.first_with_server_nonce(client_first, &BASE64.encode(raw), plus)
     }
 
     /// The first round with a given server nonce (tests use the RFC 7677 example's nonce).
@@ -218,8 +250,39 @@ impl ScramServer {
         &mut self,
         client_first: &[u8],
         server_nonce: &str,
+        plus: bool,
     ) -> Result<Vec<u8>, ScramError> {
         let first = parse_client_first(client_first)?;
+        // PostgreSQL's checks and wording (auth-scram.c).
+        let mut expected_binding = first.gs2_header.to_vec();
+        match (plus, first.flag) {
+            (true, CbindFlag::Binds(kind)) => {
+                if kind != TLS_SERVER_END_POINT.as_bytes() {
+                    return Err(ScramError::ChannelBinding(
+                        "unsupported SCRAM channel-binding type",
+                    ));
+                }
+                expected_binding.extend_from_slice(self.binding.as_deref().unwrap_or_default());
+            }
+            (true, _) => {
+                return Err(ScramError::ChannelBinding(
+                    "The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.",
+                ));
+            }
+            (false, CbindFlag::Binds(_)) => {
+                return Err(ScramError::ChannelBinding(
+                    "The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.",
+                ));
+            }
+            // A client that could bind but believes the server cannot: over TLS, where
+            // pgmoat offered -PLUS, someone removed it on the way (a downgrade).
+            (false, CbindFlag::ClientOnly) if self.binding.is_some() => {
+                return Err(ScramError::ChannelBinding(
+                    "The client supports SCRAM channel binding but thinks the server does not. However, this server does support channel binding.",
+                ));
+            }
+            (false, _) => {}
+        }
         let nonce = format!("{}{server_nonce}", first.client_nonce);
         let server_first = format!(
             "r={nonce},s={},i={}",
@@ -228,7 +291,7 @@ impl ScramServer {
         );
         let reply = server_first.clone().into_bytes();
         self.state = State::AwaitingClientFinal(FirstRound {
-            gs2_header: first.gs2_header.to_vec(),
+            expected_binding,
             client_first_bare: first.bare.to_vec(),
             server_first,
             nonce,
@@ -248,9 +311,13 @@ impl ScramServer {
         let binding = BASE64
             .decode(fin.channel_binding)
             .map_err(|_| protocol("channel binding is not base64"))?;
-        // Without channel binding the client must echo its own gs2 header ("biws" / "eSws").
-        if binding != round.gs2_header {
-            return Err(protocol("channel binding does not match the gs2 header"));
+        // Without channel binding the client echoes its own gs2 header ("biws" / "eSws");
+        // with it, the header and the hash of the certificate it saw, which differs when
+        // someone in the middle terminated its TLS.
+        if binding != round.expected_binding {
+            return Err(ScramError::ChannelBinding(
+                "SCRAM channel binding check failed",
+            ));
         }
         if fin.nonce != round.nonce.as_bytes() {
             return Err(protocol("nonce does not match"));

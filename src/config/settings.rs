@@ -54,6 +54,14 @@ pub enum TlsVersion {
     Tls13,
 }
 
+/// max_packet_size's default: 64 MiB. PgBouncer allows 2 GiB; PostgreSQL holds each message
+/// whole in the backend's memory (up to 1 GiB), so a smaller bound keeps one client from
+/// costing the database that much, and still passes any ordinary query or parameter.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 64 * 1024 * 1024;
+
+/// The smallest max_packet_size accepted: below it ordinary statements would not fit.
+pub const MIN_MAX_PACKET_SIZE: usize = 16 * 1024;
+
 /// A duration written in seconds (integer or fractional), as PgBouncer writes its timeouts.
 /// Zero means "disabled" where PgBouncer says so.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Default)]
@@ -105,6 +113,8 @@ pub struct Config {
     pub reserve_pool_size: usize,
     pub reserve_pool_timeout: Seconds,
     pub max_client_conn: usize,
+    /// Connections accepted that have not logged in yet (TLS, startup, authentication).
+    pub max_pending_logins: usize,
     pub max_db_connections: usize,
     pub max_user_connections: usize,
     pub max_prepared_statements: usize,
@@ -121,7 +131,12 @@ pub struct Config {
     pub server_connect_timeout: Seconds,
     pub query_wait_timeout: Seconds,
     pub client_login_timeout: Seconds,
+    pub client_idle_timeout: Seconds,
+    /// Pools made for the `*` entry are forgotten after this long unused; 0: never.
+    pub autodb_idle_timeout: Seconds,
     pub shutdown_timeout: Seconds,
+    /// Longest message a client may send, in bytes, header included.
+    pub max_packet_size: usize,
 
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
@@ -161,6 +176,7 @@ impl Default for Config {
             reserve_pool_size: 0,
             reserve_pool_timeout: Seconds(5.0),
             max_client_conn: 100,
+            max_pending_logins: 1000,
             max_db_connections: 0,
             max_user_connections: 0,
             max_prepared_statements: 200,
@@ -175,7 +191,10 @@ impl Default for Config {
             server_connect_timeout: Seconds(15.0),
             query_wait_timeout: Seconds(120.0),
             client_login_timeout: Seconds(60.0),
+            client_idle_timeout: Seconds(0.0),
+            autodb_idle_timeout: Seconds(3600.0),
             shutdown_timeout: Seconds(30.0),
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             auth_type: AuthType::ScramSha256,
             auth_file: None,
             admin_users: Vec::new(),

@@ -165,6 +165,17 @@ fn limits(c: &Config, found: &mut Found) {
     if c.max_client_conn == 0 {
         found.add("max_client_conn", &[], "must be at least 1");
     }
+    if c.max_pending_logins == 0 {
+        found.add("max_pending_logins", &[], "must be at least 1");
+    }
+    if c.max_packet_size < super::settings::MIN_MAX_PACKET_SIZE {
+        let why = format!(
+            "{} bytes is too small for ordinary statements: at least {} (16 KiB)",
+            c.max_packet_size,
+            super::settings::MIN_MAX_PACKET_SIZE
+        );
+        found.add("max_packet_size", &[], why);
+    }
     if c.listen_port == 0 {
         found.add(
             "listen_port",
@@ -182,6 +193,8 @@ fn limits(c: &Config, found: &mut Found) {
         ("server_connect_timeout", c.server_connect_timeout),
         ("query_wait_timeout", c.query_wait_timeout),
         ("client_login_timeout", c.client_login_timeout),
+        ("client_idle_timeout", c.client_idle_timeout),
+        ("autodb_idle_timeout", c.autodb_idle_timeout),
         ("shutdown_timeout", c.shutdown_timeout),
     ];
     for (name, seconds) in timeouts {

@@ -21,8 +21,6 @@ use crate::stream::Stream;
 
 use super::FrontendError;
 
-const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
-
 pub struct AuthContext<'a> {
     pub auth_type: AuthType,
     pub user: &'a str,
@@ -31,6 +29,9 @@ pub struct AuthContext<'a> {
     pub mock_key: &'a [u8],
     /// SCRAM verifiers derived from plain-text auth_file passwords, made once per user.
     pub scram_cache: &'a ScramCache,
+    /// tls-server-end-point data of pgmoat's certificate, when this client came over TLS:
+    /// SCRAM-SHA-256-PLUS is offered.
+    pub channel_binding: Option<&'a [u8]>,
 }
 
 /// Authenticates the client. After a SCRAM exchange, returns the ClientKey its proof
@@ -149,9 +150,10 @@ async fn scram(
     // fake secret and fail at the end, exactly like a wrong password.
     let known = secret.is_some();
     let secret = secret.unwrap_or_else(|| ScramSecret::mock_for(ctx.user, ctx.mock_key));
-    let mut server = ScramServer::new(secret);
+    let mut server =
+        ScramServer::new(secret).with_channel_binding(ctx.channel_binding.map(<[u8]>::to_vec));
     let mut out = BytesMut::new();
-    authentication_sasl(&mut out, &[SCRAM_SHA_256]);
+    authentication_sasl(&mut out, server.mechanisms());
     send(stream, &mut out).await?;
 
     let body = read_password_message(stream).await?;

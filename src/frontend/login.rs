@@ -104,11 +104,15 @@ pub async fn login(
             .map(LoggedIn::Console);
     }
     let max_clients = config.max_client_conn;
-    if shared.clients.load(std::sync::atomic::Ordering::Relaxed) > max_clients {
-        refuse!(PgError::fatal(
+    let full = || {
+        PgError::fatal(
             SqlState::TOO_MANY_CONNECTIONS,
             format!("no more connections allowed (max_client_conn = {max_clients})"),
-        ));
+        )
+    };
+    // Early, to spare the work of authentication; the place is claimed once it succeeded.
+    if shared.admission.clients() >= max_clients {
+        refuse!(full());
     }
     let Some(settings) = PoolSettings::resolve(config, &generation.users, &database, &user) else {
         refuse!(PgError::fatal(
@@ -123,6 +127,10 @@ pub async fn login(
         users: &generation.users,
         mock_key: &shared.mock_key,
         scram_cache: &generation.scram_cache,
+        channel_binding: stream
+            .is_accepted_tls()
+            .then_some(generation.tls.server_end_point.as_deref())
+            .flatten(),
     };
     let client_key = match authenticate(&mut stream, &ctx).await {
         Ok(key) => key,
@@ -130,6 +138,10 @@ pub async fn login(
             super::count_auth_failure(shared, &e);
             return Err((Some(stream), e));
         }
+    };
+    // max_client_conn counts logged-in clients, so a socket that never logs in takes none.
+    let Some(client_slot) = shared.admission.claim_client(max_clients) else {
+        refuse!(full());
     };
     let mut settings = settings;
     if settings.target.password.is_none()
@@ -176,6 +188,8 @@ pub async fn login(
         startup.param("application_name").unwrap_or(""),
     );
     let scram_keys = settings.target.scram_keys.clone();
+    // Made for the `*` entry, so forgotten again if this first login fails.
+    let auto_pool = (!config.databases.contains_key(&database)).then(|| key.clone());
     let pool = shared.pools.get_or_create(key, settings, worker);
     let session_mode = pool.settings.mode == crate::config::PoolMode::Session;
     // A session-mode client is told the real pid of the server it holds (once it holds
@@ -197,11 +211,18 @@ pub async fn login(
         pool_statements: config.max_prepared_statements > 0,
         entry,
         stats,
+        slot: client_slot,
     });
     let server_params = match session.start().await {
         Ok(params) => params,
         Err(e) => {
             session.fail(e.clone()).await;
+            drop(session);
+            if let Some(key) = auto_pool
+                && shared.pools.forget_failed_auto_pool(&key)
+            {
+                shared.stats.forget_pool(&key);
+            }
             return Err((None, FrontendError::Refused(e)));
         }
     };

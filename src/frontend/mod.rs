@@ -11,7 +11,6 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -36,20 +35,15 @@ pub enum FrontendError {
     Tls(std::io::Error),
     #[error("client_login_timeout expired before the client logged in")]
     LoginTimeout,
+    #[error(
+        "dropped before it logged in: max_pending_logins connections were logging in, and this was the oldest"
+    )]
+    LoginDropped,
 }
 
 impl From<PgError> for FrontendError {
     fn from(e: PgError) -> Self {
         FrontendError::Refused(e)
-    }
-}
-
-/// Counts a client for max_client_conn for as long as it lives.
-struct ClientSlot(Arc<Shared>);
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -61,10 +55,14 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        shared.clients.fetch_add(1, Ordering::Relaxed);
-        let slot = ClientSlot(shared.clone());
         let generation = shared.snapshot();
         let login_timeout = generation.config.client_login_timeout.non_zero();
+        let (pending, evicted) = shared
+            .admission
+            .start_login(generation.config.max_pending_logins);
+        if evicted > 0 {
+            shared.metrics.logins_dropped(evicted);
+        }
 
         // Boxed, so that the handshake's and login's state (several KiB, most of this
         // future) is freed once the client is logged in instead of staying in the task of
@@ -90,19 +88,28 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
                 Err((stream, err)) => Err((stream, err)),
             }
         });
-        let logged_in = match login_timeout {
-            Some(limit) => match tokio::time::timeout(limit, login).await {
-                Ok(result) => result,
-                Err(_) => Err((None, FrontendError::LoginTimeout)),
-            },
-            None => login.await,
+        let timed = async {
+            match login_timeout {
+                Some(limit) => match tokio::time::timeout(limit, login).await {
+                    Ok(result) => result,
+                    Err(_) => Err((None, FrontendError::LoginTimeout)),
+                },
+                None => login.await,
+            }
         };
+        // client_login_timeout runs from accept; a newer connection may push this one out
+        // while it is still logging in (the connection just closes: it may not even have
+        // sent a startup packet to be answered).
+        let logged_in = tokio::select! {
+            result = timed => result,
+            _ = pending.pushed_out() => Err((None, FrontendError::LoginDropped)),
+        };
+        drop(pending);
         match logged_in {
             Ok(Some(session)) => Box::pin(session.run()).await,
             Ok(None) => {}
             Err((stream, err)) => refuse(stream, err).await,
         }
-        drop(slot);
     }
     .instrument(span)
     .await
@@ -158,6 +165,9 @@ async fn refuse(stream: Option<Stream>, err: FrontendError) {
         FrontendError::Protocol(e) if e.is_closed() => {
             tracing::debug!("client closed the connection before logging in")
         }
+        // Under a flood of sockets that never log in, one line each would flood the log;
+        // pgmoat_logins_dropped_total counts them.
+        FrontendError::LoginDropped => tracing::debug!(error = %err, "client connection dropped"),
         other => tracing::info!(error = %other, "client connection failed"),
     }
     let Some(mut stream) = stream else { return };
@@ -168,7 +178,7 @@ async fn refuse(stream: Option<Stream>, err: FrontendError) {
             crate::protocol::SqlState::PROTOCOL_VIOLATION,
             format!("invalid startup packet or message: {e}"),
         ),
-        FrontendError::LoginTimeout => return,
+        FrontendError::LoginTimeout | FrontendError::LoginDropped => return,
     };
     let _ = stream.write_all(&message.to_bytes()).await;
     let _ = stream.flush().await;

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::server_state::{merge_snapshot, sync_settings};
+use crate::admission::ClientSlot;
 use crate::backend::scram_keys::ScramKeys;
 use crate::backend::{BackendKey, CloseReason, PinReasons, ResetNeed, ServerState};
 use crate::cancel::CancelTarget;
@@ -20,8 +21,9 @@ use crate::config::{PoolMode, SessionState};
 use crate::pool::{Lent, PinSlot, PinSlots, PoolError, PoolKey, PoolSettings, ServerPool};
 use crate::protocol::{PgError, SqlState};
 use crate::relay::effects::Effects;
+use crate::relay::idle::{IDLE_QUEUE_MAX, IdleBatch, IdleScan, complete_batch_len};
 use crate::relay::prepared::ClientStatements;
-use crate::relay::translate::{IdleBatch, answer_locally, classify_idle};
+use crate::relay::translate::answer_locally;
 use crate::relay::{HalfBuffer, PinBudget, Relay, RelayEnd, ReleaseWhen, TxState};
 use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
@@ -105,6 +107,8 @@ pub struct ClientSession {
     held: Option<Box<Held>>,
     /// Its pinned server was lost: the next batch is answered with that news.
     state_lost: bool,
+    /// Its place under max_client_conn.
+    _slot: ClientSlot,
 }
 
 impl Drop for ClientSession {
@@ -130,6 +134,7 @@ pub(super) struct SessionStart {
     pub pool_statements: bool,
     pub entry: ClientRegistration,
     pub stats: Arc<PoolStats>,
+    pub slot: ClientSlot,
 }
 
 impl ClientSession {
@@ -158,6 +163,7 @@ impl ClientSession {
             stats: start.stats,
             held: None,
             state_lost: false,
+            _slot: start.slot,
         }
     }
 
@@ -250,14 +256,12 @@ impl ClientSession {
     }
 
     pub async fn run(&mut self) {
-        let mut client_half = HalfBuffer::new();
+        let limit = self.shared.current.load().config.max_packet_size;
+        let mut client_half = HalfBuffer::client(limit);
+        let mut scan = IdleScan::default();
         loop {
             if self.shared.shutdown.is_cancelled() && !client_half.has_header() {
-                Box::pin(self.fail(PgError::fatal(
-                    SqlState::ADMIN_SHUTDOWN,
-                    "pgmoat is shutting down",
-                )))
-                .await;
+                Box::pin(self.fail(shutting_down())).await;
                 return;
             }
             if self.held.is_some() {
@@ -269,34 +273,40 @@ impl ClientSession {
             }
             // Idle: wait until the client sends something before taking a server.
             while !client_half.has_header() {
-                let read = tokio::select! {
-                    read = poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)) => read,
-                    _ = self.shared.shutdown.cancelled() => {
-                        Box::pin(self.fail(PgError::fatal(SqlState::ADMIN_SHUTDOWN, "pgmoat is shutting down"))).await;
-                        return;
-                    }
-                };
-                match read {
-                    Ok(0) => {
-                        tracing::debug!("client disconnected");
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "client connection lost");
-                        return;
-                    }
+                if let Next::Close = self.read_idle(&mut client_half).await {
+                    return;
                 }
             }
             if client_half.starts_with_terminate() {
                 tracing::debug!("client terminated");
                 return;
             }
+            // Refused before a server is taken or any of it is held (the relay checks every
+            // later message the same way).
+            if let Ok(Some(header)) = crate::protocol::Header::parse(&client_half.buf)
+                && let Err(e) = header.check_packet_limit(client_half.packet_limit())
+            {
+                Box::pin(self.fail(client_fault_error(&e))).await;
+                return;
+            }
+            // A message that fits what an idle client may queue is read whole before a
+            // server is taken for it, so a client that stops half-way holds no server and
+            // meets client_idle_timeout; a bigger one is streamed by the relay.
+            if let Ok(Some(header)) = crate::protocol::Header::parse(&client_half.buf)
+                && client_half.buf.len() < header.total()
+                && header.total() <= IDLE_QUEUE_MAX
+            {
+                if let Next::Close = self.read_idle(&mut client_half).await {
+                    return;
+                }
+                continue;
+            }
             let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
             if self.pool_statements && transaction_mode {
-                match classify_idle(&client_half.buf) {
+                match scan.classify(&client_half.buf) {
                     IdleBatch::Local { len, .. } => {
                         let batch = client_half.buf.split_to(len);
+                        scan.consumed();
                         let mut reply = BytesMut::new();
                         if let Err(e) = answer_locally(&batch, &mut self.statements, &mut reply) {
                             Box::pin(
@@ -314,7 +324,7 @@ impl ClientSession {
                         continue;
                     }
                     IdleBatch::NeedMore => {
-                        if !self.read_more(&mut client_half).await {
+                        if let Next::Close = self.read_idle(&mut client_half).await {
                             return;
                         }
                         continue;
@@ -326,16 +336,12 @@ impl ClientSession {
             // Draining: no new transaction, even for a query that is already here (pipelined,
             // or read in the same instant the shutdown began).
             if self.shared.shutdown.is_cancelled() {
-                Box::pin(self.fail(PgError::fatal(
-                    SqlState::ADMIN_SHUTDOWN,
-                    "pgmoat is shutting down",
-                )))
-                .await;
+                Box::pin(self.fail(shutting_down())).await;
                 return;
             }
             let mut reserved = None;
             if transaction_mode && (self.state_lost || self.session_state == SessionState::Pin) {
-                let refusal = match self.check_batch(&client_half) {
+                let refusal = match self.check_batch(&client_half, &mut scan) {
                     Ok(slot) => {
                         reserved = slot;
                         None
@@ -346,13 +352,14 @@ impl ClientSession {
                     None => {}
                     Some(None) => {
                         // The batch is not whole yet: it cannot be judged (or dropped) yet.
-                        if !self.read_more(&mut client_half).await {
+                        if let Next::Close = self.read_idle(&mut client_half).await {
                             return;
                         }
                         continue;
                     }
                     Some(Some((len, err))) => {
                         bytes::Buf::advance(&mut client_half.buf, len);
+                        scan.consumed();
                         if let Next::Close = self.answer(&lost_batches(&err, 1)).await {
                             return;
                         }
@@ -360,35 +367,85 @@ impl ClientSession {
                     }
                 }
             }
+            // The transaction takes what is buffered; whatever it leaves is a new batch.
+            scan.consumed();
             // Boxed: a transaction's state (checkout, relay, reset) is kilobytes, and inline
             // it would stay allocated in the task of every idle client.
             let next = Box::pin(self.transaction(&mut client_half, reserved)).await;
             if let Next::Close = next {
                 return;
             }
+            // max_packet_size as reloaded (it applies from a message boundary on).
+            if client_half.at_boundary() {
+                let limit = self.shared.current.load().config.max_packet_size;
+                client_half.set_packet_limit(limit);
+            }
         }
     }
 
-    /// Reads more of an idle client's batch; false when the client is gone.
-    async fn read_more(&mut self, client_half: &mut HalfBuffer) -> bool {
-        let read = poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)).await;
-        matches!(read, Ok(n) if n > 0)
+    /// Reads more of an idle client, which may end the session: the client left, pgmoat is
+    /// shutting down, or client_idle_timeout passed without a byte (a half-sent message
+    /// included).
+    async fn read_idle(&mut self, client_half: &mut HalfBuffer) -> Next {
+        let idle_limit = self.shared.current.load().config.client_idle_timeout;
+        let expired = async {
+            match idle_limit.non_zero() {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let read = tokio::select! {
+            read = poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)) => read,
+            _ = self.shared.shutdown.cancelled() => {
+                Box::pin(self.fail(shutting_down())).await;
+                return Next::Close;
+            }
+            _ = expired => {
+                tracing::info!(seconds = idle_limit.0, "client_idle_timeout: closing an idle client");
+                let message = format!(
+                    "terminating connection due to client_idle_timeout ({} s without a query)",
+                    idle_limit.0
+                );
+                Box::pin(self.fail(PgError::fatal(SqlState::IDLE_SESSION_TIMEOUT, message))).await;
+                return Next::Close;
+            }
+        };
+        match read {
+            Ok(0) => {
+                tracing::debug!("client disconnected");
+                Next::Close
+            }
+            Ok(_) => Next::Continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection lost");
+                Next::Close
+            }
+        }
     }
 
     /// Before a batch of an unpinned client runs: the news that its pinned server was lost,
     /// or a refusal when what the batch does would pin a server and the pool's limit on
     /// pinned servers is reached. `Ok` with a pin slot reserved for it, if it would pin and a
-    /// place came free;
+    /// place came free (or unjudged, once the batch outgrew what an idle client may queue:
+    /// the relay then refuses what would pin as it forwards);
     /// `Err(None)` when the batch is not complete yet; `Err(Some((len, error)))` to answer
     /// the first `len` bytes with `error` instead of running them.
     #[allow(clippy::type_complexity)]
     fn check_batch(
         &mut self,
         client_half: &HalfBuffer,
+        scan: &mut IdleScan,
     ) -> Result<Option<PinSlot>, Option<(usize, PgError)>> {
         let buf = &client_half.buf[..];
         if self.state_lost {
-            let len = complete_batch_len(buf).ok_or(None)?;
+            scan.judge_batch(buf, &self.statements);
+            let Some(len) = scan.batch_len() else {
+                return if scan.over_bound(buf.len()) {
+                    Ok(None)
+                } else {
+                    Err(None)
+                };
+            };
             self.state_lost = false;
             return Err(Some((
                 len,
@@ -410,14 +467,15 @@ impl ClientSession {
             // it before a server is taken. So plain traffic is not scanned twice.
             return Ok(None);
         }
-        let effects = batch_effects(buf, &self.statements);
-        if !effects.intersects(Effects::PINS) {
+        scan.judge_batch(buf, &self.statements);
+        let effects = scan.batch_effects();
+        if !effects.intersects(Effects::PINS) || scan.over_bound(buf.len()) {
             return Ok(None);
         }
         if let Some(slot) = self.pool.pins.try_reserve(self.max_pinned) {
             return Ok(Some(slot));
         }
-        let len = complete_batch_len(buf).ok_or(None)?;
+        let len = scan.batch_len().ok_or(None)?;
         let why = effects.pin_reasons();
         let pinned = self.pool.pins.count();
         tracing::info!(pinned, limit = self.max_pinned, reason = %why, "statement refused: the pool's limit on pinned servers is reached");
@@ -681,11 +739,14 @@ impl ClientSession {
                 self.leave(server, server_clean, tx.effects, generation)
                     .await;
                 if let Some(e) = error.filter(|e| !e.is_closed()) {
-                    self.fail(PgError::fatal(
-                        SqlState::PROTOCOL_VIOLATION,
-                        format!("invalid message from client: {e}"),
-                    ))
-                    .await;
+                    let err = match e.protocol() {
+                        Some(e) => client_fault_error(e),
+                        None => PgError::fatal(
+                            SqlState::PROTOCOL_VIOLATION,
+                            format!("invalid message from client: {e}"),
+                        ),
+                    };
+                    self.fail(err).await;
                 }
                 Next::Close
             }
@@ -996,38 +1057,6 @@ fn cancel_target(server: &Lent) -> CancelTarget {
     }
 }
 
-/// What the complete messages buffered at an idle client's batch may do, without a server:
-/// the SQL of Query and Parse messages, and the statements named by Binds.
-fn batch_effects(buf: &[u8], statements: &ClientStatements) -> Effects {
-    let mut effects = Effects::empty();
-    let mut pos = 0;
-    while let Ok(Some(header)) = crate::protocol::Header::parse(&buf[pos..]) {
-        let end = pos + header.total();
-        if end > buf.len() {
-            break;
-        }
-        let body = &buf[pos + crate::protocol::Header::SIZE..end];
-        match header.tag {
-            b'Q' | b'P' => effects |= crate::relay::effects::of_message(header.tag, body),
-            b'B' => {
-                let mut names = body.split(|b| *b == 0);
-                let _portal = names.next();
-                if let Some(statement) = names
-                    .next()
-                    .and_then(|n| std::str::from_utf8(n).ok())
-                    .filter(|n| !n.is_empty())
-                    .and_then(|n| statements.get(n))
-                {
-                    effects |= statement.effects;
-                }
-            }
-            _ => {}
-        }
-        pos = end;
-    }
-    effects
-}
-
 /// The answer to `batches` batches that failed as a whole without a server to run them: for
 /// each, `err` and ReadyForQuery (idle), as PostgreSQL answers a failed batch.
 fn lost_batches(err: &PgError, batches: u32) -> BytesMut {
@@ -1039,64 +1068,21 @@ fn lost_batches(err: &PgError, batches: u32) -> BytesMut {
     reply
 }
 
-/// Length of the first complete batch in `buf`: a Query, or extended-protocol messages up to
-/// and including Sync. `None` while it is incomplete (or not a batch that can be dropped).
-fn complete_batch_len(buf: &[u8]) -> Option<usize> {
-    let mut pos = 0;
-    loop {
-        let header = crate::protocol::Header::parse(&buf[pos..]).ok()??;
-        let end = pos + header.total();
-        if end > buf.len() {
-            return None;
-        }
-        match header.tag {
-            b'Q' if pos == 0 => return Some(end),
-            b'S' => return Some(end),
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => pos = end,
-            _ => return None,
-        }
-    }
+/// PostgreSQL's refusal of a new statement while the server shuts down, in pgmoat's words.
+fn shutting_down() -> PgError {
+    PgError::fatal(SqlState::ADMIN_SHUTDOWN, "pgmoat is shutting down")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-
-    #[test]
-    fn batches_that_can_be_dropped_whole() {
-        let query = msg(b'Q', b"select 1\0");
-        assert_eq!(complete_batch_len(&query), Some(query.len()));
-        assert_eq!(complete_batch_len(&query[..4]), None);
-        let mut extended = msg(b'P', b"\0select 1\0\0\0");
-        extended.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
-        extended.extend(msg(b'E', b"\0\0\0\0\0"));
-        assert_eq!(complete_batch_len(&extended), None, "no Sync yet");
-        let without_sync = extended.len();
-        extended.extend(msg(b'S', b""));
-        assert_eq!(complete_batch_len(&extended), Some(without_sync + 5));
-        assert_eq!(complete_batch_len(&msg(b'd', b"data")), None);
-    }
-
-    #[test]
-    fn an_idle_batch_is_judged_by_its_sql_and_its_statements() {
-        let statements = ClientStatements::default();
-        assert_eq!(
-            batch_effects(&msg(b'Q', b"CREATE TEMP TABLE t (x int)\0"), &statements),
-            Effects::TEMP
-        );
-        let mut extended = msg(b'P', b"\0SELECT pg_advisory_lock(1)\0\0\0");
-        extended.extend(msg(b'S', b""));
-        assert_eq!(
-            batch_effects(&extended, &statements),
-            Effects::ADVISORY_LOCK
-        );
-        assert!(batch_effects(&msg(b'Q', b"SELECT 1\0"), &statements).is_empty());
+/// What a client is told when its connection ends for a message it sent.
+fn client_fault_error(e: &crate::protocol::ProtocolError) -> PgError {
+    let message = format!("invalid message from client: {e}");
+    match e {
+        crate::protocol::ProtocolError::OverPacketLimit { max, .. } => {
+            PgError::fatal(SqlState::PROGRAM_LIMIT_EXCEEDED, message).with_hint(format!(
+                "pgmoat refuses messages over max_packet_size ({max} bytes); raise it if a \
+                 statement or parameter legitimately needs more."
+            ))
+        }
+        _ => PgError::fatal(SqlState::PROTOCOL_VIOLATION, message),
     }
 }

@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::admission::OldestOut;
 use crate::state::Shared;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -23,11 +24,20 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// A scraper that opens a connection and sends nothing must not hold a task forever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most connections served at once; a new one pushes out the oldest, so a probe always gets
+/// in however many idle or slow connections someone holds open.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// The longest any one connection lives (requests on a kept-alive connection included): a
+/// reader too slow to take a response in that time is cut off. Prometheus reconnects.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Serves until the process ends; it keeps answering during a drain, so /health can say 503.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(metrics = %addr, "serving /metrics and /health");
     }
+    let connections = Arc::new(OldestOut::default());
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -38,6 +48,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
+        let (place, pushed_out) = connections.enter(MAX_CONNECTIONS);
+        if pushed_out > 0 {
+            tracing::debug!(
+                limit = MAX_CONNECTIONS,
+                "metrics listener: closed the oldest connection to make room"
+            );
+        }
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let response = respond(&shared, req.method(), req.uri().path());
@@ -47,10 +64,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                served = tokio::time::timeout(CONNECTION_DEADLINE, served) => match served {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended with an error"),
+                    Err(_) => tracing::debug!(deadline = ?CONNECTION_DEADLINE, "metrics connection cut off at its deadline"),
+                },
+                _ = place.pushed_out() => {}
             }
         });
     }

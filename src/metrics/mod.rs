@@ -33,6 +33,11 @@ pub fn registry(shared: &Arc<Shared>) -> Registry {
         m.auth_failures.clone(),
     );
     registry.register(
+        "logins_dropped",
+        "Connections dropped before they logged in, oldest first, to keep within max_pending_logins",
+        m.logins_dropped.clone(),
+    );
+    registry.register(
         "cancel_requests",
         "Client cancel requests by what became of them (forwarded, or dropped and why)",
         m.cancel_requests.clone(),

@@ -18,6 +18,7 @@ pub async fn run_janitor(
     pools: &PoolRegistry,
     current: &ArcSwap<Generation>,
     shutdown: &CancellationToken,
+    stats: &crate::stats::Stats,
 ) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -31,6 +32,11 @@ pub async fn run_janitor(
         // Pools a reload made obsolete are retired here too, should a reload have raced
         // with a session creating one.
         pools.apply(&generation);
+        if let Some(idle) = config.autodb_idle_timeout.non_zero() {
+            for key in pools.expire_auto_pools(&generation, idle) {
+                stats.forget_pool(&key);
+            }
+        }
         for pool in pools.all() {
             // The same checks as at checkout, for connections nobody takes: a rotated
             // certificate reaches PostgreSQL without waiting for a client.

@@ -173,6 +173,9 @@ pub struct ServerPool {
     retired: AtomicBool,
     /// Servers pinned to clients, counted over all shares of the pool.
     pub pins: Arc<PinSlots>,
+    /// Since when no session has held this share (seen by the janitor), for
+    /// autodb_idle_timeout.
+    unreferenced_since: Mutex<Option<std::time::Instant>>,
 }
 
 /// Who may take a server: `main` has default_pool_size permits; `reserve` has
@@ -544,7 +547,68 @@ impl PoolRegistry {
             canonical: Mutex::default(),
             retired: AtomicBool::new(false),
             pins,
+            unreferenced_since: Mutex::new(None),
         })
+    }
+
+    /// A pool made for the `*` entry whose first login failed (a database that does not
+    /// exist, a refused user) is forgotten at once, so a loop over random names leaves
+    /// nothing behind; unless a server of it did log in (another client made it work).
+    /// True when it was removed (its counters should go too).
+    pub fn forget_failed_auto_pool(&self, key: &PoolKey) -> bool {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(shares) = pools.get(key) else {
+            return false;
+        };
+        if shares.iter().any(|share| share.pool.status().size > 0) {
+            return false;
+        }
+        for share in shares {
+            share.retire("its first login failed");
+        }
+        pools.remove(key);
+        true
+    }
+
+    /// The janitor's sweep of pools made for the `*` entry: one that no session has held
+    /// for `idle` (autodb_idle_timeout) is retired, which closes its idle servers, and
+    /// forgotten. Returns the keys removed (their counters should go too).
+    pub(crate) fn expire_auto_pools(
+        &self,
+        generation: &Generation,
+        idle: Duration,
+    ) -> Vec<PoolKey> {
+        let now = std::time::Instant::now();
+        let mut expired = Vec::new();
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|key, shares| {
+            if generation.config.databases.contains_key(&key.database) {
+                return true;
+            }
+            let mut all_idle = true;
+            for share in shares.iter() {
+                // The map's own reference is the only one: no session holds it.
+                let held = Arc::strong_count(share) > 1;
+                let mut since = share
+                    .unreferenced_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if held {
+                    *since = None;
+                    all_idle = false;
+                } else if now.duration_since(*since.get_or_insert(now)) < idle {
+                    all_idle = false;
+                }
+            }
+            if all_idle {
+                for share in shares.iter() {
+                    share.retire("autodb_idle_timeout: no client used it");
+                }
+                expired.push(key.clone());
+            }
+            !all_idle
+        });
+        expired
     }
 
     /// Every share of every pool, by pool.

@@ -16,9 +16,11 @@ impl SqlState {
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const UNDEFINED_PREPARED_STATEMENT: SqlState = SqlState("26000");

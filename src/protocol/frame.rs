@@ -18,6 +18,9 @@ pub enum ProtocolError {
     BadLength { tag: char, len: u32 },
     #[error("message of type '{tag}' is {len} bytes long, more than the {max} bytes allowed here")]
     TooLong { tag: char, len: usize, max: usize },
+    /// A client's message over `max_packet_size`.
+    #[error("message of type '{tag}' is {len} bytes long, more than max_packet_size ({max} bytes)")]
+    OverPacketLimit { tag: char, len: usize, max: usize },
     #[error("invalid startup packet length {0}")]
     BadStartupLength(u32),
     #[error("unexpected message type '{got}' ({expected})")]
@@ -66,6 +69,20 @@ impl Header {
             });
         }
         Ok(Some(Header { tag, len }))
+    }
+
+    /// Refuses a client's message longer than `max_packet_size` (`max`; header included),
+    /// before any of its body is read or forwarded.
+    #[inline]
+    pub fn check_packet_limit(&self, max: usize) -> Result<(), ProtocolError> {
+        if self.total() > max {
+            return Err(ProtocolError::OverPacketLimit {
+                tag: self.tag as char,
+                len: self.total(),
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Bytes of the whole message, header included.

@@ -7,6 +7,7 @@
 //! (`translate`).
 
 pub mod effects;
+pub mod idle;
 pub mod prepared;
 pub mod scan;
 pub mod translate;
@@ -65,6 +66,25 @@ impl HalfBuffer {
     /// An empty buffer: it allocates on first read, and only as much as the reads need.
     pub fn new() -> Self {
         HalfBuffer::default()
+    }
+
+    /// The client direction: as [`HalfBuffer::new`], refusing any message over
+    /// `max_packet` bytes (max_packet_size).
+    pub fn client(max_packet: usize) -> Self {
+        HalfBuffer {
+            scanner: Scanner::with_limit(max_packet),
+            ..Default::default()
+        }
+    }
+
+    /// max_packet_size, as given to [`HalfBuffer::client`] (0 when unlimited).
+    pub fn packet_limit(&self) -> usize {
+        self.scanner.limit()
+    }
+
+    /// A reloaded max_packet_size, for the messages from here on.
+    pub fn set_packet_limit(&mut self, max_packet: usize) {
+        self.scanner.set_limit(max_packet);
     }
 
     /// The server direction of one relay, on the server connection's own buffer (which may
@@ -228,6 +248,16 @@ impl ClientFault {
     pub fn is_closed(&self) -> bool {
         matches!(self, ClientFault::Protocol(e) if e.is_closed())
     }
+
+    /// The framing error under it, if that is what it is.
+    pub fn protocol(&self) -> Option<&ProtocolError> {
+        match self {
+            ClientFault::Protocol(e) | ClientFault::Translate(TranslateError::Protocol(e)) => {
+                Some(e)
+            }
+            ClientFault::Translate(_) => None,
+        }
+    }
 }
 
 /// Asked when a client that holds no pinned server sends, inside a transaction, a Query the
@@ -312,9 +342,12 @@ impl Relay<'_> {
                 ReleaseWhen::IdleAfterChanges => self.tx.effects.needs_probe(true),
                 ReleaseWhen::Shutdown => false,
             };
+            // Not while part of a client message is buffered: the session would take a
+            // server for it again at once, and the relay would give it back unread.
             if release
                 && self.tx.server_idle()
                 && self.client_half.at_boundary()
+                && self.client_half.buf.is_empty()
                 && self.server_half.at_boundary()
             {
                 return Poll::Ready(RelayEnd::Released);
@@ -482,6 +515,7 @@ impl Relay<'_> {
                     server: &mut self.server.statements,
                     queue: &mut self.completions,
                     max_prepared: *max_prepared,
+                    max_packet: half.scanner.limit(),
                     pin_budget: self.pin_budget.as_deref_mut(),
                 };
                 let progress = translate(

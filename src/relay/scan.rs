@@ -13,6 +13,8 @@ pub const INSPECT_MAX: usize = 64 * 1024;
 pub struct Scanner {
     /// Bytes of the current message still to pass through.
     remaining: usize,
+    /// Longest message allowed (max_packet_size, client direction); 0: no limit.
+    limit: usize,
 }
 
 /// What a scan step saw.
@@ -24,6 +26,23 @@ pub enum Seen<'a> {
 }
 
 impl Scanner {
+    /// A scanner that refuses any message longer than `limit` bytes (header included).
+    pub fn with_limit(limit: usize) -> Self {
+        Scanner {
+            remaining: 0,
+            limit,
+        }
+    }
+
+    /// The longest message allowed; 0: no limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     /// True between messages (not inside a message being streamed through).
     pub fn at_boundary(&self) -> bool {
         self.remaining == 0
@@ -59,6 +78,9 @@ impl Scanner {
                     stopped: false,
                 });
             };
+            if self.limit > 0 {
+                header.check_packet_limit(self.limit)?;
+            }
             let total = header.total();
             if inspect(header.tag) && total <= INSPECT_MAX {
                 if len - pos < total {

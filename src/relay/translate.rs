@@ -37,6 +37,8 @@ pub struct Translator<'a> {
     pub server: &'a mut ServerStatements,
     pub queue: &'a mut CompletionQueue,
     pub max_prepared: usize,
+    /// max_packet_size: longer messages are refused (0: no limit).
+    pub max_packet: usize,
     /// For an unpinned client: the pool's limit on pinned servers (see `PinBudget`).
     pub pin_budget: Option<&'a mut (dyn super::PinBudget + Send + 'static)>,
 }
@@ -74,6 +76,9 @@ pub fn translate(
                 terminated: false,
             });
         };
+        if tr.max_packet > 0 {
+            header.check_packet_limit(tr.max_packet)?;
+        }
         let total = header.total();
         match header.tag {
             b'X' => {
@@ -339,58 +344,6 @@ fn named_statement(body: &[u8], tr: &Translator<'_>) -> Option<std::sync::Arc<St
     tr.statements.get(name).cloned()
 }
 
-/// How an idle client's buffered messages may be answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdleBatch {
-    /// The buffer starts with named Parse messages followed by Sync (what `PQprepare`
-    /// sends): pgmoat answers it without a server. `len` bytes, `parses` statements.
-    Local { len: usize, parses: usize },
-    /// It may become such a batch: read more first.
-    NeedMore,
-    /// Anything else needs a server.
-    Server,
-}
-
-/// Classifies what an idle client sent. Answering a prepare-only batch locally means a
-/// client never waits for a server just to prepare (a single-threaded client such as
-/// pgbench would otherwise deadlock against its own open transactions when it has more
-/// connections than the pool has servers); errors in the statement text then surface when
-/// it is first executed instead.
-pub fn classify_idle(buf: &[u8]) -> IdleBatch {
-    let mut pos = 0;
-    let mut parses = 0;
-    loop {
-        let Ok(Some(header)) = Header::parse(&buf[pos..]) else {
-            return if parses > 0 || pos == 0 && buf.first() == Some(&b'P') {
-                IdleBatch::NeedMore
-            } else {
-                IdleBatch::Server
-            };
-        };
-        let total = header.total();
-        match header.tag {
-            b'P' if total <= MAX_NAMED_PARSE => {
-                // Named only: an unnamed statement lives in one server session.
-                if buf.get(pos + Header::SIZE).is_some_and(|&b| b == 0) {
-                    return IdleBatch::Server;
-                }
-                if buf.len() < pos + total {
-                    return IdleBatch::NeedMore;
-                }
-                parses += 1;
-                pos += total;
-            }
-            b'S' if parses > 0 && total == Header::SIZE => {
-                return IdleBatch::Local {
-                    len: pos + total,
-                    parses,
-                };
-            }
-            _ => return IdleBatch::Server,
-        }
-    }
-}
-
 /// Registers the statements of a local batch and writes the client's answer
 /// (ParseComplete for each, then ReadyForQuery idle).
 pub fn answer_locally(
@@ -443,22 +396,12 @@ mod tests {
     #[test]
     fn prepare_only_batches_are_answered_locally() {
         let mut wire = parse_msg("P_0", "select 1");
-        assert_eq!(classify_idle(&wire), IdleBatch::NeedMore);
         wire.extend(msg(b'S', b""));
-        let len = wire.len();
-        assert_eq!(classify_idle(&wire), IdleBatch::Local { len, parses: 1 });
         let mut statements = ClientStatements::default();
         let mut reply = BytesMut::new();
         answer_locally(&wire, &mut statements, &mut reply).unwrap();
         assert_eq!(&reply[..], b"1\0\0\0\x04Z\0\0\0\x05I");
         assert!(statements.get("P_0").is_some());
-
-        assert_eq!(classify_idle(&parse_msg("", "select 1")), IdleBatch::Server);
-        assert_eq!(classify_idle(&msg(b'Q', b"select 1\0")), IdleBatch::Server);
-        let mut with_describe = parse_msg("a", "select 1");
-        with_describe.extend(msg(b'D', b"Sa\0"));
-        assert_eq!(classify_idle(&with_describe), IdleBatch::Server);
-        assert_eq!(classify_idle(b"P\0"), IdleBatch::NeedMore);
     }
 
     #[test]
@@ -472,6 +415,7 @@ mod tests {
             server: &mut server,
             queue: &mut queue,
             max_prepared: 10,
+            max_packet: 0,
             pin_budget: None,
         };
         let mut input = BytesMut::new();
@@ -506,6 +450,7 @@ mod tests {
             server: &mut server2,
             queue: &mut queue2,
             max_prepared: 10,
+            max_packet: 0,
             pin_budget: None,
         };
         let mut input = BytesMut::from(&msg(b'B', &bind_body)[..]);

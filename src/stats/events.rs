@@ -29,6 +29,7 @@ pub struct Metrics {
     pub(crate) reloads: Family<ResultLabels, Counter>,
     pub(crate) cancel_requests: Family<ResultLabels, Counter>,
     pub(crate) pins: Family<ReasonLabels, Counter>,
+    pub(crate) logins_dropped: Counter,
 }
 
 impl Metrics {
@@ -75,6 +76,11 @@ impl Metrics {
 
     pub fn auth_failed(&self) {
         self.auth_failures.inc();
+    }
+
+    /// Pending logins dropped to make room for newer ones (max_pending_logins).
+    pub fn logins_dropped(&self, count: usize) {
+        self.logins_dropped.inc_by(count as u64);
     }
 
     pub fn reloaded(&self, ok: bool) {

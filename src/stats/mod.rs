@@ -247,6 +247,20 @@ impl Stats {
         stats
     }
 
+    /// Forgets a pool's counters (a `*` pool removed), and its series in /metrics.
+    pub fn forget_pool(&self, key: &PoolKey) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.remove(key);
+        drop(pools);
+        self.wait_histograms.remove(&PoolLabels {
+            database: key.database.clone(),
+            user: key.user.clone(),
+        });
+        let mut period = self.period.lock().unwrap_or_else(|e| e.into_inner());
+        period.0.1.remove(key);
+        period.1.1.remove(key);
+    }
+
     /// Every pool's totals, by pool.
     pub fn totals(&self) -> BTreeMap<PoolKey, Totals> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());

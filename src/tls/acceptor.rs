@@ -20,6 +20,7 @@ pub fn server_config(
     config: &Config,
     provider: &Arc<CryptoProvider>,
     loaded: &mut Vec<LoadedCert>,
+    end_point: &mut Option<Vec<u8>>,
 ) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     if config.client_tls_sslmode == SslMode::Disable {
         return Ok(None);
@@ -34,6 +35,9 @@ pub fn server_config(
         .ok_or(TlsError::Missing("client_tls_key_file"))?;
     let chain = read_certs("client_tls_cert_file", cert_path, loaded)?;
     let key = read_key("client_tls_key_file", key_path)?;
+    *end_point = chain
+        .first()
+        .and_then(|leaf| super::binding::tls_server_end_point(leaf));
 
     let mandatory = matches!(
         config.client_tls_sslmode,

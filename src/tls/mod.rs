@@ -3,6 +3,7 @@
 //! certificate, key and CA files with errors that name the setting, file and reason.
 
 pub mod acceptor;
+pub mod binding;
 pub mod connector;
 mod files;
 
@@ -82,18 +83,24 @@ pub struct TlsState {
     pub connector: Option<Arc<ClientConfig>>,
     /// Every certificate loaded, for expiry logging and the admin console.
     pub certs: Vec<LoadedCert>,
+    /// SCRAM channel binding data of pgmoat's own certificate towards clients
+    /// (tls-server-end-point); `None` without TLS or for a certificate with no defined hash.
+    pub server_end_point: Option<Vec<u8>>,
 }
 
 impl TlsState {
     pub fn load(config: &Config) -> Result<TlsState, TlsError> {
         let provider = provider();
         let mut certs = Vec::new();
-        let acceptor = acceptor::server_config(config, &provider, &mut certs)?;
+        let mut server_end_point = None;
+        let acceptor =
+            acceptor::server_config(config, &provider, &mut certs, &mut server_end_point)?;
         let connector = connector::client_config(config, &provider, &mut certs)?;
         Ok(TlsState {
             acceptor,
             connector,
             certs,
+            server_end_point,
         })
     }
 }

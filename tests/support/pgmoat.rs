@@ -23,7 +23,11 @@ pub struct Pgmoat {
 /// The pgmoat binary with the environment the tests want (debug logs).
 pub fn pgmoat_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgmoat"));
-    cmd.env("RUST_LOG", "debug").stdin(Stdio::null());
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("TEST_LOG_FOR_PGMOAT").unwrap_or("debug".into()),
+    )
+    .stdin(Stdio::null());
     cmd
 }
 

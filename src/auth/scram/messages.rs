@@ -3,7 +3,19 @@
 
 use super::{ScramError, protocol};
 
+/// The gs2 channel-binding flag of a client-first-message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CbindFlag<'a> {
+    /// `n`: the client does not support channel binding.
+    No,
+    /// `y`: the client supports it but thinks the server does not.
+    ClientOnly,
+    /// `p=NAME`: the client binds to channel type NAME.
+    Binds(&'a [u8]),
+}
+
 pub(super) struct ClientFirst<'a> {
+    pub(super) flag: CbindFlag<'a>,
     pub(super) gs2_header: &'a [u8],
     pub(super) bare: &'a [u8],
     pub(super) client_nonce: &'a str,
@@ -16,15 +28,12 @@ pub(super) fn parse_client_first(msg: &[u8]) -> Result<ClientFirst<'_>, ScramErr
     let flag = parts.next().unwrap_or_default();
     let authzid = parts.next().ok_or_else(|| protocol("missing gs2 header"))?;
     let bare = parts.next().ok_or_else(|| protocol("missing gs2 header"))?;
-    match flag {
-        b"n" | b"y" => {}
-        [b'p', b'=', ..] => {
-            return Err(protocol(
-                "client requires channel binding, which SCRAM-SHA-256 does not offer",
-            ));
-        }
+    let cbind = match flag {
+        b"n" => CbindFlag::No,
+        b"y" => CbindFlag::ClientOnly,
+        [b'p', b'=', name @ ..] if !name.is_empty() => CbindFlag::Binds(name),
         _ => return Err(protocol("unexpected channel-binding flag")),
-    }
+    };
     if !authzid.is_empty() {
         return Err(protocol("authorization identity is not supported"));
     }
@@ -55,6 +64,7 @@ pub(super) fn parse_client_first(msg: &[u8]) -> Result<ClientFirst<'_>, ScramErr
     let client_nonce =
         std::str::from_utf8(nonce).map_err(|_| protocol("nonce is not printable"))?;
     Ok(ClientFirst {
+        flag: cbind,
         gs2_header,
         bare,
         client_nonce,

@@ -45,8 +45,12 @@ fn pg_verifier(password: &str) -> ScramSecret {
     .unwrap()
 }
 
+/// Refused as a malformed or tampered message (a wrong `c=` is a channel binding failure).
 fn is_protocol(r: Result<Vec<u8>, ScramError>) -> bool {
-    matches!(r, Err(ScramError::Protocol(_)))
+    matches!(
+        r,
+        Err(ScramError::Protocol(_) | ScramError::ChannelBinding(_))
+    )
 }
 
 #[test]
@@ -92,6 +96,7 @@ fn rfc7677_example_exchange() {
         .first_with_server_nonce(
             b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
             "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            false,
         )
         .unwrap();
     assert_eq!(
@@ -192,7 +197,6 @@ fn malformed_client_first_messages_are_protocol_errors() {
         b"n,,n=,r=ab c",
         b"n,,n=,r=abc,bad",
         b"x,,n=,r=abc",
-        b"p=tls-server-end-point,,n=,r=abc",
         b"n,a=bob,n=,r=abc",
         b"n,,m=ext,n=,r=abc",
         b"n,,n=,r=ab\xffc",
@@ -213,6 +217,74 @@ fn extensions_and_sasl_user_name_are_accepted() {
         .handle_client_first(MECH, b"y,,n=someone,r=abc,x=ext")
         .unwrap();
     assert!(reply.starts_with(b"r=abc"));
+}
+
+/// SCRAM-SHA-256-PLUS as libpq runs it (postgres-protocol's client, which libpq's mirrors):
+/// accepted with the right tls-server-end-point data, refused with another certificate's
+/// (a man in the middle), and the negotiation checks PostgreSQL makes.
+#[test]
+fn channel_binding_binds_the_exchange_to_the_certificate() {
+    let data = vec![7u8; 32];
+    let secret = ScramSecret::from_password("pw");
+    let server =
+        |binding: Option<Vec<u8>>| ScramServer::new(secret.clone()).with_channel_binding(binding);
+    assert_eq!(
+        server(Some(data.clone())).mechanisms(),
+        &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+    );
+    assert_eq!(server(None).mechanisms(), &[SCRAM_SHA_256]);
+
+    for (client_sees, accepted) in [(data.clone(), true), (vec![8u8; 32], false)] {
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(client_sees));
+        let mut srv = server(Some(data.clone()));
+        let first = srv
+            .handle_client_first(SCRAM_SHA_256_PLUS, client.message())
+            .unwrap();
+        client.update(&first).unwrap();
+        let result = srv.handle_client_final(client.message());
+        match (accepted, result) {
+            (true, Ok(fin)) => client.finish(&fin).unwrap(),
+            (false, Err(ScramError::ChannelBinding(m))) => {
+                assert_eq!(m, "SCRAM channel binding check failed")
+            }
+            (_, other) => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+    }
+    let refused = |mech: &str, first: &[u8], binding: Option<Vec<u8>>| {
+        matches!(
+            server(binding).handle_client_first(mech, first),
+            Err(ScramError::ChannelBinding(_) | ScramError::UnsupportedMechanism)
+        )
+    };
+    // -PLUS without binding data, binding data without -PLUS, a downgraded 'y' over TLS,
+    // another binding type, and -PLUS where it was not offered.
+    assert!(refused(
+        SCRAM_SHA_256_PLUS,
+        b"n,,n=,r=abc",
+        Some(data.clone())
+    ));
+    assert!(refused(
+        MECH,
+        b"p=tls-server-end-point,,n=,r=abc",
+        Some(data.clone())
+    ));
+    assert!(refused(MECH, b"y,,n=,r=abc", Some(data.clone())));
+    assert!(refused(
+        SCRAM_SHA_256_PLUS,
+        b"p=tls-unique,,n=,r=abc",
+        Some(data.clone())
+    ));
+    assert!(refused(
+        SCRAM_SHA_256_PLUS,
+        b"p=tls-server-end-point,,n=,r=abc",
+        None
+    ));
+    // Without TLS a 'y' client is fine: nobody offered it -PLUS.
+    assert!(
+        server(None)
+            .handle_client_first(MECH, b"y,,n=,r=abc")
+            .is_ok()
+    );
 }
 
 #[test]
