@@ -232,6 +232,7 @@ pub async fn send_cancel(
     .map_err(io_err)?;
     let options = ConnectOptions {
         sslmode: config.server_tls_sslmode,
+        channel_binding: config.server_channel_binding,
         tls: generation.tls.connector.as_ref(),
         tls_epoch: generation.tls_epoch,
         timeout: config.server_connect_timeout.duration(),

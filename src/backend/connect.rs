@@ -5,16 +5,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
 use postgres_protocol::message::frontend;
 use rustls::client::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::scram_keys::{KeyedScram, ScramKeys};
+use super::scram_keys::{Binding, KeyedScram, ScramKeys};
 use super::{BackendError, BackendKey, ServerConn, ServerState};
-use crate::config::SslMode;
+use crate::config::{ChannelBinding as ChannelBindingMode, SslMode};
 use crate::protocol::error::ErrorFields;
 use crate::protocol::frame::{MAX_LOGIN_MESSAGE, read_message};
 use crate::protocol::messages::parse_parameter_status;
@@ -53,6 +53,8 @@ impl BackendTarget {
 
 pub struct ConnectOptions<'a> {
     pub sslmode: SslMode,
+    /// server_channel_binding.
+    pub channel_binding: ChannelBindingMode,
     pub tls: Option<&'a Arc<ClientConfig>>,
     pub tls_epoch: u64,
     pub timeout: Duration,
@@ -113,7 +115,7 @@ async fn connect_inner(
         permits: Default::default(),
         registration: None,
     };
-    login(&mut conn, target).await?;
+    login(&mut conn, target, opts).await?;
     conn.initial_params = conn.params.clone();
     Ok(conn)
 }
@@ -196,7 +198,11 @@ fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|e| format!("invalid host name {host:?}: {e}"))
 }
 
-async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), BackendError> {
+async fn login(
+    conn: &mut ServerConn,
+    target: &BackendTarget,
+    opts: &ConnectOptions<'_>,
+) -> Result<(), BackendError> {
     let addr = target.addr_string();
     let proto = |source| BackendError::Protocol {
         addr: addr.clone(),
@@ -215,6 +221,17 @@ async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), Back
 
     let mut scram: Option<ScramSha256> = None;
     let mut keyed: Option<KeyedScram> = None;
+    // tls-server-end-point data of PostgreSQL's certificate on this connection.
+    let end_point = conn
+        .stream
+        .peer_certificate()
+        .and_then(crate::tls::binding::tls_server_end_point);
+    let require = opts.channel_binding == ChannelBindingMode::Require;
+    let refuse_unbound = |reason| BackendError::ChannelBindingRequired {
+        addr: addr.clone(),
+        reason,
+    };
+    let mut bound = false;
     loop {
         let msg = read_message(&mut conn.stream, &mut conn.read_buf, MAX_LOGIN_MESSAGE)
             .await
@@ -229,8 +246,24 @@ async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), Back
                 }
                 let code = body.get_u32();
                 match code {
+                    0 if require && !bound => {
+                        return Err(refuse_unbound(
+                            "PostgreSQL let pgmoat in without a SCRAM exchange to bind",
+                        ));
+                    }
                     0 => {}
+                    3 | 5 if require => {
+                        return Err(refuse_unbound("PostgreSQL asked for a password, not SCRAM"));
+                    }
                     3 => {
+                        // A password in clear text goes only to a server pgmoat verified: under
+                        // require or prefer, a man in the middle would simply ask for it.
+                        if !matches!(opts.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+                            return Err(BackendError::CleartextRefused {
+                                addr: addr.clone(),
+                                mode: sslmode_name(opts.sslmode),
+                            });
+                        }
                         let password = password(target)?;
                         frontend::password_message(password.as_bytes(), &mut out)
                             .map_err(|e| proto(e.into()))?;
@@ -247,20 +280,46 @@ async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), Back
                         send(conn, &mut out).await.map_err(proto)?;
                     }
                     10 => {
-                        let offers_scram = body[..]
-                            .split(|&b| b == 0)
-                            .any(|m| m == SCRAM_SHA_256.as_bytes());
-                        if !offers_scram {
+                        let offered =
+                            |m: &str| body[..].split(|&b| b == 0).any(|o| o == m.as_bytes());
+                        if !offered(SCRAM_SHA_256) && !offered(SCRAM_SHA_256_PLUS) {
                             return Err(BackendError::UnsupportedAuth {
                                 addr: addr.clone(),
                                 method: code,
                             });
                         }
+                        // libpq's rules: bind when TLS gives data and PostgreSQL offers -PLUS;
+                        // 'y' when pgmoat could bind but PostgreSQL did not offer it (so a
+                        // stripped offer is caught by PostgreSQL), 'n' without TLS.
+                        let plus = opts.channel_binding != ChannelBindingMode::Disable
+                            && offered(SCRAM_SHA_256_PLUS);
+                        let binding = match (&end_point, plus) {
+                            (Some(data), true) => Binding::Bind(data.clone()),
+                            (Some(_), false)
+                                if opts.channel_binding != ChannelBindingMode::Disable =>
+                            {
+                                Binding::ClientOnly
+                            }
+                            _ => Binding::None,
+                        };
+                        if require && !matches!(binding, Binding::Bind(_)) {
+                            return Err(refuse_unbound(if end_point.is_none() {
+                                "the connection has no TLS certificate to bind to"
+                            } else {
+                                "PostgreSQL did not offer SCRAM-SHA-256-PLUS"
+                            }));
+                        }
+                        bound = matches!(binding, Binding::Bind(_));
+                        let mechanism = if bound {
+                            SCRAM_SHA_256_PLUS
+                        } else {
+                            SCRAM_SHA_256
+                        };
                         match (&target.password, &target.scram_keys) {
                             (None, Some(keys)) => {
-                                let client = KeyedScram::new(keys.clone());
+                                let client = KeyedScram::new(keys.clone(), binding);
                                 frontend::sasl_initial_response(
-                                    SCRAM_SHA_256,
+                                    mechanism,
                                     &client.client_first(),
                                     &mut out,
                                 )
@@ -269,15 +328,10 @@ async fn login(conn: &mut ServerConn, target: &BackendTarget) -> Result<(), Back
                             }
                             _ => {
                                 let password = password(target)?;
-                                // Channel binding is not claimed: pgmoat verifies the server
-                                // itself (verify-full), and a 'y' flag would trip PostgreSQL's
-                                // downgrade check.
-                                let client = ScramSha256::new(
-                                    password.as_bytes(),
-                                    ChannelBinding::unsupported(),
-                                );
+                                let client =
+                                    ScramSha256::new(password.as_bytes(), binding.for_library());
                                 frontend::sasl_initial_response(
-                                    SCRAM_SHA_256,
+                                    mechanism,
                                     client.message(),
                                     &mut out,
                                 )

@@ -32,6 +32,17 @@ pub enum BackendError {
     UnsupportedAuth { addr: String, method: u32 },
     #[error("SCRAM exchange with PostgreSQL at {addr} failed: {reason}")]
     Scram { addr: String, reason: String },
+    #[error(
+        "PostgreSQL at {addr} asked for the password in clear text, which pgmoat sends only \
+         to a server whose certificate it verified (server_tls_sslmode = verify-ca or \
+         verify-full; it is {mode}): use scram-sha-256 in pg_hba.conf, or verify the server"
+    )]
+    CleartextRefused { addr: String, mode: &'static str },
+    #[error(
+        "server_channel_binding = require, but {reason} (PostgreSQL at {addr}); channel binding \
+         needs TLS and SCRAM-SHA-256-PLUS"
+    )]
+    ChannelBindingRequired { addr: String, reason: &'static str },
     #[error("protocol error from PostgreSQL at {addr}: {source}")]
     Protocol { addr: String, source: ProtocolError },
     #[error("no usable address for {host}:{port}")]
@@ -46,7 +57,10 @@ impl BackendError {
             BackendError::Server { fields, .. } => {
                 matches!(fields.code.as_str(), "57P03" | "57P01")
             }
-            BackendError::NoPassword { .. } | BackendError::UnsupportedAuth { .. } => false,
+            BackendError::NoPassword { .. }
+            | BackendError::UnsupportedAuth { .. }
+            | BackendError::CleartextRefused { .. }
+            | BackendError::ChannelBindingRequired { .. } => false,
             _ => true,
         }
     }

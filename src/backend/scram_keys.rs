@@ -23,28 +23,62 @@ impl std::fmt::Debug for ScramKeys {
     }
 }
 
+/// What pgmoat claims about channel binding in a SCRAM login to PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// `n`: no TLS (or server_channel_binding = disable).
+    None,
+    /// `y`: pgmoat could bind, but PostgreSQL did not offer SCRAM-SHA-256-PLUS.
+    ClientOnly,
+    /// `p=tls-server-end-point` with this data (the hash of PostgreSQL's certificate).
+    Bind(Vec<u8>),
+}
+
+impl Binding {
+    /// The gs2 header of the client-first-message.
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            Binding::None => "n,,",
+            Binding::ClientOnly => "y,,",
+            Binding::Bind(_) => "p=tls-server-end-point,,",
+        }
+    }
+
+    /// The same claim for postgres-protocol's password-based client.
+    pub fn for_library(&self) -> postgres_protocol::authentication::sasl::ChannelBinding {
+        use postgres_protocol::authentication::sasl::ChannelBinding;
+        match self {
+            Binding::None => ChannelBinding::unsupported(),
+            Binding::ClientOnly => ChannelBinding::unrequested(),
+            Binding::Bind(data) => ChannelBinding::tls_server_end_point(data.clone()),
+        }
+    }
+}
+
 pub struct KeyedScram {
     keys: ScramKeys,
+    binding: Binding,
     client_first_bare: String,
     nonce: String,
     auth_message: Option<String>,
 }
 
 impl KeyedScram {
-    pub fn new(keys: ScramKeys) -> Self {
+    pub fn new(keys: ScramKeys, binding: Binding) -> Self {
         let raw: [u8; 18] = rand::random();
         let nonce = STANDARD.encode(raw);
         KeyedScram {
             keys,
+            binding,
             client_first_bare: format!("n=,r={nonce}"),
             nonce,
             auth_message: None,
         }
     }
 
-    /// client-first-message (no channel binding claimed).
+    /// client-first-message, with the channel binding claim.
     pub fn client_first(&self) -> Vec<u8> {
-        format!("n,,{}", self.client_first_bare).into_bytes()
+        format!("{}{}", self.binding.gs2_header(), self.client_first_bare).into_bytes()
     }
 
     /// Takes server-first-message, returns client-final-message.
@@ -76,7 +110,12 @@ impl KeyedScram {
                     .into(),
             );
         }
-        let without_proof = format!("c=biws,r={nonce}");
+        // c= carries the gs2 header, and the binding data when binding.
+        let mut cbind = self.binding.gs2_header().as_bytes().to_vec();
+        if let Binding::Bind(data) = &self.binding {
+            cbind.extend_from_slice(data);
+        }
+        let without_proof = format!("c={},r={nonce}", STANDARD.encode(cbind));
         let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
         let stored_key = sha256(&self.keys.client_key);
         let signature = hmac_sha256(&stored_key, &[auth_message.as_bytes()]);
@@ -140,8 +179,8 @@ mod tests {
             salt: verifier.salt.clone(),
             iterations: verifier.iterations,
         };
-        let mut keyed = KeyedScram::new(keys);
-        let mut upstream = ScramServer::new(verifier);
+        let mut keyed = KeyedScram::new(keys.clone(), Binding::None);
+        let mut upstream = ScramServer::new(verifier.clone());
         let first = upstream
             .handle_client_first("SCRAM-SHA-256", &keyed.client_first())
             .unwrap();
@@ -149,6 +188,19 @@ mod tests {
         let server_final = upstream.handle_client_final(&fin).unwrap();
         keyed.verify_server_final(&server_final).unwrap();
         assert!(keyed.verify_server_final(b"v=AAAA").is_err());
+
+        // The same with channel binding: accepted with the certificate's data, refused
+        // with another's (a man in the middle), as PostgreSQL's server side would.
+        for (seen, accepted) in [(vec![5u8; 32], true), (vec![6u8; 32], false)] {
+            let mut keyed = KeyedScram::new(keys.clone(), Binding::Bind(seen));
+            let mut upstream =
+                ScramServer::new(verifier.clone()).with_channel_binding(Some(vec![5u8; 32]));
+            let first = upstream
+                .handle_client_first("SCRAM-SHA-256-PLUS", &keyed.client_first())
+                .unwrap();
+            let fin = keyed.client_final(&first).unwrap();
+            assert_eq!(upstream.handle_client_final(&fin).is_ok(), accepted);
+        }
     }
 
     #[test]
@@ -159,7 +211,7 @@ mod tests {
             salt: vec![1, 2, 3],
             iterations: 4096,
         };
-        let mut keyed = KeyedScram::new(keys);
+        let mut keyed = KeyedScram::new(keys, Binding::None);
         let nonce = keyed.nonce.clone();
         let err = keyed
             .client_final(format!("r={nonce}xyz,s={},i=4096", STANDARD.encode([9, 9])).as_bytes())

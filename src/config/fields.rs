@@ -77,6 +77,7 @@ fields!(SETTINGS: Config {
     server_tls_cert_file,
     server_tls_key_file,
     server_tls_protocols,
+    server_channel_binding,
     metrics_addr,
     cert_expiry_warn_days,
     watch_files,

@@ -18,6 +18,18 @@ pub enum SslMode {
     VerifyFull,
 }
 
+/// libpq's channel_binding, for pgmoat's SCRAM logins to PostgreSQL (server_channel_binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind whenever the connection has TLS and PostgreSQL offers SCRAM-SHA-256-PLUS.
+    Prefer,
+    /// Refuse to log in without it (so also without SCRAM, or without TLS).
+    Require,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
@@ -154,6 +166,7 @@ pub struct Config {
     pub server_tls_cert_file: Option<PathBuf>,
     pub server_tls_key_file: Option<PathBuf>,
     pub server_tls_protocols: Vec<TlsVersion>,
+    pub server_channel_binding: ChannelBinding,
 
     pub metrics_addr: Option<String>,
     pub cert_expiry_warn_days: u32,
@@ -209,6 +222,7 @@ impl Default for Config {
             server_tls_cert_file: None,
             server_tls_key_file: None,
             server_tls_protocols: vec![TlsVersion::Tls12, TlsVersion::Tls13],
+            server_channel_binding: ChannelBinding::Prefer,
             metrics_addr: None,
             cert_expiry_warn_days: 30,
             watch_files: false,

@@ -11,7 +11,9 @@ use std::time::Duration;
 use toml::Value;
 use toml::de::DeValue;
 
-use super::settings::{AuthType, PoolMode, Seconds, SessionState, SslMode, TlsVersion};
+use super::settings::{
+    AuthType, ChannelBinding, PoolMode, Seconds, SessionState, SslMode, TlsVersion,
+};
 
 /// Where a value comes from: TOML keeps its types, text (env, connection strings) is parsed.
 #[derive(Clone, Copy)]
@@ -322,6 +324,11 @@ spelled_enum!(SslMode {
     VerifyFull => "verify-full",
 });
 spelled_enum!(PoolMode { Session => "session", Transaction => "transaction" });
+spelled_enum!(ChannelBinding {
+    Disable => "disable",
+    Prefer => "prefer",
+    Require => "require",
+});
 spelled_enum!(SessionState { Pin => "pin", Reset => "reset" });
 spelled_enum!(AuthType {
     Trust => "trust",
@@ -356,7 +363,7 @@ macro_rules! enum_setting {
         }
     )*};
 }
-enum_setting!(SslMode, PoolMode, AuthType, SessionState);
+enum_setting!(SslMode, PoolMode, AuthType, SessionState, ChannelBinding);
 
 #[cfg(test)]
 mod tests;

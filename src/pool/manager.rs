@@ -151,6 +151,7 @@ impl ServerManager {
             &self.target,
             ConnectOptions {
                 sslmode: generation.config.server_tls_sslmode,
+                channel_binding: generation.config.server_channel_binding,
                 tls: generation.tls.connector.as_ref(),
                 tls_epoch: generation.tls_epoch,
                 timeout: generation.config.server_connect_timeout.duration(),
