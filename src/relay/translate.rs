@@ -317,12 +317,7 @@ fn describe(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
 fn close(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
     let body = &msg[Header::SIZE..];
     tr.queue.push(Completion::Close);
-    if body.first() == Some(&b'S')
-        && let Some(name) = body
-            .get(1..body.len().saturating_sub(1))
-            .and_then(|n| std::str::from_utf8(n).ok())
-        && !name.is_empty()
-    {
+    if let Some(name) = statement_name(body) {
         tr.statements.remove(name);
         close_statement(out, NOOP_STATEMENT);
         return;
@@ -331,12 +326,18 @@ fn close(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
 }
 
 fn named_statement(body: &[u8], tr: &Translator<'_>) -> Option<std::sync::Arc<Statement>> {
-    if body.first() != Some(&b'S') {
+    tr.statements.get(statement_name(body)?).cloned()
+}
+
+/// The statement a Describe or Close body names: 'S', a non-empty UTF-8 name, and its
+/// terminator as the last byte. Anything else (a portal, the unnamed statement, a malformed
+/// body) is passed on as it is, for PostgreSQL to answer or refuse.
+fn statement_name(body: &[u8]) -> Option<&str> {
+    let name = body.strip_prefix(b"S")?.strip_suffix(b"\0")?;
+    if name.is_empty() || name.contains(&0) {
         return None;
     }
-    let name = body.get(1..body.len().checked_sub(1)?)?;
-    let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty())?;
-    tr.statements.get(name).cloned()
+    std::str::from_utf8(name).ok()
 }
 
 /// How an idle client's buffered messages may be answered.
@@ -519,5 +520,59 @@ mod tests {
                 name: Some(name)
             })
         );
+    }
+
+    /// A client's translate context, for tests that feed it in several steps.
+    #[derive(Default)]
+    struct Client {
+        statements: ClientStatements,
+        server: ServerStatements,
+        queue: CompletionQueue,
+        tx: TxState,
+        out: BytesMut,
+        remaining: usize,
+    }
+
+    impl Client {
+        fn send(&mut self, input: &mut BytesMut) -> Result<Progress, TranslateError> {
+            let mut tr = Translator {
+                statements: &mut self.statements,
+                server: &mut self.server,
+                queue: &mut self.queue,
+                max_prepared: 10,
+                pin_budget: None,
+            };
+            translate(
+                input,
+                &mut self.out,
+                &mut self.remaining,
+                &mut self.tx,
+                &mut tr,
+            )
+        }
+    }
+
+    #[test]
+    fn describe_and_close_rename_only_a_terminated_statement_name() {
+        // Found by the statement_renaming fuzz target: the last byte was taken for the
+        // terminator unchecked, so "Sabc" became a Describe (or Close) of statement "ab".
+        let mut client = Client::default();
+        let mut input = BytesMut::from(&parse_msg("ab", "select 1")[..]);
+        let malformed = [
+            msg(b'D', b"Sabc"),
+            msg(b'C', b"Sabc"),
+            msg(b'C', b"Sab\0\0"),
+        ]
+        .concat();
+        input.extend_from_slice(&malformed);
+        client.send(&mut input).unwrap();
+        let parse_len = client.statements.get("ab").unwrap().parse.len();
+        // PostgreSQL refuses them as sent; nothing is renamed, nothing forgotten.
+        assert_eq!(&client.out[parse_len..], &malformed[..]);
+        assert!(client.statements.get("ab").is_some());
+
+        let mut input = BytesMut::from(&msg(b'C', b"Sab\0")[..]);
+        client.send(&mut input).unwrap();
+        assert!(client.statements.get("ab").is_none());
     }
 }
