@@ -125,9 +125,19 @@ pub fn translate(
                     MAX_SMALL
                 };
                 if total > limit {
-                    // Only an unnamed Parse may be that big: it is never replayed.
-                    if header.tag == b'P' && input.get(Header::SIZE).is_some_and(|&b| b != 0) {
-                        return Err(TranslateError::StatementTooLarge(total));
+                    // Only an unnamed Parse may be that big: it is never replayed. Whether it
+                    // is named shows in its first byte, which may not have arrived yet.
+                    if header.tag == b'P' {
+                        match input.get(Header::SIZE) {
+                            None => {
+                                return Ok(Progress {
+                                    needed: 1,
+                                    terminated: false,
+                                });
+                            }
+                            Some(0) => {}
+                            Some(_) => return Err(TranslateError::StatementTooLarge(total)),
+                        }
                     }
                     if header.tag == b'P' {
                         tx.effects |= Effects::UNKNOWN;
@@ -574,5 +584,37 @@ mod tests {
         let mut input = BytesMut::from(&msg(b'C', b"Sab\0")[..]);
         client.send(&mut input).unwrap();
         assert!(client.statements.get("ab").is_none());
+    }
+
+    #[test]
+    fn a_named_parse_too_big_to_pool_is_refused_however_it_arrives() {
+        // Found by the statement_renaming fuzz target: with only the header read, the Parse
+        // was taken for unnamed and streamed to the server under the client's own name.
+        let header = |len: usize| {
+            let mut h = vec![b'P'];
+            h.extend_from_slice(&((len + 4) as u32).to_be_bytes());
+            h
+        };
+        let big = MAX_NAMED_PARSE + 10;
+        let mut client = Client::default();
+        let mut input = BytesMut::from(&header(big)[..]);
+        let progress = client.send(&mut input).unwrap();
+        assert_eq!(progress.needed, 1);
+        assert!(client.out.is_empty());
+        input.extend_from_slice(b"a\0select ");
+        assert!(matches!(
+            client.send(&mut input),
+            Err(TranslateError::StatementTooLarge(_))
+        ));
+        assert!(client.out.is_empty());
+
+        // An unnamed one that big streams through once its first byte shows it unnamed.
+        let mut client = Client::default();
+        let mut input = BytesMut::from(&header(big)[..]);
+        assert_eq!(client.send(&mut input).unwrap().needed, 1);
+        input.extend_from_slice(b"\0select ");
+        client.send(&mut input).unwrap();
+        assert_eq!(client.out.len(), 5 + 8);
+        assert_eq!(client.remaining, big + Header::SIZE - 13);
     }
 }
