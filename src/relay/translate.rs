@@ -17,6 +17,9 @@ use crate::protocol::{Header, ProtocolError};
 /// A named Parse bigger than this is refused (PostgreSQL accepts up to 1 GB, but a pooler
 /// must hold it whole to replay it on other servers).
 pub const MAX_NAMED_PARSE: usize = 1024 * 1024;
+/// Bound for a prepare-only batch an idle client's Parses are held in until its Sync (see
+/// `classify_idle`); a longer one goes to a server, which streams.
+pub const MAX_LOCAL_BATCH: usize = 2 * MAX_NAMED_PARSE;
 /// Bound for the portal and statement names at the front of a Bind.
 const MAX_BIND_PREFIX: usize = 64 * 1024;
 const MAX_SMALL: usize = 64 * 1024;
@@ -371,16 +374,18 @@ pub fn classify_idle(buf: &[u8]) -> IdleBatch {
     let mut pos = 0;
     let mut parses = 0;
     loop {
-        let Ok(Some(header)) = Header::parse(&buf[pos..]) else {
-            return if parses > 0 || pos == 0 && buf.first() == Some(&b'P') {
-                IdleBatch::NeedMore
-            } else {
-                IdleBatch::Server
-            };
+        let header = match Header::parse(&buf[pos..]) {
+            Ok(Some(header)) => header,
+            Ok(None) if parses > 0 || pos == 0 && buf.first() == Some(&b'P') => {
+                return IdleBatch::NeedMore;
+            }
+            // A bad length is for the server path to refuse; waiting would never end.
+            Ok(None) | Err(_) => return IdleBatch::Server,
         };
         let total = header.total();
         match header.tag {
-            b'P' if total <= MAX_NAMED_PARSE => {
+            // Bounded, so a client sending Parses and never a Sync is not buffered forever.
+            b'P' if total <= MAX_NAMED_PARSE && pos + total <= MAX_LOCAL_BATCH => {
                 // Named only: an unnamed statement lives in one server session.
                 if buf.get(pos + Header::SIZE).is_some_and(|&b| b == 0) {
                     return IdleBatch::Server;
@@ -616,5 +621,24 @@ mod tests {
         client.send(&mut input).unwrap();
         assert_eq!(client.out.len(), 5 + 8);
         assert_eq!(client.remaining, big + Header::SIZE - 13);
+    }
+
+    #[test]
+    fn idle_batches_that_can_never_be_local_go_to_a_server() {
+        // Found by the idle_classifier fuzz target: a bad length after a named Parse was
+        // NeedMore, so the client's buffer grew for as long as it kept sending.
+        let mut wire = parse_msg("a", "select 1");
+        wire.extend_from_slice(&[b'S', 0, 0, 0, 0]);
+        assert_eq!(classify_idle(&wire), IdleBatch::Server);
+        let mut wire = parse_msg("a", "select 1");
+        wire.extend_from_slice(&[b'P', 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(classify_idle(&wire), IdleBatch::Server);
+
+        // Named Parses and never a Sync are held only up to MAX_LOCAL_BATCH.
+        let one = parse_msg("a", &"x".repeat(60 * 1024));
+        let mut wire = one.repeat(MAX_LOCAL_BATCH / one.len());
+        assert_eq!(classify_idle(&wire), IdleBatch::NeedMore);
+        wire.extend_from_slice(&one);
+        assert_eq!(classify_idle(&wire), IdleBatch::Server);
     }
 }
