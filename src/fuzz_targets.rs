@@ -290,7 +290,8 @@ const PROOF_MARK: &[u8] = b"%PROOF%";
 /// becomes the server's nonce and a trailing `,p=%PROOF%` the correct proof, so the fuzzer can
 /// reach the end of the exchange. Properties: the server-first-message carries the client's
 /// nonce, salt and iterations; a proof the client did not compute is never accepted; a correct
-/// proof on an exchange the server otherwise accepted is never refused as a wrong password;
+/// proof is never refused as a wrong password, and a correct final message as a real client
+/// sends it (`c=` its gs2 header, `r=` the nonce, `p=` the proof) is never refused at all;
 /// success returns the right server signature and ClientKey; a finished exchange takes no
 /// further message.
 pub fn scram_server(data: &[u8]) {
@@ -351,13 +352,6 @@ pub fn scram_server(data: &[u8]) {
         format!("r={nonce},s={},i=1", BASE64.encode(&salt)),
         "server-first-message"
     );
-    assert!(
-        server
-            .handle_client_first(&mechanism, client_first)
-            .is_err(),
-        "a second client-first-message was taken"
-    );
-
     let mut final_msg = replace_all(client_final, NONCE_MARK, nonce.as_bytes());
     let mut computed = None;
     let mark_at = final_msg.len().checked_sub(PROOF_MARK.len() + 3);
@@ -381,7 +375,13 @@ pub fn scram_server(data: &[u8]) {
         computed = Some(hmac_sha256(&SERVER_KEY, &[&auth_message]));
     }
 
+    // The final message a real client sends: its gs2 header echoed, the nonce, the proof.
+    let canonical = computed.is_some()
+        && final_msg.starts_with(
+            format!("c={},r={nonce},p=", BASE64.encode(&client_first[..3])).as_bytes(),
+        );
     match server.handle_client_final(&final_msg) {
+        Err(e) if canonical => panic!("a correct client-final-message was refused: {e}"),
         Ok(server_final) => {
             let expected = computed
                 .unwrap_or_else(|| panic!("a proof the client did not compute was accepted"));
@@ -401,6 +401,12 @@ pub fn scram_server(data: &[u8]) {
     assert!(
         server.handle_client_final(&final_msg).is_err(),
         "a finished exchange took another message"
+    );
+    assert!(
+        server
+            .handle_client_first(&mechanism, client_first)
+            .is_err(),
+        "a finished exchange took another client-first-message"
     );
 }
 
