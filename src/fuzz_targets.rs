@@ -661,9 +661,10 @@ fn check_idle_verdict(data: &[u8], verdict: IdleBatch) {
     let mut pos = 0;
     let mut parses = 0;
     while let Ok(Some(header)) = Header::parse(&data[pos..]) {
-        let named = data.get(pos + Header::SIZE).is_some_and(|&b| b != 0);
+        // An empty body counts as named: malformed either way, answer_locally refuses it.
+        let unnamed = header.body_len() > 0 && data.get(pos + Header::SIZE) == Some(&0);
         let within = header.total() <= MAX_NAMED_PARSE && pos + header.total() <= MAX_LOCAL_BATCH;
-        if header.tag != b'P' || !within || !named {
+        if header.tag != b'P' || !within || unnamed {
             break;
         }
         if data.len() < pos + header.total() {
