@@ -9,6 +9,10 @@ pub mod cancel;
 pub mod certs;
 pub mod config;
 pub mod frontend;
+/// Bodies of the fuzz targets in `fuzz/`, kept in the library so the corpus replay test
+/// (`tests/fuzz_corpora.rs`) runs them on stable Rust; not an API.
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod generation;
 pub mod lifecycle;
 pub mod metrics;

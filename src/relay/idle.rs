@@ -110,7 +110,11 @@ impl IdleScan {
             };
             let total = header.total();
             match header.tag {
-                b'P' if total <= MAX_NAMED_PARSE => {
+                // Bounded with room for the Sync, so a client sending Parses and never a
+                // Sync is not held beyond IDLE_QUEUE_MAX, however its bytes arrive.
+                b'P' if total <= MAX_NAMED_PARSE
+                    && scan.pos + total + Header::SIZE <= IDLE_QUEUE_MAX =>
+                {
                     // Named only: an unnamed statement lives in one server session.
                     if rest.get(Header::SIZE) == Some(&0) {
                         break IdleBatch::Server;
@@ -258,6 +262,24 @@ mod tests {
             wire.extend_from_slice(&one);
         }
         assert_eq!(scan.classify(&wire), IdleBatch::Server);
+    }
+
+    #[test]
+    fn idle_batches_that_can_never_be_local_go_to_a_server() {
+        // Found by the idle_classifier fuzz target (on the earlier classifier): a bad length
+        // after a named Parse was NeedMore, so the client's buffer grew for as long as it
+        // kept sending.
+        let mut wire = parse_msg("a", "select 1");
+        wire.extend_from_slice(&[b'S', 0, 0, 0, 0]);
+        assert_eq!(classify_idle(&wire), IdleBatch::Server);
+        let mut wire = parse_msg("a", "select 1");
+        wire.extend_from_slice(&[b'P', 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(classify_idle(&wire), IdleBatch::Server);
+        // All at once, past the bound: the same verdict as read by read.
+        let one = parse_msg("a", &"x".repeat(60 * 1024));
+        let mut wire = one.repeat(IDLE_QUEUE_MAX / one.len() + 1);
+        wire.extend(msg(b'S', b""));
+        assert_eq!(classify_idle(&wire), IdleBatch::Server);
     }
 
     #[test]

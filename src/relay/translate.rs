@@ -130,9 +130,19 @@ pub fn translate(
                     MAX_SMALL
                 };
                 if total > limit {
-                    // Only an unnamed Parse may be that big: it is never replayed.
-                    if header.tag == b'P' && input.get(Header::SIZE).is_some_and(|&b| b != 0) {
-                        return Err(TranslateError::StatementTooLarge(total));
+                    // Only an unnamed Parse may be that big: it is never replayed. Whether it
+                    // is named shows in its first byte, which may not have arrived yet.
+                    if header.tag == b'P' {
+                        match input.get(Header::SIZE) {
+                            None => {
+                                return Ok(Progress {
+                                    needed: 1,
+                                    terminated: false,
+                                });
+                            }
+                            Some(0) => {}
+                            Some(_) => return Err(TranslateError::StatementTooLarge(total)),
+                        }
                     }
                     if header.tag == b'P' {
                         tx.effects |= Effects::UNKNOWN;
@@ -322,12 +332,7 @@ fn describe(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
 fn close(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
     let body = &msg[Header::SIZE..];
     tr.queue.push(Completion::Close);
-    if body.first() == Some(&b'S')
-        && let Some(name) = body
-            .get(1..body.len().saturating_sub(1))
-            .and_then(|n| std::str::from_utf8(n).ok())
-        && !name.is_empty()
-    {
+    if let Some(name) = statement_name(body) {
         tr.statements.remove(name);
         close_statement(out, NOOP_STATEMENT);
         return;
@@ -336,12 +341,18 @@ fn close(msg: &[u8], out: &mut BytesMut, tr: &mut Translator<'_>) {
 }
 
 fn named_statement(body: &[u8], tr: &Translator<'_>) -> Option<std::sync::Arc<Statement>> {
-    if body.first() != Some(&b'S') {
+    tr.statements.get(statement_name(body)?).cloned()
+}
+
+/// The statement a Describe or Close body names: 'S', a non-empty UTF-8 name, and its
+/// terminator as the last byte. Anything else (a portal, the unnamed statement, a malformed
+/// body) is passed on as it is, for PostgreSQL to answer or refuse.
+fn statement_name(body: &[u8]) -> Option<&str> {
+    let name = body.strip_prefix(b"S")?.strip_suffix(b"\0")?;
+    if name.is_empty() || name.contains(&0) {
         return None;
     }
-    let name = body.get(1..body.len().checked_sub(1)?)?;
-    let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty())?;
-    tr.statements.get(name).cloned()
+    std::str::from_utf8(name).ok()
 }
 
 /// Registers the statements of a local batch and writes the client's answer
@@ -464,5 +475,92 @@ mod tests {
                 name: Some(name)
             })
         );
+    }
+
+    /// A client's translate context, for tests that feed it in several steps.
+    #[derive(Default)]
+    struct Client {
+        statements: ClientStatements,
+        server: ServerStatements,
+        queue: CompletionQueue,
+        tx: TxState,
+        out: BytesMut,
+        remaining: usize,
+    }
+
+    impl Client {
+        fn send(&mut self, input: &mut BytesMut) -> Result<Progress, TranslateError> {
+            let mut tr = Translator {
+                statements: &mut self.statements,
+                server: &mut self.server,
+                queue: &mut self.queue,
+                max_prepared: 10,
+                max_packet: 0,
+                pin_budget: None,
+            };
+            translate(
+                input,
+                &mut self.out,
+                &mut self.remaining,
+                &mut self.tx,
+                &mut tr,
+            )
+        }
+    }
+
+    #[test]
+    fn describe_and_close_rename_only_a_terminated_statement_name() {
+        // Found by the statement_renaming fuzz target: the last byte was taken for the
+        // terminator unchecked, so "Sabc" became a Describe (or Close) of statement "ab".
+        let mut client = Client::default();
+        let mut input = BytesMut::from(&parse_msg("ab", "select 1")[..]);
+        let malformed = [
+            msg(b'D', b"Sabc"),
+            msg(b'C', b"Sabc"),
+            msg(b'C', b"Sab\0\0"),
+        ]
+        .concat();
+        input.extend_from_slice(&malformed);
+        client.send(&mut input).unwrap();
+        let parse_len = client.statements.get("ab").unwrap().parse.len();
+        // PostgreSQL refuses them as sent; nothing is renamed, nothing forgotten.
+        assert_eq!(&client.out[parse_len..], &malformed[..]);
+        assert!(client.statements.get("ab").is_some());
+
+        let mut input = BytesMut::from(&msg(b'C', b"Sab\0")[..]);
+        client.send(&mut input).unwrap();
+        assert!(client.statements.get("ab").is_none());
+    }
+
+    #[test]
+    fn a_named_parse_too_big_to_pool_is_refused_however_it_arrives() {
+        // Found by the statement_renaming fuzz target: with only the header read, the Parse
+        // was taken for unnamed and streamed to the server under the client's own name.
+        let header = |len: usize| {
+            let mut h = vec![b'P'];
+            h.extend_from_slice(&((len + 4) as u32).to_be_bytes());
+            h
+        };
+        let big = MAX_NAMED_PARSE + 10;
+        let mut client = Client::default();
+        let mut input = BytesMut::from(&header(big)[..]);
+        let progress = client.send(&mut input).unwrap();
+        assert_eq!(progress.needed, 1);
+        assert!(client.out.is_empty());
+        input.extend_from_slice(b"a\0select ");
+        assert!(matches!(
+            client.send(&mut input),
+            Err(TranslateError::StatementTooLarge(_))
+        ));
+        assert!(client.out.is_empty());
+
+        // An unnamed one that big streams through once its first byte shows it unnamed.
+        let mut client = Client::default();
+        let mut input = BytesMut::from(&header(big)[..]);
+        assert_eq!(client.send(&mut input).unwrap().needed, 1);
+        input.extend_from_slice(b"\0select ");
+        client.send(&mut input).unwrap();
+        assert_eq!(client.out.len(), 5 + 8);
+        assert_eq!(client.remaining, big + Header::SIZE - 13);
     }
 }
