@@ -57,6 +57,8 @@ type Owners = Arc<Mutex<HashMap<i32, usize>>>;
 
 struct Runner {
     who: usize,
+    /// pgmoat's port, for cancel requests.
+    port: u16,
     client: RawClient,
     model: Model,
     owners: Owners,
@@ -110,7 +112,14 @@ impl Runner {
 
     /// Reads up to ReadyForQuery and checks its status against the model.
     async fn answer(&mut self, what: &str) -> Vec<RawMsg> {
-        let msgs = tokio::time::timeout(
+        let msgs = self.read_all(what).await;
+        self.check_status(&msgs, what);
+        msgs
+    }
+
+    /// Reads up to ReadyForQuery.
+    async fn read_all(&mut self, what: &str) -> Vec<RawMsg> {
+        tokio::time::timeout(
             std::time::Duration::from_secs(60),
             self.client.until_ready(),
         )
@@ -122,17 +131,19 @@ impl Runner {
                 self.log.join("\n")
             )
         })
-        .unwrap_or_else(|e| panic!("client {}: {what}: {e}\n{}", self.who, self.log.join("\n")));
+        .unwrap_or_else(|e| panic!("client {}: {what}: {e}\n{}", self.who, self.log.join("\n")))
+    }
+
+    fn check_status(&self, msgs: &[RawMsg], what: &str) {
         let status = msgs.last().unwrap().body[0];
         assert_eq!(
             status as char,
             self.model.status() as char,
             "client {}: status after {what} ({})\n{}",
             self.who,
-            wire::tags(&msgs),
+            wire::tags(msgs),
             self.log.join("\n")
         );
-        msgs
     }
 
     fn expect_error(&self, msgs: &[RawMsg], code: &str, what: &str) {
@@ -191,7 +202,11 @@ impl Runner {
                     self.expect_error(&msgs, "25P02", "a statement in a failed transaction");
                 }
                 _ => {
-                    let sql = if roll.is_multiple_of(2) { "COMMIT" } else { "ROLLBACK" };
+                    let sql = if roll.is_multiple_of(2) {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    };
                     self.log.push(sql.into());
                     self.end_tx_before_send();
                     self.client.send(&wire::query(sql)).await;
@@ -207,7 +222,30 @@ impl Runner {
             return;
         }
         match roll {
-            0..=24 => {
+            0..=2 => {
+                // A slow query and a cancel for it: either the query is canceled (57014, a
+                // failed transaction inside one) or, if the cancel came too early or late,
+                // it completes; never anything else, and nobody else is hit.
+                let id = self.id();
+                self.log.push(format!("cancel {id}"));
+                self.client
+                    .send(&wire::query(&format!(
+                        "SELECT {id}, pg_backend_pid() FROM pg_sleep(0.5)"
+                    )))
+                    .await;
+                wire::send_cancel_request(self.port, self.client.pid, self.client.secret).await;
+                let msgs = self.read_all("a canceled query").await;
+                if msgs.iter().any(|m| m.tag == b'E') {
+                    self.expect_error(&msgs, "57014", "a canceled query");
+                    if self.model.in_tx {
+                        self.model.failed = true;
+                    }
+                } else {
+                    self.expect_row(&msgs, id, "a query its cancel missed");
+                }
+                self.check_status(&msgs, "a canceled query");
+            }
+            3..=24 => {
                 let id = self.id();
                 self.log.push(format!("simple {id}"));
                 self.client
@@ -278,7 +316,11 @@ impl Runner {
                 self.answer("SAVEPOINT").await;
             }
             _ if self.model.in_tx => {
-                let sql = if roll.is_multiple_of(2) { "COMMIT" } else { "ROLLBACK" };
+                let sql = if roll.is_multiple_of(2) {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
                 self.log.push(sql.into());
                 self.end_tx_before_send();
                 self.client.send(&wire::query(sql)).await;
@@ -326,6 +368,7 @@ async fn random_pipelines_keep_transactions_on_their_backend_and_answers_with_th
             .build(),
     );
     let owners: Owners = Arc::default();
+    let port = moat.port();
     let mut tasks = Vec::new();
     const CLIENTS: usize = 4;
     const STEPS: usize = 150;
@@ -345,6 +388,7 @@ async fn random_pipelines_keep_transactions_on_their_backend_and_answers_with_th
         tasks.push(tokio::spawn(async move {
             let mut runner = Runner {
                 who,
+                port,
                 client,
                 model: Model::default(),
                 owners,
