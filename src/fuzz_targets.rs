@@ -352,11 +352,16 @@ pub fn scram_server(data: &[u8]) {
     );
     let mut final_msg = replace_all(client_final, NONCE_MARK, nonce.as_bytes());
     let mut computed = None;
+    // Whether it is the final message a real client sends: its gs2 header echoed, the nonce,
+    // the proof, and nothing else.
+    let mut canonical = false;
     let mark_at = final_msg.len().checked_sub(PROOF_MARK.len() + 3);
     if let Some(at) = mark_at
         && final_msg[at..].starts_with(b",p=")
         && final_msg.ends_with(PROOF_MARK)
     {
+        let echoed = format!("c={},r={nonce}", BASE64.encode(&client_first[..3]));
+        canonical = final_msg[..at] == *echoed.as_bytes();
         let mut auth_message = bare.to_vec();
         auth_message.push(b',');
         auth_message.extend_from_slice(&server_first);
@@ -373,11 +378,6 @@ pub fn scram_server(data: &[u8]) {
         computed = Some(hmac_sha256(&SERVER_KEY, &[&auth_message]));
     }
 
-    // The final message a real client sends: its gs2 header echoed, the nonce, the proof.
-    let canonical = computed.is_some()
-        && final_msg.starts_with(
-            format!("c={},r={nonce},p=", BASE64.encode(&client_first[..3])).as_bytes(),
-        );
     match server.handle_client_final(&final_msg) {
         Err(e) if canonical => panic!("a correct client-final-message was refused: {e}"),
         Ok(server_final) => {
