@@ -115,8 +115,10 @@ impl IdleScan {
                 b'P' if total <= MAX_NAMED_PARSE
                     && scan.pos + total + Header::SIZE <= IDLE_QUEUE_MAX =>
                 {
-                    // Named only: an unnamed statement lives in one server session.
-                    if rest.get(Header::SIZE) == Some(&0) {
+                    // Named only: an unnamed statement lives in one server session. (An
+                    // empty body is malformed either way; answer_locally refuses it, and the
+                    // byte after it belongs to the next message.)
+                    if header.body_len() > 0 && rest.get(Header::SIZE) == Some(&0) {
                         break IdleBatch::Server;
                     }
                     if rest.len() < total {
