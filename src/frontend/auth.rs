@@ -17,6 +17,7 @@ use crate::protocol::messages::{
     authentication_sasl_final, parse_password_message, parse_sasl_initial_response,
 };
 use crate::protocol::{PgError, ProtocolError, SqlState};
+use crate::state::Generation;
 use crate::stream::Stream;
 
 use super::FrontendError;
@@ -32,6 +33,16 @@ pub struct AuthContext<'a> {
     /// tls-server-end-point data of pgmoat's certificate, when this client came over TLS:
     /// SCRAM-SHA-256-PLUS is offered.
     pub channel_binding: Option<&'a [u8]>,
+}
+
+/// What a client's SCRAM exchange binds to: the tls-server-end-point data of the certificate
+/// pgmoat presented on this connection (the generation's, which served the handshake), when
+/// the client came over TLS.
+pub fn channel_binding<'a>(stream: &Stream, generation: &'a Generation) -> Option<&'a [u8]> {
+    stream
+        .is_accepted_tls()
+        .then_some(generation.tls.server_end_point.as_deref())
+        .flatten()
 }
 
 /// Authenticates the client. After a SCRAM exchange, returns the ClientKey its proof

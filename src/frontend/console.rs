@@ -52,10 +52,7 @@ pub async fn login(
         users: &generation.users,
         mock_key: &shared.mock_key,
         scram_cache: &generation.scram_cache,
-        channel_binding: stream
-            .is_accepted_tls()
-            .then_some(generation.tls.server_end_point.as_deref())
-            .flatten(),
+        channel_binding: super::auth::channel_binding(&stream, generation),
     };
     if let Err(e) = authenticate(&mut stream, &ctx).await {
         super::count_auth_failure(shared, &e);

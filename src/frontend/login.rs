@@ -127,10 +127,7 @@ pub async fn login(
         users: &generation.users,
         mock_key: &shared.mock_key,
         scram_cache: &generation.scram_cache,
-        channel_binding: stream
-            .is_accepted_tls()
-            .then_some(generation.tls.server_end_point.as_deref())
-            .flatten(),
+        channel_binding: super::auth::channel_binding(&stream, generation),
     };
     let client_key = match authenticate(&mut stream, &ctx).await {
         Ok(key) => key,

@@ -281,25 +281,22 @@ impl ClientSession {
                 tracing::debug!("client terminated");
                 return;
             }
-            // Refused before a server is taken or any of it is held (the relay checks every
-            // later message the same way).
-            if let Ok(Some(header)) = crate::protocol::Header::parse(&client_half.buf)
-                && let Err(e) = header.check_packet_limit(client_half.packet_limit())
-            {
-                Box::pin(self.fail(client_fault_error(&e))).await;
-                return;
-            }
-            // A message that fits what an idle client may queue is read whole before a
-            // server is taken for it, so a client that stops half-way holds no server and
-            // meets client_idle_timeout; a bigger one is streamed by the relay.
-            if let Ok(Some(header)) = crate::protocol::Header::parse(&client_half.buf)
-                && client_half.buf.len() < header.total()
-                && header.total() <= IDLE_QUEUE_MAX
-            {
-                if let Next::Close = self.read_idle(&mut client_half).await {
+            if let Ok(Some(header)) = crate::protocol::Header::parse(&client_half.buf) {
+                // Refused before a server is taken or any of it is held (the relay checks
+                // every later message the same way).
+                if let Err(e) = header.check_packet_limit(client_half.packet_limit()) {
+                    Box::pin(self.fail(client_fault_error(&e))).await;
                     return;
                 }
-                continue;
+                // A message that fits what an idle client may queue is read whole before a
+                // server is taken for it, so a client that stops half-way holds no server
+                // and meets client_idle_timeout; a bigger one is streamed by the relay.
+                if client_half.buf.len() < header.total() && header.total() <= IDLE_QUEUE_MAX {
+                    if let Next::Close = self.read_idle(&mut client_half).await {
+                        return;
+                    }
+                    continue;
+                }
             }
             let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
             if self.pool_statements && transaction_mode {

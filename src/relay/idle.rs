@@ -208,21 +208,7 @@ impl IdleScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
-
-    fn parse_msg(name: &str, query: &str) -> Vec<u8> {
-        let mut b = name.as_bytes().to_vec();
-        b.push(0);
-        b.extend_from_slice(query.as_bytes());
-        b.extend_from_slice(&[0, 0, 0]);
-        msg(b'P', &b)
-    }
+    use crate::relay::translate::tests::{msg, parse_msg};
 
     #[test]
     fn prepare_only_batches_are_answered_locally() {

@@ -78,9 +78,7 @@ impl Scanner {
                     stopped: false,
                 });
             };
-            if self.limit > 0 {
-                header.check_packet_limit(self.limit)?;
-            }
+            header.check_packet_limit(self.limit)?;
             let total = header.total();
             if inspect(header.tag) && total <= INSPECT_MAX {
                 if len - pos < total {

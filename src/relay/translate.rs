@@ -76,9 +76,7 @@ pub fn translate(
                 terminated: false,
             });
         };
-        if tr.max_packet > 0 {
-            header.check_packet_limit(tr.max_packet)?;
-        }
+        header.check_packet_limit(tr.max_packet)?;
         let total = header.total();
         match header.tag {
             b'X' => {
@@ -386,17 +384,17 @@ pub fn answer_locally(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    pub(in crate::relay) fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
         v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         v.extend_from_slice(body);
         v
     }
 
-    fn parse_msg(name: &str, query: &str) -> Vec<u8> {
+    pub(in crate::relay) fn parse_msg(name: &str, query: &str) -> Vec<u8> {
         let mut b = name.as_bytes().to_vec();
         b.push(0);
         b.extend_from_slice(query.as_bytes());
