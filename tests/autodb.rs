@@ -34,15 +34,6 @@ async fn databases_in(admin: &tokio_postgres::Client, command: &str) -> Vec<Stri
         .collect()
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// 10 000 logins to random database names through `*`: each is refused with PostgreSQL's
 /// 3D000, and afterwards SHOW POOLS, SHOW STATS and /metrics know none of them, and pgmoat's
 /// peak memory grew by far less than 10 000 pools would take.
@@ -69,7 +60,7 @@ async fn ten_thousand_random_database_names_leave_nothing_behind() {
     let kept = connect(moat.port(), "alice", None, "postgres", None)
         .await
         .unwrap();
-    let before = peak_rss_kib(moat.pid());
+    let before = moat.peak_rss_kib();
 
     const NAMES: usize = 10_000;
     const TASKS: usize = 8;
@@ -117,7 +108,7 @@ async fn ten_thousand_random_database_names_leave_nothing_behind() {
         metrics.contains("database=\"postgres\""),
         "the kept pool is in /metrics"
     );
-    let grown_mib = peak_rss_kib(moat.pid()).saturating_sub(before) as f64 / 1024.0;
+    let grown_mib = moat.peak_rss_kib().saturating_sub(before) as f64 / 1024.0;
     assert!(grown_mib < 64.0, "pgmoat grew {grown_mib:.1} MiB");
     let one: i32 = kept.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);

@@ -10,30 +10,6 @@ use bytes::BufMut;
 use support::wire::{self, RawClient};
 use support::*;
 
-/// pgmoat's peak resident memory so far (VmHWM), from /proc: a buffer that grew and was
-/// freed again still shows.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
-async fn raw(moat: &Pgmoat, pki: &Pki) -> RawClient {
-    RawClient::connect(
-        moat.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        APP_DB,
-        &[],
-        Some(tls_client_config(&pki.ca, None)),
-    )
-    .await
-    .unwrap()
-}
-
 /// The next message, or a failure naming what was awaited.
 async fn recv_within(client: &mut RawClient, what: &str) -> wire::RawMsg {
     tokio::time::timeout(Duration::from_secs(60), client.recv())
@@ -63,8 +39,8 @@ async fn an_unsynced_pipeline_of_parses_is_forwarded_and_memory_stays_flat() {
             .set("default_pool_size", "2")
             .build(),
     );
-    let mut hostile = raw(&moat, &pki).await;
-    let mut other = raw(&moat, &pki).await;
+    let mut hostile = moat_raw(&moat, &pki, "alice", &[]).await;
+    let mut other = moat_raw(&moat, &pki, "alice", &[]).await;
     // Warm up: the same path once, so buffers and allocator arenas exist before measuring.
     for i in 0..300 {
         hostile.send(&big_parse("p", i, 4000)).await;
@@ -73,7 +49,7 @@ async fn an_unsynced_pipeline_of_parses_is_forwarded_and_memory_stays_flat() {
     let warm = hostile.until_ready().await.unwrap();
     assert_eq!(warm.iter().filter(|m| m.tag == b'1').count(), 300);
     assert_eq!(other.value("SELECT 1").await, "1");
-    let before = peak_rss_kib(moat.pid());
+    let before = moat.peak_rss_kib();
 
     const PARSES: usize = 6000;
     let mut sent = 0;
@@ -108,7 +84,7 @@ async fn an_unsynced_pipeline_of_parses_is_forwarded_and_memory_stays_flat() {
         assert_eq!(msg.tag, b'1', "{msg:?}");
         answered += 1;
     }
-    let after = peak_rss_kib(moat.pid());
+    let after = moat.peak_rss_kib();
     let grown_mib = after.saturating_sub(before) as f64 / 1024.0;
     assert!(
         grown_mib < 12.0,
@@ -138,7 +114,7 @@ async fn a_message_over_max_packet_size_is_refused_naming_the_limit() {
     );
     let padded = |size: usize| format!("SELECT 1 /* {} */", "x".repeat(size));
 
-    let mut client = raw(&moat, &pki).await;
+    let mut client = moat_raw(&moat, &pki, "alice", &[]).await;
     // Bigger than one read of an idle client, and than the relay's read chunk.
     for size in [1000usize, 20_000] {
         assert_eq!(client.value(&padded(size)).await, "1");
@@ -163,7 +139,7 @@ async fn a_message_over_max_packet_size_is_refused_naming_the_limit() {
     assert!(client.recv().await.is_err(), "the connection ends");
 
     // Only the header of a 1 GB message: refused at once, nothing waited for.
-    let mut client = raw(&moat, &pki).await;
+    let mut client = moat_raw(&moat, &pki, "alice", &[]).await;
     let mut header = vec![b'Q'];
     header.extend_from_slice(&(1u32 << 30).to_be_bytes());
     client.send(&header).await;
@@ -171,14 +147,14 @@ async fn a_message_over_max_packet_size_is_refused_naming_the_limit() {
     assert_eq!(err.code, "54000", "{err}");
 
     // Inside a transaction, with a server held.
-    let mut client = raw(&moat, &pki).await;
+    let mut client = moat_raw(&moat, &pki, "alice", &[]).await;
     client.simple("BEGIN").await.unwrap();
     client.send(&over[..1000]).await;
     let err = wire::error_of(&recv_within(&mut client, "the refusal in a transaction").await);
     assert_eq!(err.code, "54000", "{err}");
     assert!(client.recv().await.is_err(), "the connection ends");
 
-    let mut fine = raw(&moat, &pki).await;
+    let mut fine = moat_raw(&moat, &pki, "alice", &[]).await;
     assert_eq!(fine.value("SELECT 4").await, "4");
 }
 
@@ -195,13 +171,13 @@ async fn a_message_that_never_completes_ends_at_client_idle_timeout() {
             .build(),
     );
     // Three bytes of a header.
-    let mut partial_header = raw(&moat, &pki).await;
+    let mut partial_header = moat_raw(&moat, &pki, "alice", &[]).await;
     partial_header.send(&[b'Q', 0, 0]).await;
     // A whole header, and a little of a named Parse's body.
-    let mut partial_body = raw(&moat, &pki).await;
+    let mut partial_body = moat_raw(&moat, &pki, "alice", &[]).await;
     let parse = big_parse("s", 1, 100_000);
     partial_body.send(&parse[..200]).await;
-    let mut busy = raw(&moat, &pki).await;
+    let mut busy = moat_raw(&moat, &pki, "alice", &[]).await;
     assert_eq!(busy.value("SELECT 5").await, "5");
 
     for (what, client) in [

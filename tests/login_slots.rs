@@ -31,18 +31,6 @@ async fn silent_sockets(port: u16, count: usize) -> Vec<TcpStream> {
     sockets
 }
 
-async fn admin_client(moat: &Pgmoat, pki: &Pki) -> tokio_postgres::Client {
-    connect(
-        moat.port(),
-        "alice",
-        Some(ALICE_PASSWORD),
-        "pgbouncer",
-        Some(tls_client_config(&pki.ca, None)),
-    )
-    .await
-    .unwrap()
-}
-
 /// SHOW LISTS' `login_clients`: connections still logging in.
 async fn pending_logins(admin: &tokio_postgres::Client) -> usize {
     let rows = admin.simple_query("SHOW LISTS").await.unwrap();
@@ -90,7 +78,7 @@ async fn a_real_client_logs_in_past_five_thousand_silent_sockets() {
     );
     // Logged in before the flood: an operator's console, and the positive control that a
     // place under max_client_conn is not needed for it.
-    let admin = admin_client(&moat, &pki).await;
+    let admin = moat_console(&moat, &pki, "alice").await;
     let mut silent = silent_sockets(moat.port(), 5000).await;
     // The queue is full of them.
     wait_for_pending(&admin, 500).await;

@@ -202,19 +202,12 @@ impl Runner {
                     self.expect_error(&msgs, "25P02", "a statement in a failed transaction");
                 }
                 _ => {
-                    let sql = if roll.is_multiple_of(2) {
-                        "COMMIT"
-                    } else {
-                        "ROLLBACK"
-                    };
-                    self.log.push(sql.into());
-                    self.end_tx_before_send();
-                    self.client.send(&wire::query(sql)).await;
-                    let msgs = self.answer(sql).await;
+                    let msgs = self.finish_tx(roll).await;
                     // COMMIT of a failed transaction is a rollback, as PostgreSQL says.
                     assert!(
                         wire::tags(&msgs).contains('C'),
-                        "{sql}: {}",
+                        "client {}: the end of a failed transaction: {}",
+                        self.who,
                         wire::tags(&msgs)
                     );
                 }
@@ -316,15 +309,7 @@ impl Runner {
                 self.answer("SAVEPOINT").await;
             }
             _ if self.model.in_tx => {
-                let sql = if roll.is_multiple_of(2) {
-                    "COMMIT"
-                } else {
-                    "ROLLBACK"
-                };
-                self.log.push(sql.into());
-                self.end_tx_before_send();
-                self.client.send(&wire::query(sql)).await;
-                self.answer(sql).await;
+                self.finish_tx(roll).await;
             }
             _ => {
                 // Outside a transaction a COMMIT only warns; the server is free either way.
@@ -338,11 +323,19 @@ impl Runner {
         }
     }
 
-    /// The transaction ends with this statement: its backend is released (for the check of
-    /// others) from the moment it is sent, since pgmoat may hand it on as soon as
-    /// PostgreSQL answers.
-    fn end_tx_before_send(&mut self) {
+    /// Ends the transaction with COMMIT or ROLLBACK (by `roll`). Its backend is released
+    /// for the check of others from the moment the statement is sent, since pgmoat may hand
+    /// it on as soon as PostgreSQL answers.
+    async fn finish_tx(&mut self, roll: u64) -> Vec<RawMsg> {
+        let sql = if roll.is_multiple_of(2) {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        self.log.push(sql.into());
         self.end_tx();
+        self.client.send(&wire::query(sql)).await;
+        self.answer(sql).await
     }
 }
 
@@ -373,16 +366,7 @@ async fn random_pipelines_keep_transactions_on_their_backend_and_answers_with_th
     const CLIENTS: usize = 4;
     const STEPS: usize = 150;
     for who in 0..CLIENTS {
-        let client = RawClient::connect(
-            moat.port(),
-            "alice",
-            Some(ALICE_PASSWORD),
-            APP_DB,
-            &[],
-            Some(tls_client_config(&pki.ca, None)),
-        )
-        .await
-        .unwrap();
+        let client = moat_raw(&moat, &pki, "alice", &[]).await;
         let owners = owners.clone();
         let mut rng = Rng(seed.wrapping_add((who as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
         tasks.push(tokio::spawn(async move {

@@ -128,6 +128,17 @@ impl Pgmoat {
         self.child.id()
     }
 
+    /// pgmoat's peak resident memory so far in KiB (VmHWM, from /proc): a buffer that grew
+    /// and was freed again still shows.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
