@@ -230,10 +230,11 @@ pub async fn send_cancel(
         secs: config.server_connect_timeout.0,
     })?
     .map_err(io_err)?;
+    let server_tls = generation.tls.server_for_entry(&target.target.entry);
     let options = ConnectOptions {
-        sslmode: config.server_tls_sslmode,
+        sslmode: server_tls.sslmode,
         channel_binding: config.server_channel_binding,
-        tls: generation.tls.connector.as_ref(),
+        tls: server_tls.connector.as_ref(),
         tls_epoch: generation.tls_epoch,
         timeout: config.server_connect_timeout.duration(),
         id: 0,
@@ -326,6 +327,7 @@ mod tests {
     fn target(flight: &Arc<CancelFlight>) -> CancelTarget {
         CancelTarget {
             target: Arc::new(BackendTarget {
+                entry: "app".into(),
                 host: "localhost".into(),
                 port: 5432,
                 dbname: "app".into(),

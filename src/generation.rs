@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::auth::{AuthError, ScramCache, UserList};
 use crate::config::Config;
-use crate::tls::{TlsError, TlsState};
+use crate::tls::{ClientCerts, TlsError, TlsState};
 
 /// Why a generation could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub fn load_generation(
     config: Config,
     previous: Option<&Generation>,
 ) -> Result<Generation, LoadError> {
-    let tls = TlsState::load(&config)?;
+    let tls = TlsState::load(&config, ClientCerts::BySslMode)?;
     let users = match &config.auth_file {
         Some(path) => UserList::load(path)?,
         None => UserList::default(),
@@ -63,25 +63,56 @@ pub fn load_generation(
     })
 }
 
-/// Identity of the TLS material towards PostgreSQL: mode and the bytes of the files.
+/// Identity of the TLS material towards PostgreSQL: modes, CRL policy and the bytes of the
+/// files, global and per database entry.
 fn server_tls_fingerprint(config: &Config) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     format!(
-        "{:?}{:?}",
-        config.server_tls_sslmode, config.server_tls_protocols
+        "{:?}{:?}{:?}{:?}",
+        config.server_tls_sslmode,
+        config.server_tls_protocols,
+        config.tls_crl_expired,
+        config.tls_crl_unknown_status
     )
     .hash(&mut hasher);
-    for path in [
+    let mut files = vec![
         &config.server_tls_ca_file,
         &config.server_tls_cert_file,
         &config.server_tls_key_file,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+        &config.server_tls_crl_file,
+    ];
+    for (name, entry) in &config.databases {
+        format!("{name}{:?}", entry.server_tls_sslmode).hash(&mut hasher);
+        files.extend([
+            &entry.server_tls_ca_file,
+            &entry.server_tls_cert_file,
+            &entry.server_tls_key_file,
+        ]);
+    }
+    for path in files.into_iter().flatten() {
+        path.hash(&mut hasher);
+        // A CRL directory hashes as its listing; its files are read with it.
+        read_for_fingerprint(path).hash(&mut hasher);
     }
     hasher.finish()
+}
+
+fn read_for_fingerprint(path: &std::path::Path) -> Vec<u8> {
+    if path.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|p| std::fs::read(p).unwrap_or_default())
+            .collect()
+    } else {
+        std::fs::read(path).unwrap_or_default()
+    }
 }
 
 /// Logs the days left of every loaded certificate, warning from cert_expiry_warn_days on.
@@ -95,4 +126,5 @@ pub fn log_certificate_expiry(generation: &Generation) {
             tracing::info!(setting = cert.setting, file = %cert.path, subject = %cert.subject, days_left = days, "certificate loaded");
         }
     }
+    crate::tls::crl::log_crl_state(&generation.tls.crls, generation.config.tls_crl_expired);
 }

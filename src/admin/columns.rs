@@ -145,6 +145,8 @@ pub const CONFIG: &[(&str, Type)] = &[
 
 pub const LISTS: &[(&str, Type)] = &[("list", Text), ("items", Int4)];
 
+/// Certificates and CRLs. For a CRL, `subject` is its issuer, `serial` its CRL number,
+/// `not_after` its next update and `revoked` the number of certificates it revokes.
 pub const CERTS: &[(&str, Type)] = &[
     ("setting", Text),
     ("file", Text),
@@ -152,4 +154,6 @@ pub const CERTS: &[(&str, Type)] = &[
     ("serial", Text),
     ("not_after", Timestamptz),
     ("days_left", Int8),
+    ("kind", Text),
+    ("revoked", Int8),
 ];

@@ -411,7 +411,8 @@ pub fn state(shared: &Shared) -> ResultSet {
 
 pub fn certs(shared: &Shared) -> ResultSet {
     let mut rs = ResultSet::new(CERTS);
-    for cert in &shared.snapshot().tls.certs {
+    let generation = shared.snapshot();
+    for cert in &generation.tls.certs {
         rs.push(vec![
             text(cert.setting),
             text(&cert.path),
@@ -419,6 +420,26 @@ pub fn certs(shared: &Shared) -> ResultSet {
             text(&cert.serial),
             timestamp(cert.not_after),
             int(cert.days_left()),
+            text("certificate"),
+            None,
+        ]);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    for crl in &generation.tls.crls {
+        rs.push(vec![
+            text(crl.setting),
+            text(&crl.path),
+            text(&crl.issuer),
+            crl.number.clone(),
+            crl.next_update.and_then(timestamp),
+            crl.next_update
+                .and_then(|next| int((next - now).whole_days())),
+            text(if crl.is_expired() {
+                "crl (expired)"
+            } else {
+                "crl"
+            }),
+            int(crl.revoked),
         ]);
     }
     rs

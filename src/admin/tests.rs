@@ -224,6 +224,8 @@ async fn show_commands_use_pgbouncer_columns_in_order() {
                 "serial",
                 "not_after",
                 "days_left",
+                "kind",
+                "revoked",
             ],
         ),
     ];

@@ -1,9 +1,56 @@
-//! `cert` authentication: the user name is the common name (CN) of the client certificate that
-//! rustls already verified. We only read the CN here; trust decisions happen in the TLS layer.
+//! The identity in a client certificate that rustls already verified: its common name (CN),
+//! or the DNS names, URIs or email addresses among its subject alternative names, as
+//! auth_cert_identity chooses. We only read names here; trust decisions happen in the TLS
+//! layer, and which user an identity may be is decided by the caller (equal, or an ident map).
 
+use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::AuthError;
+use crate::config::CertIdentity;
+
+/// The identities of kind `kind` in a DER-encoded end-entity certificate: one CN, or every SAN
+/// of the kind (any of them may match). Never empty on success.
+pub fn cert_identities(
+    end_entity_der: &[u8],
+    kind: CertIdentity,
+) -> Result<Vec<String>, AuthError> {
+    if kind == CertIdentity::Cn {
+        return cert_common_name(end_entity_der).map(|cn| vec![cn]);
+    }
+    let cert = parse(end_entity_der)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| AuthError::CertParse(e.to_string()))?;
+    let names: Vec<String> = san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match (kind, name) {
+            (CertIdentity::SanDns, GeneralName::DNSName(n))
+            | (CertIdentity::SanUri, GeneralName::URI(n))
+            | (CertIdentity::SanEmail, GeneralName::RFC822Name(n)) => Some(*n),
+            _ => None,
+        })
+        // The same rule as for the CN: an empty name or one with a NUL names nobody.
+        .filter(|n| !n.is_empty() && !n.contains('\0'))
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() {
+        return Err(AuthError::CertNoIdentity(kind));
+    }
+    Ok(names)
+}
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, AuthError> {
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| AuthError::CertParse(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(AuthError::CertParse(
+            "trailing bytes after the certificate".into(),
+        ));
+    }
+    Ok(cert)
+}
 
 /// The CN of a DER-encoded end-entity certificate.
 ///
@@ -11,13 +58,7 @@ use super::AuthError;
 /// are not UTF-8 strings, and empty CNs or CNs with a NUL (PostgreSQL refuses those too: a NUL
 /// could make "alice\0.evil" compare equal to "alice" somewhere downstream).
 pub fn cert_common_name(end_entity_der: &[u8]) -> Result<String, AuthError> {
-    let (rest, cert) = X509Certificate::from_der(end_entity_der)
-        .map_err(|e| AuthError::CertParse(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(AuthError::CertParse(
-            "trailing bytes after the certificate".into(),
-        ));
-    }
+    let cert = parse(end_entity_der)?;
     let mut names = cert.subject().iter_common_name();
     let first = names.next().ok_or(AuthError::CertNoCommonName)?;
     if names.next().is_some() {
@@ -100,6 +141,56 @@ mod tests {
     fn nul_in_common_name_is_refused() {
         let err = cert_common_name(&cert_with_cn("alice\0.evil")).unwrap_err();
         assert!(matches!(err, AuthError::CertCommonNameInvalid), "{err:?}");
+    }
+
+    fn cert_with_sans(sans: Vec<rcgen::SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "svc");
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn reads_every_san_of_the_chosen_kind() {
+        use rcgen::SanType;
+        let ia5 = |s: &str| s.try_into().unwrap();
+        let der = cert_with_sans(vec![
+            SanType::DnsName(ia5("api.billing")),
+            SanType::URI(ia5("spiffe://prod/ns/billing/sa/api")),
+            SanType::DnsName(ia5("api2.billing")),
+            SanType::Rfc822Name(ia5("ops@example.com")),
+            SanType::IpAddress("127.0.0.1".parse().unwrap()),
+        ]);
+        assert_eq!(
+            cert_identities(&der, CertIdentity::SanDns).unwrap(),
+            ["api.billing", "api2.billing"]
+        );
+        assert_eq!(
+            cert_identities(&der, CertIdentity::SanUri).unwrap(),
+            ["spiffe://prod/ns/billing/sa/api"]
+        );
+        assert_eq!(
+            cert_identities(&der, CertIdentity::SanEmail).unwrap(),
+            ["ops@example.com"]
+        );
+        assert_eq!(cert_identities(&der, CertIdentity::Cn).unwrap(), ["svc"]);
+    }
+
+    #[test]
+    fn no_san_of_the_kind_is_an_error() {
+        let der = cert_with_sans(vec![rcgen::SanType::DnsName(
+            "api.billing".try_into().unwrap(),
+        )]);
+        let err = cert_identities(&der, CertIdentity::SanUri).unwrap_err();
+        assert!(
+            matches!(err, AuthError::CertNoIdentity(CertIdentity::SanUri)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("san-uri"), "{err}");
+        // Without any SAN extension at all, the same.
+        let err = cert_identities(&cert_with_sans(vec![]), CertIdentity::SanDns).unwrap_err();
+        assert!(matches!(err, AuthError::CertNoIdentity(_)), "{err:?}");
     }
 
     #[test]

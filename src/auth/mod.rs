@@ -10,7 +10,7 @@ pub mod userlist;
 
 use std::path::PathBuf;
 
-pub use self::cert::cert_common_name;
+pub use self::cert::{cert_common_name, cert_identities};
 pub use self::md5::{md5_salt, verify_md5};
 pub use self::scram::{ScramError, ScramSecret, ScramServer};
 pub use self::scram_cache::ScramCache;
@@ -52,6 +52,10 @@ pub enum AuthError {
 
     #[error("client certificate common name is empty or contains a NUL byte")]
     CertCommonNameInvalid,
+
+    /// auth_cert_identity names a kind of SAN the certificate does not have.
+    #[error("client certificate has no usable name of the kind auth_cert_identity = {0} chooses")]
+    CertNoIdentity(crate::config::CertIdentity),
 
     #[error(transparent)]
     Scram(#[from] ScramError),

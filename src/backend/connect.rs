@@ -23,6 +23,9 @@ use crate::stream::Stream;
 /// Where and as whom a pool logs in.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BackendTarget {
+    /// The database entry this target comes from (a name, or `*`): it names the server_tls_*
+    /// settings that apply.
+    pub entry: String,
     pub host: String,
     pub port: u16,
     pub dbname: String,
@@ -35,6 +38,7 @@ pub struct BackendTarget {
 impl std::fmt::Debug for BackendTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendTarget")
+            .field("entry", &self.entry)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("dbname", &self.dbname)

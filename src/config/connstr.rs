@@ -93,6 +93,11 @@ impl Default for DatabaseConfig {
             max_db_connections: None,
             session_state: None,
             max_pinned_servers: None,
+            auth_ident_map: None,
+            server_tls_sslmode: None,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
         }
     }
 }
@@ -169,6 +174,11 @@ impl fmt::Debug for DatabaseConfig {
             .field("session_state", &self.session_state)
             .field("max_pinned_servers", &self.max_pinned_servers)
             .field("max_db_connections", &self.max_db_connections)
+            .field("auth_ident_map", &self.auth_ident_map)
+            .field("server_tls_sslmode", &self.server_tls_sslmode)
+            .field("server_tls_ca_file", &self.server_tls_ca_file)
+            .field("server_tls_cert_file", &self.server_tls_cert_file)
+            .field("server_tls_key_file", &self.server_tls_key_file)
             .finish()
     }
 }
@@ -198,6 +208,7 @@ mod tests {
                 max_db_connections: Some(9),
                 session_state: None,
                 max_pinned_servers: None,
+                ..DatabaseConfig::default()
             }
         );
     }

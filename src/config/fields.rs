@@ -65,19 +65,27 @@ fields!(SETTINGS: Config {
     max_packet_size,
     auth_type,
     auth_file,
+    auth_hba_file,
+    auth_ident_file,
+    auth_ident_map,
+    auth_cert_identity,
     admin_users,
     stats_users,
     client_tls_sslmode,
     client_tls_cert_file,
     client_tls_key_file,
     client_tls_ca_file,
+    client_tls_crl_file,
     client_tls_protocols,
     server_tls_sslmode,
     server_tls_ca_file,
     server_tls_cert_file,
     server_tls_key_file,
+    server_tls_crl_file,
     server_tls_protocols,
     server_channel_binding,
+    tls_crl_expired,
+    tls_crl_unknown_status,
     metrics_addr,
     cert_expiry_warn_days,
     watch_files,
@@ -95,6 +103,11 @@ fields!(DATABASE_FIELDS: DatabaseConfig {
     max_db_connections,
     session_state,
     max_pinned_servers,
+    auth_ident_map,
+    server_tls_sslmode,
+    server_tls_ca_file,
+    server_tls_cert_file,
+    server_tls_key_file,
 });
 
 /// The closest known name to a mistyped one, when it is close enough to be a typo.
@@ -133,6 +146,11 @@ mod tests {
         // TOML leaves out `None`s, so every optional setting gets a value first.
         let config = Config {
             auth_file: Some("a".into()),
+            auth_hba_file: Some("a".into()),
+            auth_ident_file: Some("a".into()),
+            auth_ident_map: Some("a".into()),
+            client_tls_crl_file: Some("a".into()),
+            server_tls_crl_file: Some("a".into()),
             client_tls_cert_file: Some("a".into()),
             client_tls_key_file: Some("a".into()),
             client_tls_ca_file: Some("a".into()),
@@ -170,6 +188,11 @@ mod tests {
             max_db_connections: Some(1),
             session_state: Some(super::super::SessionState::Reset),
             max_pinned_servers: Some(1),
+            auth_ident_map: Some("m".into()),
+            server_tls_sslmode: Some(super::super::SslMode::VerifyCa),
+            server_tls_ca_file: Some("c".into()),
+            server_tls_cert_file: Some("c".into()),
+            server_tls_key_file: Some("k".into()),
         };
         let Value::Table(all) = Value::try_from(entry).unwrap() else {
             panic!("DatabaseConfig does not serialize to a table");

@@ -57,6 +57,46 @@ pub enum AuthType {
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
     Cert,
+    /// Per connection, by the rules of auth_hba_file (pg_hba.conf format).
+    Hba,
+}
+
+/// Which name in a client certificate is the client's identity (PostgreSQL's "system user"),
+/// compared with the user name or looked up in an auth_ident_file map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertIdentity {
+    /// The subject's common name, as PostgreSQL and PgBouncer use it.
+    Cn,
+    /// Any DNS name among the subject alternative names.
+    SanDns,
+    /// Any URI among the subject alternative names (SPIFFE IDs).
+    SanUri,
+    /// Any email address (rfc822Name) among the subject alternative names.
+    SanEmail,
+}
+
+/// What a certificate check does with a CRL past its next update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrlExpired {
+    /// Refuse every certificate that the stale CRL would have to vouch for (fail closed).
+    Refuse,
+    /// Keep using the stale CRL (its revocations still count), with a warning.
+    Warn,
+}
+
+/// What a certificate check does when no loaded CRL comes from a certificate's issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrlUnknownStatus {
+    /// Every certificate of the chain below the trust anchor needs its issuer's CRL.
+    Refuse,
+    /// The end-entity certificate needs its issuer's CRL; intermediates are checked when
+    /// their issuer's CRL is loaded and let through otherwise.
+    AllowIntermediate,
+    /// A certificate whose issuer has no CRL loaded is let through.
+    Allow,
 }
 
 /// A TLS protocol version that may be enabled.
@@ -108,6 +148,23 @@ pub struct DatabaseConfig {
     pub max_db_connections: Option<usize>,
     pub session_state: Option<SessionState>,
     pub max_pinned_servers: Option<usize>,
+    /// The auth_ident_file map for certificate identities of clients of this database.
+    pub auth_ident_map: Option<String>,
+    /// TLS towards this database's server, overriding the global server_tls_* settings.
+    pub server_tls_sslmode: Option<SslMode>,
+    pub server_tls_ca_file: Option<PathBuf>,
+    pub server_tls_cert_file: Option<PathBuf>,
+    pub server_tls_key_file: Option<PathBuf>,
+}
+
+impl DatabaseConfig {
+    /// Whether this entry sets any server_tls_* setting of its own.
+    pub fn overrides_server_tls(&self) -> bool {
+        self.server_tls_sslmode.is_some()
+            || self.server_tls_ca_file.is_some()
+            || self.server_tls_cert_file.is_some()
+            || self.server_tls_key_file.is_some()
+    }
 }
 
 /// Everything pgmoat reads from its config file and environment.
@@ -152,6 +209,13 @@ pub struct Config {
 
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
+    /// pg_hba.conf-format rules for auth_type = hba.
+    pub auth_hba_file: Option<PathBuf>,
+    /// pg_ident.conf-format maps from certificate identities to user names.
+    pub auth_ident_file: Option<PathBuf>,
+    /// The map of auth_ident_file used where neither an HBA rule nor the database names one.
+    pub auth_ident_map: Option<String>,
+    pub auth_cert_identity: CertIdentity,
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
 
@@ -159,14 +223,18 @@ pub struct Config {
     pub client_tls_cert_file: Option<PathBuf>,
     pub client_tls_key_file: Option<PathBuf>,
     pub client_tls_ca_file: Option<PathBuf>,
+    pub client_tls_crl_file: Option<PathBuf>,
     pub client_tls_protocols: Vec<TlsVersion>,
 
     pub server_tls_sslmode: SslMode,
     pub server_tls_ca_file: Option<PathBuf>,
     pub server_tls_cert_file: Option<PathBuf>,
     pub server_tls_key_file: Option<PathBuf>,
+    pub server_tls_crl_file: Option<PathBuf>,
     pub server_tls_protocols: Vec<TlsVersion>,
     pub server_channel_binding: ChannelBinding,
+    pub tls_crl_expired: CrlExpired,
+    pub tls_crl_unknown_status: CrlUnknownStatus,
 
     pub metrics_addr: Option<String>,
     pub cert_expiry_warn_days: u32,
@@ -210,19 +278,27 @@ impl Default for Config {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             auth_type: AuthType::ScramSha256,
             auth_file: None,
+            auth_hba_file: None,
+            auth_ident_file: None,
+            auth_ident_map: None,
+            auth_cert_identity: CertIdentity::Cn,
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             client_tls_sslmode: SslMode::Require,
             client_tls_cert_file: None,
             client_tls_key_file: None,
             client_tls_ca_file: None,
+            client_tls_crl_file: None,
             client_tls_protocols: vec![TlsVersion::Tls12, TlsVersion::Tls13],
             server_tls_sslmode: SslMode::VerifyFull,
             server_tls_ca_file: None,
             server_tls_cert_file: None,
             server_tls_key_file: None,
+            server_tls_crl_file: None,
             server_tls_protocols: vec![TlsVersion::Tls12, TlsVersion::Tls13],
             server_channel_binding: ChannelBinding::Prefer,
+            tls_crl_expired: CrlExpired::Refuse,
+            tls_crl_unknown_status: CrlUnknownStatus::AllowIntermediate,
             metrics_addr: None,
             cert_expiry_warn_days: 30,
             watch_files: false,

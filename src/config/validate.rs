@@ -72,19 +72,23 @@ pub(crate) fn problems(config: &Config, files: FileChecks) -> Vec<Problem> {
 fn client_tls(c: &Config, found: &mut Found) {
     let mode = c.client_tls_sslmode;
     const AT: &[&str] = &["client_tls_sslmode"];
-    if mode != SslMode::Disable {
-        if c.client_tls_cert_file.is_none() {
-            let why = format!("client_tls_sslmode = {mode} needs a certificate to show clients");
-            found.add("client_tls_cert_file", AT, why);
-        }
-        if c.client_tls_key_file.is_none() {
-            let why = format!("client_tls_sslmode = {mode} needs the certificate's private key");
-            found.add("client_tls_key_file", AT, why);
-        }
+    // Without client_tls_key_file the key is read from the certificate file (a combined
+    // PEM); the TLS loader says so when it is not there.
+    if mode != SslMode::Disable && c.client_tls_cert_file.is_none() {
+        let why = format!("client_tls_sslmode = {mode} needs a certificate to show clients");
+        found.add("client_tls_cert_file", AT, why);
     }
     if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && c.client_tls_ca_file.is_none() {
         let why = format!("{mode} needs a CA file to check client certificates against");
         found.add("client_tls_ca_file", AT, why);
+    }
+    if c.client_tls_crl_file.is_some() && c.client_tls_ca_file.is_none() {
+        found.add(
+            "client_tls_crl_file",
+            &[],
+            "a CRL needs client_tls_ca_file: client certificates are checked against it only \
+             when they are verified",
+        );
     }
     if c.client_tls_protocols.is_empty() {
         found.add(
@@ -119,28 +123,90 @@ fn auth(c: &Config, found: &mut Found) {
                 c.auth_type
             ),
         ),
+        AuthType::Hba if c.auth_hba_file.is_none() => found.add(
+            "auth_hba_file",
+            AT,
+            "auth_type = hba needs auth_hba_file, the rules in pg_hba.conf format",
+        ),
         _ => {}
+    }
+    if c.auth_type != AuthType::Hba && c.auth_hba_file.is_some() {
+        found.add(
+            "auth_hba_file",
+            &[],
+            format!(
+                "auth_hba_file is used only with auth_type = hba (it is {})",
+                c.auth_type
+            ),
+        );
+    }
+    let maps = std::iter::once(("auth_ident_map".to_owned(), &c.auth_ident_map)).chain(
+        c.databases.iter().map(|(name, e)| {
+            (
+                format!("databases.{name}.auth_ident_map"),
+                &e.auth_ident_map,
+            )
+        }),
+    );
+    for (key, map) in maps {
+        if map.is_some() && c.auth_ident_file.is_none() {
+            found.add(
+                key,
+                &[],
+                "a map needs auth_ident_file, the maps in pg_ident.conf format",
+            );
+        }
     }
 }
 
 fn server_tls(c: &Config, found: &mut Found) {
     let mode = c.server_tls_sslmode;
-    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && c.server_tls_ca_file.is_none() {
+    let verifies = |mode: SslMode| matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    if verifies(mode) && c.server_tls_ca_file.is_none() {
         let why = format!("{mode} needs a CA file to check PostgreSQL's certificate against");
         found.add("server_tls_ca_file", &["server_tls_sslmode"], why);
     }
-    match (&c.server_tls_cert_file, &c.server_tls_key_file) {
-        (Some(_), None) => found.add(
-            "server_tls_key_file",
-            &["server_tls_cert_file"],
-            "server_tls_cert_file is set without its key: give both or neither",
-        ),
-        (None, Some(_)) => found.add(
+    // A certificate alone is fine: its file may hold the key too (a combined PEM).
+    if c.server_tls_cert_file.is_none() && c.server_tls_key_file.is_some() {
+        found.add(
             "server_tls_cert_file",
             &["server_tls_key_file"],
             "server_tls_key_file is set without its certificate: give both or neither",
-        ),
-        _ => {}
+        );
+    }
+    let mut any_verifies = verifies(mode);
+    for (name, entry) in &c.databases {
+        let key = |field: &str| format!("databases.{name}.{field}");
+        let entry_mode = entry.server_tls_sslmode.unwrap_or(mode);
+        any_verifies |= verifies(entry_mode);
+        // An inherited mode without a CA is reported once, at the global setting.
+        if entry.server_tls_sslmode.is_some()
+            && verifies(entry_mode)
+            && entry.server_tls_ca_file.is_none()
+            && c.server_tls_ca_file.is_none()
+        {
+            let why = format!(
+                "{entry_mode} needs a CA file to check this database's certificate against \
+                 (here or in the global server_tls_ca_file)"
+            );
+            found.add(key("server_tls_ca_file"), &[], why);
+        }
+        if entry.server_tls_key_file.is_some() && entry.server_tls_cert_file.is_none() {
+            found.add(
+                key("server_tls_key_file"),
+                &[],
+                "a key without server_tls_cert_file in the same entry: the global certificate \
+                 never pairs with another key",
+            );
+        }
+    }
+    if c.server_tls_crl_file.is_some() && !any_verifies {
+        found.add(
+            "server_tls_crl_file",
+            &[],
+            "a CRL is checked only under server_tls_sslmode = verify-ca or verify-full, which \
+             no database uses",
+        );
     }
     if c.server_tls_protocols.is_empty() {
         found.add(
@@ -284,17 +350,42 @@ fn databases(c: &Config, found: &mut Found) {
 }
 
 fn readable_files(c: &Config, found: &mut Found) {
-    let files: [(&'static str, &Option<PathBuf>); 7] = [
+    let mut files: Vec<(String, &Option<PathBuf>)> = [
         ("auth_file", &c.auth_file),
+        ("auth_hba_file", &c.auth_hba_file),
+        ("auth_ident_file", &c.auth_ident_file),
         ("client_tls_cert_file", &c.client_tls_cert_file),
         ("client_tls_key_file", &c.client_tls_key_file),
         ("client_tls_ca_file", &c.client_tls_ca_file),
         ("server_tls_ca_file", &c.server_tls_ca_file),
         ("server_tls_cert_file", &c.server_tls_cert_file),
         ("server_tls_key_file", &c.server_tls_key_file),
-    ];
+    ]
+    .into_iter()
+    .map(|(name, path)| (name.to_owned(), path))
+    .collect();
+    for (name, entry) in &c.databases {
+        let key = |field: &str| format!("databases.{name}.{field}");
+        files.push((key("server_tls_ca_file"), &entry.server_tls_ca_file));
+        files.push((key("server_tls_cert_file"), &entry.server_tls_cert_file));
+        files.push((key("server_tls_key_file"), &entry.server_tls_key_file));
+    }
     for (name, path) in files {
+        let is_ca = name.ends_with("server_tls_ca_file");
         if let Some(path) = path
+            && !(is_ca && path == Path::new(crate::tls::SYSTEM_STORE))
+            && let Err(why) = check_readable(path)
+        {
+            found.add(name, &[], why);
+        }
+    }
+    // A CRL setting may name a directory of CRL files.
+    for (name, path) in [
+        ("client_tls_crl_file", &c.client_tls_crl_file),
+        ("server_tls_crl_file", &c.server_tls_crl_file),
+    ] {
+        if let Some(path) = path
+            && !path.is_dir()
             && let Err(why) = check_readable(path)
         {
             found.add(name, &[], why);

@@ -12,7 +12,8 @@ use toml::Value;
 use toml::de::DeValue;
 
 use super::settings::{
-    AuthType, ChannelBinding, PoolMode, Seconds, SessionState, SslMode, TlsVersion,
+    AuthType, CertIdentity, ChannelBinding, CrlExpired, CrlUnknownStatus, PoolMode, Seconds,
+    SessionState, SslMode, TlsVersion,
 };
 
 /// Where a value comes from: TOML keeps its types, text (env, connection strings) is parsed.
@@ -335,6 +336,19 @@ spelled_enum!(AuthType {
     Md5 => "md5",
     ScramSha256 => "scram-sha-256",
     Cert => "cert",
+    Hba => "hba",
+});
+spelled_enum!(CertIdentity {
+    Cn => "cn",
+    SanDns => "san-dns",
+    SanUri => "san-uri",
+    SanEmail => "san-email",
+});
+spelled_enum!(CrlExpired { Refuse => "refuse", Warn => "warn" });
+spelled_enum!(CrlUnknownStatus {
+    Refuse => "refuse",
+    AllowIntermediate => "allow-intermediate",
+    Allow => "allow",
 });
 spelled_enum!(TlsVersion { Tls12 => "tlsv1.2", Tls13 => "tlsv1.3" });
 
@@ -343,7 +357,7 @@ fn refusal_hint(text: &str) -> &'static str {
     match text {
         "statement" => " (statement pooling is not supported)",
         "plain" => " (plain-text passwords on the wire are not supported)",
-        "hba" | "pam" | "any" | "ldap" => " (this PgBouncer auth_type is not supported)",
+        "pam" | "any" | "ldap" => " (this PgBouncer auth_type is not supported)",
         _ => "",
     }
 }
@@ -363,7 +377,16 @@ macro_rules! enum_setting {
         }
     )*};
 }
-enum_setting!(SslMode, PoolMode, AuthType, SessionState, ChannelBinding);
+enum_setting!(
+    SslMode,
+    PoolMode,
+    AuthType,
+    SessionState,
+    ChannelBinding,
+    CertIdentity,
+    CrlExpired,
+    CrlUnknownStatus
+);
 
 #[cfg(test)]
 mod tests;

@@ -63,6 +63,10 @@ pub async fn authenticate(
             let secret = ctx.scram_cache.get(ctx.user, ctx.users);
             scram(stream, ctx, secret).await
         }
+        AuthType::Hba => Err(FrontendError::Refused(PgError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "auth_type = hba is not available yet",
+        ))),
     }
 }
 

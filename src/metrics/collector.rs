@@ -218,6 +218,37 @@ impl Collector for PoolCollector {
                 )
             }),
         )?;
+        gauges(
+            &mut encoder,
+            "crl_next_update_seconds",
+            "Next update (Unix time) of every CRL pgmoat loaded; a CRL without one is left out.",
+            generation.tls.crls.iter().filter_map(|c| {
+                let next = c.next_update?;
+                Some((
+                    [
+                        ("setting", c.setting),
+                        ("issuer", c.issuer.as_str()),
+                        ("file", c.path.as_str()),
+                    ],
+                    next.unix_timestamp(),
+                ))
+            }),
+        )?;
+        gauges(
+            &mut encoder,
+            "crl_expired",
+            "1 for a loaded CRL past its next update (see tls_crl_expired), else 0.",
+            generation.tls.crls.iter().map(|c| {
+                (
+                    [
+                        ("setting", c.setting),
+                        ("issuer", c.issuer.as_str()),
+                        ("file", c.path.as_str()),
+                    ],
+                    i64::from(c.is_expired()),
+                )
+            }),
+        )?;
         let accepting = encoder.encode_descriptor(
             "accepting",
             "1 while pgmoat accepts new clients, 0 once it is shutting down.",

@@ -147,12 +147,13 @@ impl ServerManager {
             .limits
             .acquire(&self.key, max_db, config.max_user_connections)
             .await?;
+        let server_tls = generation.tls.server_for_entry(&self.target.entry);
         let mut conn = connect(
             &self.target,
             ConnectOptions {
-                sslmode: generation.config.server_tls_sslmode,
+                sslmode: server_tls.sslmode,
                 channel_binding: generation.config.server_channel_binding,
-                tls: generation.tls.connector.as_ref(),
+                tls: server_tls.connector.as_ref(),
                 tls_epoch: generation.tls_epoch,
                 timeout: generation.config.server_connect_timeout.duration(),
                 id: self.ids.fetch_add(1, Ordering::Relaxed),

@@ -82,6 +82,11 @@ impl PoolSettings {
         let size = entry.pool_size.unwrap_or(config.default_pool_size).max(1);
         Some(PoolSettings {
             target: BackendTarget {
+                entry: if config.databases.contains_key(database) {
+                    database.to_owned()
+                } else {
+                    "*".to_owned()
+                },
                 host: entry.host.clone(),
                 port: entry.port,
                 dbname: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
@@ -116,7 +121,8 @@ impl PoolSettings {
                 .as_ref()
                 .map(|k| (k.server_key, k.salt.clone(), k.iterations))
         };
-        a.host == b.host
+        a.entry == b.entry
+            && a.host == b.host
             && a.port == b.port
             && a.dbname == b.dbname
             && a.user == b.user

@@ -3,6 +3,7 @@
 //! a certificate has no DNS SAN), verify-ca the chain only, require/prefer/allow encrypt
 //! without checking who answers.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -11,30 +12,100 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 
-use super::files::{key_mismatch, read_certs, read_key, read_roots};
+use super::crl::{CrlSet, RevocationPolicy, RevokedIndex, log_refusal};
+use super::files::{key_mismatch, read_cert_and_key, read_roots};
 use super::{LoadedCert, TlsError, protocol_versions};
-use crate::config::{Config, SslMode};
+use crate::config::{Config, DatabaseConfig, SslMode};
+
+/// The server_tls_* settings that apply to one database entry: its own where it sets them,
+/// else the global ones.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTlsSettings<'a> {
+    pub sslmode: SslMode,
+    pub ca_file: Option<&'a Path>,
+    pub cert_file: Option<&'a Path>,
+    pub key_file: Option<&'a Path>,
+}
+
+impl<'a> ServerTlsSettings<'a> {
+    pub fn global(config: &'a Config) -> Self {
+        ServerTlsSettings {
+            sslmode: config.server_tls_sslmode,
+            ca_file: config.server_tls_ca_file.as_deref(),
+            cert_file: config.server_tls_cert_file.as_deref(),
+            key_file: config.server_tls_key_file.as_deref(),
+        }
+    }
+
+    /// An entry's settings over the global ones. A certificate set in the entry brings its own
+    /// key (or none, for a combined file): the global key never pairs with another certificate.
+    pub fn for_database(config: &'a Config, entry: &'a DatabaseConfig) -> Self {
+        let global = Self::global(config);
+        let (cert_file, key_file) = match &entry.server_tls_cert_file {
+            Some(cert) => (Some(cert.as_path()), entry.server_tls_key_file.as_deref()),
+            None => (global.cert_file, global.key_file),
+        };
+        ServerTlsSettings {
+            sslmode: entry.server_tls_sslmode.unwrap_or(global.sslmode),
+            ca_file: entry.server_tls_ca_file.as_deref().or(global.ca_file),
+            cert_file,
+            key_file,
+        }
+    }
+}
 
 pub fn client_config(
     config: &Config,
+    settings: ServerTlsSettings<'_>,
+    crls: Option<&CrlSet>,
     provider: &Arc<CryptoProvider>,
     loaded: &mut Vec<LoadedCert>,
 ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
-    let mode = config.server_tls_sslmode;
+    let mode = settings.sslmode;
     if mode == SslMode::Disable {
         return Ok(None);
     }
-    let verifier: Arc<dyn ServerCertVerifier> = match (mode, &config.server_tls_ca_file) {
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, settings.ca_file) {
         (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
             return Err(TlsError::Missing("server_tls_ca_file"));
         }
         (SslMode::VerifyCa | SslMode::VerifyFull, Some(ca)) => {
             let roots = Arc::new(read_roots("server_tls_ca_file", ca, loaded)?);
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let policy = RevocationPolicy {
+                expired: config.tls_crl_expired,
+                unknown: config.tls_crl_unknown_status,
+            };
+            let passes = match crls {
+                None => vec![None],
+                Some(_) => policy.passes().into_iter().map(Some).collect(),
+            };
+            let passes = passes
+                .into_iter()
+                .map(|pass| {
+                    let mut builder = WebPkiServerVerifier::builder_with_provider(
+                        roots.clone(),
+                        provider.clone(),
+                    );
+                    if let (Some(set), Some(pass)) = (crls, pass) {
+                        builder = builder.with_crls(set.ders.iter().cloned());
+                        if pass.end_entity_only {
+                            builder = builder.only_check_end_entity_revocation();
+                        }
+                        if pass.allow_unknown {
+                            builder = builder.allow_unknown_revocation_status();
+                        }
+                        if pass.enforce_expiry {
+                            builder = builder.enforce_revocation_expiration();
+                        }
+                    }
+                    builder
+                        .build()
+                        .map_err(|e| TlsError::Verifier(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             Arc::new(PgServerVerifier {
-                inner,
+                passes,
+                index: crls.map(|set| set.index.clone()).unwrap_or_default(),
                 check_name: mode == SslMode::VerifyFull,
             })
         }
@@ -47,21 +118,22 @@ pub fn client_config(
         .with_protocol_versions(&protocol_versions(&config.server_tls_protocols))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let mut client = match (&config.server_tls_cert_file, &config.server_tls_key_file) {
-        (Some(cert_path), Some(key_path)) => {
-            let chain = read_certs("server_tls_cert_file", cert_path, loaded)?;
-            let key = read_key("server_tls_key_file", key_path)?;
+    let mut client = match (settings.cert_file, settings.key_file) {
+        (Some(cert_path), key_path) => {
+            let (chain, key, key_path) = read_cert_and_key(
+                ("server_tls_cert_file", cert_path),
+                ("server_tls_key_file", key_path),
+                loaded,
+            )?;
+            let key_setting = if settings.key_file.is_some() {
+                "server_tls_key_file"
+            } else {
+                "server_tls_cert_file"
+            };
             builder.with_client_auth_cert(chain, key).map_err(|e| {
-                key_mismatch(
-                    e,
-                    "server_tls_cert_file",
-                    cert_path,
-                    "server_tls_key_file",
-                    key_path,
-                )
+                key_mismatch(e, "server_tls_cert_file", cert_path, key_setting, &key_path)
             })?
         }
-        (Some(_), None) => return Err(TlsError::Missing("server_tls_key_file")),
         (None, Some(_)) => return Err(TlsError::Missing("server_tls_cert_file")),
         (None, None) => builder.with_no_client_auth(),
     };
@@ -70,11 +142,13 @@ pub fn client_config(
     Ok(Some(Arc::new(client)))
 }
 
-/// verify-full / verify-ca on top of webpki. webpki checks chain and revocation before the
-/// name, so a name error means the chain itself was fine.
+/// verify-full / verify-ca on top of webpki, once per revocation pass. webpki checks chain
+/// and revocation before the name, so a name error means the chain itself was fine.
 #[derive(Debug)]
 struct PgServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+    /// Never empty; the first pass also checks handshake signatures.
+    passes: Vec<Arc<WebPkiServerVerifier>>,
+    index: Arc<RevokedIndex>,
     check_name: bool,
 }
 
@@ -87,20 +161,26 @@ impl ServerCertVerifier for PgServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name || cn_matches_without_dns_san(end_entity, server_name) => {
-                Ok(ServerCertVerified::assertion())
+        for pass in &self.passes {
+            match pass.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Ok(_) => {}
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) if !self.check_name || cn_matches_without_dns_san(end_entity, server_name) => {}
+                Err(e) => {
+                    log_refusal("server", &e, end_entity, intermediates, &self.index);
+                    return Err(e);
+                }
             }
-            other => other,
         }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -109,7 +189,7 @@ impl ServerCertVerifier for PgServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.passes[0].verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -118,11 +198,11 @@ impl ServerCertVerifier for PgServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.passes[0].verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.passes[0].supported_verify_schemes()
     }
 }
 

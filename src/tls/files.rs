@@ -1,7 +1,7 @@
 //! Reading PEM certificates, keys and CA bundles, refusing what would fail later (empty files,
 //! encrypted keys, expired certificates, a key that does not match its certificate).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -115,11 +115,54 @@ pub(super) fn read_key(
     })
 }
 
+/// A certificate chain and its key: from the key file when one is set, else from the
+/// certificate file itself (a combined PEM holding both, as PgBouncer setups often use).
+/// Returns the path the key came from, for a mismatch error.
+pub(super) fn read_cert_and_key(
+    (cert_setting, cert_path): (&'static str, &Path),
+    (key_setting, key_path): (&'static str, Option<&Path>),
+    loaded: &mut Vec<LoadedCert>,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        PathBuf,
+    ),
+    TlsError,
+> {
+    let chain = read_certs(cert_setting, cert_path, loaded)?;
+    let key = match key_path {
+        Some(path) => (read_key(key_setting, path)?, path.to_path_buf()),
+        None => match read_key(cert_setting, cert_path) {
+            Ok(key) => (key, cert_path.to_path_buf()),
+            Err(TlsError::Empty { setting, path, .. }) => {
+                return Err(TlsError::Invalid {
+                    setting,
+                    path,
+                    reason: format!(
+                        "holds no private key: set {key_setting}, or append the key to this file"
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    Ok((chain, key.0, key.1))
+}
+
+/// The platform's trust store, for a CA setting spelled `system` (managed databases whose
+/// certificates chain to a public CA). rustls-native-certs reads it, honouring SSL_CERT_FILE
+/// and SSL_CERT_DIR as OpenSSL does.
+pub const SYSTEM_STORE: &str = "system";
+
 pub(super) fn read_roots(
     setting: &'static str,
     path: &Path,
     loaded: &mut Vec<LoadedCert>,
 ) -> Result<RootCertStore, TlsError> {
+    if path == Path::new(SYSTEM_STORE) {
+        return system_roots(setting);
+    }
     let certs = read_certs(setting, path, loaded)?;
     let mut roots = RootCertStore::empty();
     for cert in certs {
@@ -129,6 +172,33 @@ pub(super) fn read_roots(
             reason: format!("not usable as a trust anchor: {e}"),
         })?;
     }
+    Ok(roots)
+}
+
+fn system_roots(setting: &'static str) -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    // A store routinely holds a few certificates webpki cannot use; skip those, as browsers do.
+    let (added, skipped) = roots.add_parsable_certificates(found.certs);
+    for error in &found.errors {
+        tracing::warn!(setting, %error, "part of the system trust store could not be read");
+    }
+    if added == 0 {
+        return Err(TlsError::Invalid {
+            setting,
+            path: SYSTEM_STORE.into(),
+            reason:
+                "the system trust store has no usable CA certificate (install ca-certificates, \
+                     or set SSL_CERT_FILE)"
+                    .into(),
+        });
+    }
+    tracing::info!(
+        setting,
+        trust_anchors = added,
+        skipped,
+        "system trust store loaded"
+    );
     Ok(roots)
 }
 

@@ -48,7 +48,6 @@ fn the_defaults_alone_list_every_missing_piece() {
         found,
         [
             "client_tls_cert_file",
-            "client_tls_key_file",
             "auth_file",
             "server_tls_ca_file",
             "databases"
@@ -57,16 +56,14 @@ fn the_defaults_alone_list_every_missing_piece() {
 }
 
 #[test]
-fn client_tls_needs_cert_key_and_for_verify_a_ca() {
+fn client_tls_needs_a_cert_and_for_verify_a_ca() {
+    // The key may sit in the certificate file: only the certificate is required.
     for mode in [SslMode::Allow, SslMode::Prefer, SslMode::Require] {
         let config = Config {
             client_tls_sslmode: mode,
             ..valid()
         };
-        assert_eq!(
-            keys(&config),
-            ["client_tls_cert_file", "client_tls_key_file"]
-        );
+        assert_eq!(keys(&config), ["client_tls_cert_file"]);
     }
     for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
         let config = Config {
@@ -123,11 +120,12 @@ fn server_tls_verify_needs_a_ca_and_cert_key_come_together() {
         };
         assert_eq!(keys(&config), ["server_tls_ca_file"]);
     }
+    // A combined PEM: the certificate file holds the key.
     let only_cert = Config {
         server_tls_cert_file: Some("c".into()),
         ..valid()
     };
-    assert_eq!(keys(&only_cert), ["server_tls_key_file"]);
+    assert_eq!(keys(&only_cert), Vec::<String>::new());
     let only_key = Config {
         server_tls_key_file: Some("k".into()),
         ..valid()
@@ -296,4 +294,52 @@ fn validate_collects_every_error_with_the_source_as_origin() {
         ..valid()
     };
     assert_eq!(env_only.validate().unwrap_err().0[0].origin, "environment");
+}
+
+#[test]
+fn identity_and_revocation_settings_need_their_files() {
+    let mut config = valid();
+    config.auth_type = AuthType::Hba;
+    config.auth_ident_map = Some("m".into());
+    config.databases.get_mut("app").unwrap().auth_ident_map = Some("m".into());
+    config.client_tls_crl_file = Some("crl".into());
+    config.server_tls_crl_file = Some("crl".into());
+    assert_eq!(
+        keys(&config),
+        [
+            "client_tls_crl_file",
+            "auth_hba_file",
+            "auth_ident_map",
+            "databases.app.auth_ident_map",
+            "server_tls_crl_file",
+        ]
+    );
+    assert!(reason(&config, "server_tls_crl_file").contains("verify-ca or verify-full"));
+    // An hba file without auth_type = hba would be silently unused.
+    let config = Config {
+        auth_hba_file: Some("hba".into()),
+        ..valid()
+    };
+    assert_eq!(keys(&config), ["auth_hba_file"]);
+}
+
+#[test]
+fn a_database_entry_may_verify_on_its_own() {
+    let mut config = valid();
+    let entry = config.databases.get_mut("app").unwrap();
+    entry.server_tls_sslmode = Some(SslMode::VerifyFull);
+    entry.server_tls_key_file = Some("k".into());
+    assert_eq!(
+        keys(&config),
+        [
+            "databases.app.server_tls_ca_file",
+            "databases.app.server_tls_key_file"
+        ]
+    );
+    let entry = config.databases.get_mut("app").unwrap();
+    entry.server_tls_ca_file = Some("system".into());
+    entry.server_tls_cert_file = Some("c".into());
+    config.server_tls_crl_file = Some("crl".into());
+    // The CRL now has a verifying database to work for.
+    assert_eq!(keys(&config), Vec::<String>::new());
 }

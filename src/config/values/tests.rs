@@ -48,6 +48,7 @@ fn every_enum_spelling() {
         ("md5", AuthType::Md5),
         ("scram-sha-256", AuthType::ScramSha256),
         ("cert", AuthType::Cert),
+        ("hba", AuthType::Hba),
     ];
     for (spelling, auth_type) in auth {
         assert_eq!(text::<AuthType>(spelling), Ok(auth_type));
@@ -62,6 +63,13 @@ fn every_enum_spelling() {
     serde_agrees(SslMode::ALL);
     serde_agrees(AuthType::ALL);
     serde_agrees(PoolMode::ALL);
+    serde_agrees(crate::config::CertIdentity::ALL);
+    serde_agrees(crate::config::CrlExpired::ALL);
+    serde_agrees(crate::config::CrlUnknownStatus::ALL);
+    assert_eq!(
+        text::<crate::config::CertIdentity>("san-uri"),
+        Ok(crate::config::CertIdentity::SanUri)
+    );
 }
 
 #[test]
