@@ -6,8 +6,10 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use crate::auth::hba::{ClientCert, HbaError, HbaMethod, HbaRules};
+use crate::auth::ident::{IdentError, IdentMaps};
 use crate::auth::{AuthError, ScramCache, UserList};
-use crate::config::Config;
+use crate::config::{AuthType, Config};
 use crate::tls::{ClientCerts, TlsError, TlsState};
 
 /// Why a generation could not be loaded.
@@ -18,6 +20,13 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("auth_file: {0}")]
     Auth(#[from] AuthError),
+    #[error("auth_hba_file: {0}")]
+    Hba(#[from] HbaError),
+    #[error("auth_ident_file: {0}")]
+    Ident(#[from] IdentError),
+    /// The files load, but do not fit together or with the config.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// Everything a reload replaces, validated as a whole before it is swapped in.
@@ -32,6 +41,10 @@ pub struct Generation {
     pub server_tls_fingerprint: u64,
     pub users: Arc<UserList>,
     pub scram_cache: ScramCache,
+    /// auth_hba_file's rules, when auth_type = hba.
+    pub hba: Option<Arc<HbaRules>>,
+    /// auth_ident_file's maps (none when it is not set).
+    pub ident: Arc<IdentMaps>,
 }
 
 /// Loads everything a generation needs from `config`. `previous` keeps the TLS epoch when
@@ -40,7 +53,22 @@ pub fn load_generation(
     config: Config,
     previous: Option<&Generation>,
 ) -> Result<Generation, LoadError> {
-    let tls = TlsState::load(&config, ClientCerts::BySslMode)?;
+    let hba = match (&config.auth_type, &config.auth_hba_file) {
+        (AuthType::Hba, Some(path)) => Some(HbaRules::load(path)?),
+        _ => None,
+    };
+    let ident = match &config.auth_ident_file {
+        Some(path) => IdentMaps::load(path)?,
+        None => IdentMaps::default(),
+    };
+    check_identity_files(&config, hba.as_ref(), &ident)?;
+    let client_certs = match &hba {
+        Some(rules) => ClientCerts::Hba {
+            mandatory: !rules.certificate_optional(),
+        },
+        None => ClientCerts::BySslMode,
+    };
+    let tls = TlsState::load(&config, client_certs)?;
     let users = match &config.auth_file {
         Some(path) => UserList::load(path)?,
         None => UserList::default(),
@@ -60,7 +88,73 @@ pub fn load_generation(
         server_tls_fingerprint: fingerprint,
         users: Arc::new(users),
         scram_cache: Default::default(),
+        hba: hba.map(Arc::new),
+        ident: Arc::new(ident),
     })
+}
+
+/// What the config check cannot see because it needs the files' contents: every map named
+/// exists, and what the hba rules need (passwords, client certificates) is configured.
+fn check_identity_files(
+    config: &Config,
+    hba: Option<&HbaRules>,
+    ident: &IdentMaps,
+) -> Result<(), LoadError> {
+    let hba_file = || {
+        config
+            .auth_hba_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let ident_file = config
+        .auth_ident_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(auth_ident_file is not set)".into());
+    let mut named: Vec<(String, &str)> = Vec::new();
+    if let Some(map) = &config.auth_ident_map {
+        named.push(("auth_ident_map".into(), map));
+    }
+    for (name, entry) in &config.databases {
+        if let Some(map) = &entry.auth_ident_map {
+            named.push((format!("databases.{name}.auth_ident_map"), map));
+        }
+    }
+    if let Some(rules) = hba {
+        for (map, line) in rules.maps() {
+            named.push((format!("auth_hba_file {}:{line}: map", hba_file()), map));
+        }
+    }
+    for (place, map) in named {
+        if !ident.has_map(map) {
+            return Err(LoadError::Mismatch(format!(
+                "{place} = {map}: there is no map \"{map}\" in {ident_file}"
+            )));
+        }
+    }
+    let Some(rules) = hba else { return Ok(()) };
+    for rule in rules.rules() {
+        let passwords = matches!(rule.method, HbaMethod::Md5 | HbaMethod::ScramSha256);
+        if passwords && config.auth_file.is_none() {
+            return Err(LoadError::Mismatch(format!(
+                "auth_hba_file {}:{}: {} checks passwords, which needs auth_file",
+                hba_file(),
+                rule.line,
+                rule.describe()
+            )));
+        }
+        let certificate = rule.method == HbaMethod::Cert || rule.clientcert != ClientCert::Optional;
+        if certificate && config.client_tls_ca_file.is_none() {
+            return Err(LoadError::Mismatch(format!(
+                "auth_hba_file {}:{}: {} needs client certificates, which needs client_tls_ca_file",
+                hba_file(),
+                rule.line,
+                rule.describe()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Identity of the TLS material towards PostgreSQL: modes, CRL policy and the bytes of the

@@ -43,20 +43,45 @@ const WATCH_PERIOD: Duration = Duration::from_secs(2);
 /// Modification times and sizes of every file a reload would re-read.
 fn watched_files_stamp(config: &Config) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let files = [
+    let mut files = vec![
         &config.source,
         &config.auth_file,
+        &config.auth_hba_file,
+        &config.auth_ident_file,
         &config.client_tls_cert_file,
         &config.client_tls_key_file,
         &config.client_tls_ca_file,
+        &config.client_tls_crl_file,
         &config.server_tls_ca_file,
         &config.server_tls_cert_file,
         &config.server_tls_key_file,
+        &config.server_tls_crl_file,
     ];
-    for path in files.into_iter().flatten() {
+    for entry in config.databases.values() {
+        files.extend([
+            &entry.server_tls_ca_file,
+            &entry.server_tls_cert_file,
+            &entry.server_tls_key_file,
+        ]);
+    }
+    let stamp = |path: &std::path::Path, hasher: &mut std::collections::hash_map::DefaultHasher| {
         if let Ok(meta) = std::fs::metadata(path) {
-            meta.modified().ok().hash(&mut hasher);
-            meta.len().hash(&mut hasher);
+            meta.modified().ok().hash(hasher);
+            meta.len().hash(hasher);
+        }
+    };
+    for path in files.into_iter().flatten() {
+        stamp(path, &mut hasher);
+        // A CRL directory: every file in it (a new CRL may replace one in place).
+        if path.is_dir()
+            && let Ok(entries) = std::fs::read_dir(path)
+        {
+            let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for file in paths {
+                file.hash(&mut hasher);
+                stamp(&file, &mut hasher);
+            }
         }
     }
     hasher.finish()

@@ -3,6 +3,8 @@
 //! Nothing here does I/O on a socket: the frontend session feeds message bodies in.
 
 pub mod cert;
+pub mod hba;
+pub mod ident;
 pub mod md5;
 pub mod scram;
 mod scram_cache;

@@ -1,16 +1,21 @@
 //! Authenticating a client on the wire, by auth_type: trust, md5, scram-sha-256 (pgmoat
-//! runs the server side of SCRAM against auth_file) or cert (the certificate CN must equal
-//! the user name). Failures use PostgreSQL's wording and SQLSTATEs, and never reveal whether
-//! the user exists.
+//! runs the server side of SCRAM against auth_file), cert (the certificate's identity must
+//! be the user name, or map to it in auth_ident_file) or hba (the first matching rule of
+//! auth_hba_file picks one of those, or reject). Failures use PostgreSQL's wording and
+//! SQLSTATEs, and never reveal whether the user exists.
+
+use std::net::IpAddr;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use crate::auth::hba::{ClientCert, HbaMethod, HbaRequest, HbaRules};
+use crate::auth::ident::IdentMaps;
 use crate::auth::{
-    ScramCache, ScramError, ScramSecret, ScramServer, Secret, UserList, cert_common_name, md5_salt,
+    ScramCache, ScramError, ScramSecret, ScramServer, Secret, UserList, cert_identities, md5_salt,
     verify_md5,
 };
-use crate::config::AuthType;
+use crate::config::{AuthType, CertIdentity, Config};
 use crate::protocol::frame::{MAX_LOGIN_MESSAGE, read_message};
 use crate::protocol::messages::{
     authentication_md5, authentication_sasl, authentication_sasl_continue,
@@ -25,7 +30,14 @@ use super::FrontendError;
 pub struct AuthContext<'a> {
     pub auth_type: AuthType,
     pub user: &'a str,
+    /// The database the client asked for (hba rules match on it).
+    pub database: &'a str,
+    /// The client's address (hba rules match on it).
+    pub addr: IpAddr,
     pub users: &'a UserList,
+    /// auth_hba_file's rules, for auth_type = hba.
+    pub hba: Option<&'a HbaRules>,
+    pub certs: CertCheck<'a>,
     /// Per-process key for the fake SCRAM secret of unknown users.
     pub mock_key: &'a [u8],
     /// SCRAM verifiers derived from plain-text auth_file passwords, made once per user.
@@ -33,6 +45,52 @@ pub struct AuthContext<'a> {
     /// tls-server-end-point data of pgmoat's certificate, when this client came over TLS:
     /// SCRAM-SHA-256-PLUS is offered.
     pub channel_binding: Option<&'a [u8]>,
+}
+
+/// How a client certificate's identity is checked against the user name.
+#[derive(Clone, Copy)]
+pub struct CertCheck<'a> {
+    pub identity: CertIdentity,
+    pub maps: &'a IdentMaps,
+    /// The map for this database (its entry's auth_ident_map, else the global one); an hba
+    /// rule's map= wins over it.
+    pub map: Option<&'a str>,
+}
+
+impl<'a> AuthContext<'a> {
+    /// The context of a login to `database` as `user`, from the generation's config and files.
+    pub fn new(
+        generation: &'a Generation,
+        stream: &Stream,
+        (user, database): (&'a str, &'a str),
+        mock_key: &'a [u8],
+    ) -> AuthContext<'a> {
+        let config: &'a Config = &generation.config;
+        let map = config
+            .database(database)
+            .and_then(|entry| entry.auth_ident_map.as_deref())
+            .or(config.auth_ident_map.as_deref());
+        AuthContext {
+            auth_type: config.auth_type,
+            user,
+            database,
+            addr: stream
+                .tcp()
+                .peer_addr()
+                .map(|a| a.ip())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            users: &generation.users,
+            hba: generation.hba.as_deref(),
+            certs: CertCheck {
+                identity: config.auth_cert_identity,
+                maps: &generation.ident,
+                map,
+            },
+            mock_key,
+            scram_cache: &generation.scram_cache,
+            channel_binding: channel_binding(stream, generation),
+        }
+    }
 }
 
 /// What a client's SCRAM exchange binds to: the tls-server-end-point data of the certificate
@@ -53,21 +111,88 @@ pub async fn authenticate(
 ) -> Result<Option<[u8; 32]>, FrontendError> {
     match ctx.auth_type {
         AuthType::Trust => Ok(None),
-        AuthType::Cert => check_certificate(stream, ctx.user).map(|_| None),
-        AuthType::Md5 => match ctx.users.get(ctx.user) {
-            // PostgreSQL, too, switches to SCRAM when only a SCRAM verifier is stored.
-            Some(Secret::Scram(secret)) => scram(stream, ctx, Some(secret.clone())).await,
-            secret => md5(stream, ctx, secret).await.map(|_| None),
-        },
+        AuthType::Cert => check_certificate(stream, ctx, ctx.certs.map).map(|_| None),
+        AuthType::Md5 => md5_or_scram(stream, ctx).await,
         AuthType::ScramSha256 => {
             let secret = ctx.scram_cache.get(ctx.user, ctx.users);
             scram(stream, ctx, secret).await
         }
-        AuthType::Hba => Err(FrontendError::Refused(PgError::fatal(
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            "auth_type = hba is not available yet",
-        ))),
+        AuthType::Hba => by_hba_rule(stream, ctx).await,
     }
+}
+
+async fn md5_or_scram(
+    stream: &mut Stream,
+    ctx: &AuthContext<'_>,
+) -> Result<Option<[u8; 32]>, FrontendError> {
+    match ctx.users.get(ctx.user) {
+        // PostgreSQL, too, switches to SCRAM when only a SCRAM verifier is stored.
+        Some(Secret::Scram(secret)) => scram(stream, ctx, Some(secret.clone())).await,
+        secret => md5(stream, ctx, secret).await.map(|_| None),
+    }
+}
+
+/// PostgreSQL's ClientAuthentication over the first matching hba rule: clientcert is checked
+/// before the method (a certificate must be there) and, for verify-full, its identity after a
+/// password method succeeded.
+async fn by_hba_rule(
+    stream: &mut Stream,
+    ctx: &AuthContext<'_>,
+) -> Result<Option<[u8; 32]>, FrontendError> {
+    let tls = stream.is_tls();
+    let encryption = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let refused = |verb: &str| {
+        FrontendError::Refused(PgError::fatal(
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!(
+                "{verb} for host \"{}\", user \"{}\", database \"{}\", {encryption}",
+                ctx.addr, ctx.user, ctx.database
+            ),
+        ))
+    };
+    // Loaded with the generation whenever auth_type = hba; without rules nothing matches.
+    let rule = ctx.hba.and_then(|rules| {
+        rules.find(&HbaRequest {
+            tls,
+            database: ctx.database,
+            user: ctx.user,
+            addr: ctx.addr,
+        })
+    });
+    let Some(rule) = rule else {
+        tracing::info!(addr = %ctx.addr, ?ctx.user, ?ctx.database, tls, "no auth_hba_file rule matches");
+        return Err(refused("no pg_hba.conf entry"));
+    };
+    tracing::debug!(rule = %rule.describe(), "auth_hba_file rule");
+    let map = rule.map.as_deref().or(ctx.certs.map);
+    if rule.clientcert != ClientCert::Optional && stream.peer_certificate().is_none() {
+        return Err(no_certificate());
+    }
+    let key = match rule.method {
+        HbaMethod::Reject => return Err(refused("pg_hba.conf rejects connection")),
+        HbaMethod::Cert => return check_certificate(stream, ctx, map).map(|_| None),
+        HbaMethod::Trust => None,
+        HbaMethod::Md5 => md5_or_scram(stream, ctx).await?,
+        HbaMethod::ScramSha256 => {
+            let secret = ctx.scram_cache.get(ctx.user, ctx.users);
+            scram(stream, ctx, secret).await?
+        }
+    };
+    if rule.clientcert == ClientCert::VerifyFull {
+        check_certificate(stream, ctx, map)?;
+    }
+    Ok(key)
+}
+
+fn no_certificate() -> FrontendError {
+    FrontendError::Refused(PgError::fatal(
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        "connection requires a valid client certificate",
+    ))
 }
 
 fn password_failed(user: &str) -> FrontendError {
@@ -77,31 +202,59 @@ fn password_failed(user: &str) -> FrontendError {
     ))
 }
 
-fn check_certificate(stream: &Stream, user: &str) -> Result<(), FrontendError> {
+/// The certificate rustls verified must name the user: an identity equal to it, or, with
+/// `map`, one the map allows to be it (PostgreSQL's check_usermap). With several identities
+/// (SANs of the chosen kind), any one may.
+fn check_certificate(
+    stream: &Stream,
+    ctx: &AuthContext<'_>,
+    map: Option<&str>,
+) -> Result<(), FrontendError> {
+    let user = ctx.user;
     let Some(der) = stream.peer_certificate() else {
-        return Err(FrontendError::Refused(PgError::fatal(
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            "connection requires a valid client certificate",
-        )));
+        return Err(no_certificate());
     };
-    match cert_common_name(der) {
-        Ok(cn) if cn == user => Ok(()),
-        Ok(cn) => {
-            tracing::info!(user, certificate_cn = %cn, "certificate CN does not match the user name");
-            Err(FrontendError::Refused(
-                PgError::fatal(
-                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                    format!("certificate authentication failed for user \"{user}\""),
-                )
-                .with_detail(format!(
-                    "The certificate was issued to \"{cn}\"; auth_type = cert requires the common name to equal the user name."
-                )),
-            ))
-        }
-        Err(e) => Err(FrontendError::Refused(PgError::fatal(
+    let failed = || {
+        PgError::fatal(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("certificate authentication failed for user \"{user}\": {e}"),
-        ))),
+            format!("certificate authentication failed for user \"{user}\""),
+        )
+    };
+    let identities = match cert_identities(der, ctx.certs.identity) {
+        Ok(identities) => identities,
+        Err(e) => {
+            tracing::info!(?user, error = %e, "client certificate names no usable identity");
+            return Err(FrontendError::Refused(failed().with_detail(e.to_string())));
+        }
+    };
+    let allowed = |identity: &String| match map {
+        Some(map) => ctx.certs.maps.allows(map, identity, user),
+        None => identity == user,
+    };
+    if identities.iter().any(allowed) {
+        return Ok(());
+    }
+    let shown = identities.join(", ");
+    match map {
+        Some(map) => {
+            // PostgreSQL's log line; the client learns nothing about the map.
+            tracing::info!(
+                "no match in usermap \"{map}\" for user \"{}\" authenticated as \"{}\"",
+                user.escape_debug(),
+                shown.escape_debug()
+            );
+            Err(FrontendError::Refused(failed()))
+        }
+        None => {
+            tracing::info!(?user, certificate_identity = %shown.escape_debug(), identity = %ctx.certs.identity, "certificate identity does not match the user name");
+            Err(FrontendError::Refused(failed().with_detail(format!(
+                "The certificate was issued to \"{shown}\"; without an auth_ident_map the {} must equal the user name.",
+                match ctx.certs.identity {
+                    CertIdentity::Cn => "common name",
+                    _ => "subject alternative name (auth_cert_identity)",
+                }
+            ))))
+        }
     }
 }
 

@@ -46,14 +46,8 @@ pub async fn login(
     id: u64,
 ) -> Result<AdminSession, Failure> {
     let config = &generation.config;
-    let ctx = AuthContext {
-        auth_type: config.auth_type,
-        user,
-        users: &generation.users,
-        mock_key: &shared.mock_key,
-        scram_cache: &generation.scram_cache,
-        channel_binding: super::auth::channel_binding(&stream, generation),
-    };
+
+    let ctx = AuthContext::new(generation, &stream, (user, database), &shared.mock_key);
     if let Err(e) = authenticate(&mut stream, &ctx).await {
         super::count_auth_failure(shared, &e);
         return Err((Some(stream), e));

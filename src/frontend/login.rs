@@ -121,14 +121,7 @@ pub async fn login(
         ));
     };
 
-    let ctx = AuthContext {
-        auth_type: config.auth_type,
-        user: &user,
-        users: &generation.users,
-        mock_key: &shared.mock_key,
-        scram_cache: &generation.scram_cache,
-        channel_binding: super::auth::channel_binding(&stream, generation),
-    };
+    let ctx = AuthContext::new(generation, &stream, (&user, &database), &shared.mock_key);
     let client_key = match authenticate(&mut stream, &ctx).await {
         Ok(key) => key,
         Err(e) => {

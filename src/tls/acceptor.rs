@@ -27,7 +27,8 @@ pub enum ClientCerts {
     /// By client_tls_sslmode: mandatory under verify-ca/verify-full, else optional when a CA
     /// is set.
     BySslMode,
-    /// Decided by auth_hba_file: mandatory when no rule accepts a connection without one.
+    /// Decided by auth_hba_file: mandatory when no rule accepts a connection without one (or
+    /// when client_tls_sslmode demands one anyway).
     Hba { mandatory: bool },
 }
 
@@ -64,12 +65,15 @@ pub fn server_config(
         .first()
         .and_then(|leaf| super::binding::tls_server_end_point(leaf));
 
+    let by_sslmode = matches!(
+        config.client_tls_sslmode,
+        SslMode::VerifyCa | SslMode::VerifyFull
+    );
+    // verify-ca/verify-full still demand a certificate from everyone under hba: the rules
+    // then only add checks.
     let mandatory = match certs {
-        ClientCerts::BySslMode => matches!(
-            config.client_tls_sslmode,
-            SslMode::VerifyCa | SslMode::VerifyFull
-        ),
-        ClientCerts::Hba { mandatory } => mandatory,
+        ClientCerts::BySslMode => by_sslmode,
+        ClientCerts::Hba { mandatory } => mandatory || by_sslmode,
     };
     let verifier = match config.client_tls_ca_file.as_deref() {
         Some(ca) => {
