@@ -122,6 +122,14 @@ impl Pki {
         make_leaf(&out, self.ca.parent().unwrap(), name, cn, true, &[], valid)
     }
 
+    /// A client cert from the trusted CA with subject alternative names (`URI:...`, `DNS:...`).
+    pub fn issue_client_with_sans(&self, name: &str, cn: &str, sans: &[&str]) -> CertPair {
+        let now = OffsetDateTime::now_utc();
+        let valid = (now - Duration::hours(1), now + Duration::days(30));
+        let out = self.dir.path().join("issued");
+        make_leaf(&out, self.ca.parent().unwrap(), name, cn, true, sans, valid)
+    }
+
     /// Another server cert from the trusted CA (valid 30 days), e.g. for rotation tests.
     pub fn issue_server(&self, name: &str, sans: &[&str]) -> CertPair {
         let now = OffsetDateTime::now_utc();

@@ -32,3 +32,25 @@ pub fn venv_python() -> PathBuf {
     );
     venv.join("bin").join("python")
 }
+
+/// Logs in with psycopg 3 (tests/drivers/psycopg_login.py) and returns its one line:
+/// `user=NAME`, or `refused: MESSAGE`.
+pub fn psycopg_login(conninfo: &str) -> String {
+    let python = venv_python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("drivers")
+        .join("psycopg_login.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script).arg(conninfo);
+    let out = super::libpq_clean_env(&mut cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "psycopg_login.py failed:\n{}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
