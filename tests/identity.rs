@@ -154,8 +154,7 @@ async fn a_refused_identity_gets_sqlstate_28000() {
     assert_eq!(user, "billing");
     let err = connect(moat.port(), "admin", None, APP_DB, Some(tls()))
         .await
-        .err()
-        .expect("admin must be refused");
+        .expect_err("admin must be refused");
     let db_err = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db_err.code().code(), "28000");
     assert_eq!(
