@@ -43,7 +43,12 @@ impl Pgmoat {
     /// Starts pgmoat listening on 127.0.0.1 at a free port (prepended to `config_toml`) and
     /// waits until the port accepts TCP; panics with the log if it exits or times out.
     pub fn start(config_toml: &str) -> Pgmoat {
-        let mut pgmoat = Pgmoat::spawn(config_toml);
+        Pgmoat::start_with_env(config_toml, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables for the pgmoat process only.
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Pgmoat {
+        let mut pgmoat = Pgmoat::spawn(config_toml, env);
         let addr = SocketAddr::from(([127, 0, 0, 1], pgmoat.port));
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -75,7 +80,7 @@ impl Pgmoat {
     /// Runs pgmoat with a config it must refuse; returns its exit status and log. Panics if it
     /// is still running after the startup timeout (i.e. it accepted the config).
     pub fn start_expect_failure(config_toml: &str) -> (ExitStatus, String) {
-        let mut pgmoat = Pgmoat::spawn(config_toml);
+        let mut pgmoat = Pgmoat::spawn(config_toml, &[]);
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(status) = pgmoat.child.try_wait().unwrap() {
@@ -93,7 +98,7 @@ impl Pgmoat {
         }
     }
 
-    fn spawn(config_toml: &str) -> Pgmoat {
+    fn spawn(config_toml: &str, env: &[(&str, &str)]) -> Pgmoat {
         let dir = tempfile::Builder::new()
             .prefix("pgmoat-run-")
             .tempdir()
@@ -107,6 +112,7 @@ impl Pgmoat {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

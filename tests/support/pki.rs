@@ -130,6 +130,29 @@ impl Pki {
         make_leaf(&out, self.ca.parent().unwrap(), name, cn, true, sans, valid)
     }
 
+    /// A server cert from the untrusted CA (valid 30 days): a PostgreSQL whose certificate
+    /// only `other_ca` vouches for.
+    pub fn issue_server_from_other_ca(&self, name: &str, sans: &[&str]) -> CertPair {
+        let now = OffsetDateTime::now_utc();
+        let valid = (now - Duration::hours(1), now + Duration::days(30));
+        let out = self.dir.path().join("untrusted-issued");
+        make_leaf(
+            &out,
+            self.other_ca.parent().unwrap(),
+            name,
+            name,
+            false,
+            sans,
+            valid,
+        )
+    }
+
+    /// The cert+key PEM `pgmoat certs issue` writes next to a pair (NAME-combined.pem).
+    pub fn combined(pair: &CertPair) -> PathBuf {
+        let stem = pair.crt.file_stem().unwrap().to_string_lossy().into_owned();
+        pair.crt.with_file_name(format!("{stem}-combined.pem"))
+    }
+
     /// Another server cert from the trusted CA (valid 30 days), e.g. for rotation tests.
     pub fn issue_server(&self, name: &str, sans: &[&str]) -> CertPair {
         let now = OffsetDateTime::now_utc();
