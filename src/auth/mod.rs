@@ -3,6 +3,7 @@
 //! Nothing here does I/O on a socket: the frontend session feeds message bodies in.
 
 pub mod cert;
+mod conf_tokens;
 pub mod hba;
 pub mod ident;
 pub mod md5;
