@@ -63,8 +63,9 @@ pub fn load_generation(
     };
     check_identity_files(&config, hba.as_ref(), &ident)?;
     let client_certs = match &hba {
+        // Insist only when certificates matter and no rule lets a TLS client in without one.
         Some(rules) => ClientCerts::Hba {
-            mandatory: !rules.certificate_optional(),
+            mandatory: rules.wants_certificates() && !rules.certificate_optional(),
         },
         None => ClientCerts::BySslMode,
     };
@@ -138,18 +139,16 @@ fn check_identity_files(
         let passwords = matches!(rule.method, HbaMethod::Md5 | HbaMethod::ScramSha256);
         if passwords && config.auth_file.is_none() {
             return Err(LoadError::Mismatch(format!(
-                "auth_hba_file {}:{}: {} checks passwords, which needs auth_file",
+                "auth_hba_file {}, {}: checks passwords, which needs auth_file",
                 hba_file(),
-                rule.line,
                 rule.describe()
             )));
         }
         let certificate = rule.method == HbaMethod::Cert || rule.clientcert != ClientCert::Optional;
         if certificate && config.client_tls_ca_file.is_none() {
             return Err(LoadError::Mismatch(format!(
-                "auth_hba_file {}:{}: {} needs client certificates, which needs client_tls_ca_file",
+                "auth_hba_file {}, {}: needs client certificates, which needs client_tls_ca_file",
                 hba_file(),
-                rule.line,
                 rule.describe()
             )));
         }
