@@ -213,13 +213,16 @@ async fn a_crl_past_its_next_update_refuses_by_default_and_warns_when_told() {
         .expect_err("the revoked certificate stays revoked under warn");
 }
 
-/// A copy of the CA's CRL whose next update has passed: re-signed with the CA's key through
-/// the cert tool's library, backdated.
+/// The CA's CRL (with what it revoked) signed through the cert tool's library with a next
+/// update two days in the past, written beside the fresh one.
 fn write_stale_crl(pki: &Pki, fresh: &Path) -> PathBuf {
-    let _ = fresh;
-    let stale = pki.dir.path().join("stale.crl");
-    pgmoat::certs::write_crl_backdated_for_tests(&ca_dir(pki), &stale, 2)
-        .unwrap_or_else(|e| panic!("writing a stale CRL: {e}"));
+    let stale = fresh.with_file_name("stale.crl");
+    let now = time::OffsetDateTime::now_utc();
+    let mut opts = pgmoat::certs::CrlOptions::new(ca_dir(pki), 1);
+    opts.this_update = now - time::Duration::days(9);
+    opts.next_update = now - time::Duration::days(2);
+    opts.out = Some(stale.clone());
+    pgmoat::certs::sign_crl(&opts).unwrap_or_else(|e| panic!("writing a stale CRL: {e}"));
     stale
 }
 

@@ -52,6 +52,13 @@ pub fn init_ca(opts: &CaOptions) -> Result<CaPaths, CertsError> {
 
 /// Loads `ca.crt` + `ca.key` from `ca_dir` as an rcgen issuer.
 pub(crate) fn load_ca(ca_dir: &std::path::Path) -> Result<Issuer<'static, KeyPair>, CertsError> {
+    load_ca_with_cert(ca_dir).map(|(issuer, _)| issuer)
+}
+
+/// [`load_ca`], and the CA certificate itself (revocation checks issuers against it).
+pub(crate) fn load_ca_with_cert(
+    ca_dir: &std::path::Path,
+) -> Result<(Issuer<'static, KeyPair>, CertificateDer<'static>), CertsError> {
     let paths = CaPaths::in_dir(ca_dir);
     for path in [&paths.cert, &paths.key] {
         if !path.exists() {
@@ -88,7 +95,9 @@ pub(crate) fn load_ca(ca_dir: &std::path::Path) -> Result<Issuer<'static, KeyPai
             paths.cert.display()
         )));
     }
-    Issuer::from_ca_cert_der(&der, key).map_err(|e| bad_cert(format!("cannot use as issuer ({e})")))
+    let issuer = Issuer::from_ca_cert_der(&der, key)
+        .map_err(|e| bad_cert(format!("cannot use as issuer ({e})")))?;
+    Ok((issuer, der))
 }
 
 #[cfg(test)]

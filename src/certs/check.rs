@@ -1,5 +1,6 @@
-//! `certs check`: expiry and chain status of certificate files, with a Nagios-style result
-//! (0 ok, 1 warning, 2 critical) so cron, CI and monitoring can act on it.
+//! `certs check`: expiry and chain status of certificate files, and the next update and
+//! signature of CRLs, with a Nagios-style result (0 ok, 1 warning, 2 critical) so cron, CI
+//! and monitoring can act on it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,18 +8,22 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::OffsetDateTime;
 
 use super::CertsError;
 use super::certinfo::{CertInfo, format_utc};
 
-pub use chain::ChainStatus;
+pub use chain::{ChainStatus, CrlSignature};
 use chain::{TrustSet, Verifier};
 
 pub const DEFAULT_WARN_DAYS: i64 = 90;
 pub const DEFAULT_CRITICAL_DAYS: i64 = 30;
+/// A CRL whose next update is this close is a warning: the cron job that re-signs it
+/// (`certs crl`) has probably stopped. Past the next update it is critical, because pgmoat
+/// (under tls_crl_expired = refuse) and PostgreSQL then refuse the certificates it covers.
+pub const DEFAULT_CRL_WARN_DAYS: i64 = 7;
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -26,6 +31,7 @@ pub struct CheckOptions {
     pub ca_file: Option<PathBuf>,
     pub warn_days: i64,
     pub critical_days: i64,
+    pub crl_warn_days: i64,
     /// The instant validity is judged at (now; tests move it).
     pub now: OffsetDateTime,
 }
@@ -36,6 +42,7 @@ impl Default for CheckOptions {
             ca_file: None,
             warn_days: DEFAULT_WARN_DAYS,
             critical_days: DEFAULT_CRITICAL_DAYS,
+            crl_warn_days: DEFAULT_CRL_WARN_DAYS,
             now: OffsetDateTime::now_utc(),
         }
     }
@@ -84,6 +91,23 @@ pub struct CertCheck {
     pub also_in: Vec<PathBuf>,
 }
 
+/// One CRL: who signed it, how many serials it lists and when it goes stale.
+#[derive(Debug, Clone)]
+pub struct CrlCheck {
+    pub path: PathBuf,
+    /// Position of the CRL in its PEM file (0 = first).
+    pub index: usize,
+    pub issuer: String,
+    /// Decimal, as `openssl crl -crlnumber` would show it.
+    pub crl_number: Option<String>,
+    pub this_update: OffsetDateTime,
+    pub next_update: Option<OffsetDateTime>,
+    pub revoked: usize,
+    pub signature: CrlSignature,
+    pub status: Status,
+    pub reasons: Vec<String>,
+}
+
 /// A finding about a file rather than a certificate: an unreadable PEM, a private key that
 /// others can read.
 #[derive(Debug, Clone)]
@@ -96,14 +120,16 @@ pub struct FileIssue {
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     pub certs: Vec<CertCheck>,
+    pub crls: Vec<CrlCheck>,
     pub files: Vec<FileIssue>,
 }
 
 impl CheckReport {
     pub fn status(&self) -> Status {
         let certs = self.certs.iter().map(|c| c.status);
+        let crls = self.crls.iter().map(|c| c.status);
         let files = self.files.iter().map(|f| f.status);
-        certs.chain(files).max().unwrap_or_default()
+        certs.chain(crls).chain(files).max().unwrap_or_default()
     }
 
     /// 0 ok, 1 warning, 2 critical.
@@ -121,7 +147,7 @@ struct Checker<'a> {
     seen: HashMap<Vec<u8>, usize>,
 }
 
-/// Checks each file, or each `*.crt`/`*.pem`/`*.key` in a directory and its direct
+/// Checks each file, or each `*.crt`/`*.pem`/`*.key`/`*.crl` in a directory and its direct
 /// subdirectories (so `certs/` includes `certs/ca/`). A path that does not exist, or an
 /// unreadable `ca_file`, is an error; problems inside the files become report entries.
 pub fn check(paths: &[PathBuf], opts: &CheckOptions) -> Result<CheckReport, CertsError> {
@@ -138,7 +164,12 @@ pub fn check(paths: &[PathBuf], opts: &CheckOptions) -> Result<CheckReport, Cert
         if meta.is_dir() {
             checker.check_dir(path)?;
         } else {
-            let default_ca = path.parent().unwrap_or(Path::new(".")).join("ca/ca.crt");
+            // NAME.crt next to ca/, or a CRL inside ca/ next to ca.crt.
+            let parent = path.parent().unwrap_or(Path::new("."));
+            let default_ca = [parent.join("ca/ca.crt"), parent.join("ca.crt")]
+                .into_iter()
+                .find(|p| p.is_file() && p != path)
+                .unwrap_or_else(|| parent.join("ca/ca.crt"));
             let ca = checker.implicit_ca(&default_ca);
             checker.check_file(path, ca.as_ref(), true);
         }
@@ -203,12 +234,16 @@ impl Checker<'_> {
             found += self.check_file(file, ca.as_ref(), false);
         }
         if found == 0 {
-            self.issue(dir, Status::Critical, "no certificates found".into());
+            self.issue(
+                dir,
+                Status::Critical,
+                "no certificates or CRLs found".into(),
+            );
         }
         Ok(())
     }
 
-    /// Returns how many certificates the file holds.
+    /// Returns how many certificates (or CRLs) the file holds.
     fn check_file(&mut self, path: &Path, implicit: Option<&TrustSet>, explicit: bool) -> usize {
         let bytes = match fs::read(path) {
             Ok(b) => b,
@@ -217,6 +252,11 @@ impl Checker<'_> {
                 return 0;
             }
         };
+        let is_crl = path.extension().and_then(|e| e.to_str()) == Some("crl")
+            || bytes.windows(14).any(|w| w == b"BEGIN X509 CRL");
+        if is_crl {
+            return self.check_crl_file(path, &bytes, implicit);
+        }
         let has_key = bytes.windows(16).any(|w| w == b"PRIVATE KEY-----");
         if has_key {
             self.check_key_mode(path);
@@ -270,6 +310,105 @@ impl Checker<'_> {
             self.report.certs.push(checked);
         }
         ders.len()
+    }
+
+    /// A PEM file of one or more CRLs, or one DER CRL.
+    fn check_crl_file(&mut self, path: &Path, bytes: &[u8], implicit: Option<&TrustSet>) -> usize {
+        let is_pem = bytes.trim_ascii_start().starts_with(b"-----");
+        let ders: Vec<Vec<u8>> = if is_pem {
+            match CertificateRevocationListDer::pem_slice_iter(bytes).collect::<Result<Vec<_>, _>>()
+            {
+                Ok(d) if !d.is_empty() => d.into_iter().map(|d| d.as_ref().to_vec()).collect(),
+                Ok(_) => {
+                    self.issue(path, Status::Critical, "no CRL in file".into());
+                    return 0;
+                }
+                Err(e) => {
+                    self.issue(path, Status::Critical, format!("cannot parse PEM: {e}"));
+                    return 0;
+                }
+            }
+        } else {
+            vec![bytes.to_vec()]
+        };
+        let mut checked = Vec::with_capacity(ders.len());
+        let mut unreadable = Vec::new();
+        let trust = self.explicit_ca.as_ref().or(implicit);
+        for (index, der) in ders.iter().enumerate() {
+            match x509_parser::parse_x509_crl(der) {
+                Ok((_, crl)) => {
+                    let signature = trust.map_or(CrlSignature::NoCa, |t| t.crl_signature(&crl));
+                    checked.push(self.judge_crl(path, index, &crl, signature));
+                }
+                Err(e) => unreadable.push(format!("not a readable CRL: {e}")),
+            }
+        }
+        self.report.crls.extend(checked);
+        for message in unreadable {
+            self.issue(path, Status::Critical, message);
+        }
+        ders.len()
+    }
+
+    fn judge_crl(
+        &self,
+        path: &Path,
+        index: usize,
+        crl: &x509_parser::revocation_list::CertificateRevocationList<'_>,
+        signature: CrlSignature,
+    ) -> CrlCheck {
+        let now = self.opts.now;
+        let this_update = crl.last_update().to_datetime();
+        let next_update = crl.next_update().map(|t| t.to_datetime());
+        let mut status = Status::Ok;
+        let mut reasons = Vec::new();
+        let resign = "re-sign it (`pgmoat certs crl`, or the CA that issued it)";
+        match next_update {
+            None => {
+                status = Status::Warning;
+                reasons.push("no next update: consumers cannot tell when it is stale".into());
+            }
+            Some(next) if next < now => {
+                status = Status::Critical;
+                let ago = (now - next).whole_hours();
+                reasons.push(format!(
+                    "past its next update ({}, {ago} hours ago): pgmoat refuses the                      certificates it covers under tls_crl_expired = refuse; {resign}",
+                    format_utc(next)
+                ));
+            }
+            Some(next) if (next - now).whole_days() < self.opts.crl_warn_days => {
+                status = Status::Warning;
+                reasons.push(format!(
+                    "next update in {} hours (warning at {} days); {resign}",
+                    (next - now).whole_hours(),
+                    self.opts.crl_warn_days
+                ));
+            }
+            Some(_) => {}
+        }
+        if this_update > now {
+            status = Status::Critical;
+            reasons.push(format!(
+                "not valid before {} (this update is in the future)",
+                format_utc(this_update)
+            ));
+        }
+        if let CrlSignature::Invalid { reason } = &signature {
+            status = Status::Critical;
+            reasons.push(format!("signature does not verify: {reason}"));
+        }
+        CrlCheck {
+            path: path.to_path_buf(),
+            index,
+            issuer: crl.issuer().to_string(),
+            crl_number: crl.crl_number().map(|n| n.to_string()),
+            this_update,
+            next_update,
+            revoked: crl.iter_revoked_certificates().count(),
+            signature,
+            status,
+            reasons,
+        }
     }
 
     fn check_key_mode(&mut self, path: &Path) {
@@ -350,7 +489,7 @@ fn is_candidate(path: &Path) -> bool {
     path.is_file()
         && matches!(
             path.extension().and_then(|e| e.to_str()),
-            Some("crt" | "pem" | "cer" | "key")
+            Some("crt" | "pem" | "cer" | "key" | "crl")
         )
 }
 

@@ -1,4 +1,4 @@
-//! `pgmoat certs init | issue | check`: clap arguments and human-readable output on top of
+//! `pgmoat certs init | issue | revoke | crl | check`: clap arguments and human-readable output on top of
 //! the library functions. main.rs mounts [`CertsCommand`] and calls [`run`].
 
 use std::io::{self, Write};
@@ -8,8 +8,14 @@ use std::process::ExitCode;
 use time::{Duration, OffsetDateTime};
 
 use super::certinfo::{CertInfo, format_utc, read_pem_file};
-use super::check::{CheckOptions, CheckReport, DEFAULT_CRITICAL_DAYS, DEFAULT_WARN_DAYS, Status};
-use super::{CaOptions, CaPaths, CertsError, IssueOptions, KeyAlgorithm, Subject};
+use super::check::{
+    CheckOptions, CheckReport, DEFAULT_CRITICAL_DAYS, DEFAULT_CRL_WARN_DAYS, DEFAULT_WARN_DAYS,
+    Status,
+};
+use super::{
+    CaOptions, CaPaths, CertsError, CrlOptions, IssueOptions, KeyAlgorithm, Reason, RevokeOptions,
+    RevokeTarget, RsaBits, SignedCrl, Subject,
+};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CertsCommand {
@@ -36,9 +42,12 @@ pub enum CertsCommand {
         /// Common name (CN) of the CA.
         #[arg(long, default_value = super::DEFAULT_CA_CN)]
         cn: String,
-        /// RSA 2048 instead of EC P-256.
+        /// RSA 2048 instead of EC P-256 (the same as --rsa-bits 2048).
         #[arg(long)]
         rsa: bool,
+        /// An RSA key of this size instead of EC P-256: 2048, 3072 or 4096.
+        #[arg(long, value_parser = parse_rsa_bits, conflicts_with = "rsa")]
+        rsa_bits: Option<RsaBits>,
         /// Replace an existing CA (certificates it issued will no longer verify).
         #[arg(long)]
         force: bool,
@@ -49,8 +58,9 @@ pub enum CertsCommand {
         /// File name stem, and the CN unless --cn is given (for client certificates the CN is
         /// the PostgreSQL user name).
         name: String,
-        /// Subject alternative names: "DNS:postgres,DNS:localhost,IP:127.0.0.1,EMAIL:a@b".
-        /// Comma-separated; may repeat. A bare value is an IP if it parses as one, else DNS.
+        /// Subject alternative names: "DNS:postgres,DNS:localhost,IP:127.0.0.1,EMAIL:a@b",
+        /// "URI:spiffe://prod/ns/billing/sa/api". Comma-separated; may repeat. A bare value is
+        /// an IP if it parses as one, else DNS.
         #[arg(long = "san", value_delimiter = ',')]
         sans: Vec<String>,
         /// Output directory.
@@ -68,17 +78,58 @@ pub enum CertsCommand {
         /// Common name [default: NAME].
         #[arg(long)]
         cn: Option<String>,
-        /// RSA 2048 instead of EC P-256.
+        /// RSA 2048 instead of EC P-256 (the same as --rsa-bits 2048).
         #[arg(long)]
         rsa: bool,
+        /// An RSA key of this size instead of EC P-256: 2048, 3072 or 4096.
+        #[arg(long, value_parser = parse_rsa_bits, conflicts_with = "rsa")]
+        rsa_bits: Option<RsaBits>,
         /// Replace existing NAME.crt/NAME.key/NAME-combined.pem.
         #[arg(long)]
         force: bool,
     },
-    /// Show subject, SANs, expiry and chain status of certificates; exit 0 ok, 1 warning,
-    /// 2 critical, 3 unknown (the check itself failed: a path that does not exist, an
-    /// unreadable --ca, bad arguments). Directories are scanned for *.crt, *.pem and *.key
-    /// (one level deep).
+    /// Revoke a certificate this CA issued (OUT/NAME.crt, or --serial) and re-sign the CA's
+    /// CRL, CADIR/ca.crl. Point client_tls_crl_file (or PostgreSQL's ssl_crl_file) at it and
+    /// reload (SIGHUP) for the revocation to take effect.
+    Revoke {
+        /// The certificate's file stem in OUT (NAME.crt), as given to `certs issue`.
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        name: Option<String>,
+        /// The serial (hex, colons allowed) of a certificate whose file is gone.
+        #[arg(long)]
+        serial: Option<String>,
+        /// Directory holding NAME.crt.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Directory holding ca.crt and ca.key [default: OUT/ca].
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Why (RFC 5280 reason code): unspecified, key-compromise, affiliation-changed,
+        /// superseded, cessation-of-operation, privilege-withdrawn.
+        #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
+        reason: Reason,
+        /// Days until the CRL's next update.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// Re-sign the CA's CRL (CADIR/ca.crl) with a new next update and a higher CRL number,
+    /// revoking nothing new; run it from cron well inside --days. Creates an empty CRL when
+    /// nothing was ever revoked.
+    Crl {
+        /// Certificates directory (the CA is OUT/ca unless --ca-dir says otherwise).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Directory holding ca.crt and ca.key [default: OUT/ca].
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Days until the CRL's next update.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// Show subject, SANs, expiry and chain status of certificates, and the next update and
+    /// signature of CRLs; exit 0 ok, 1 warning, 2 critical, 3 unknown (the check itself
+    /// failed: a path that does not exist, an unreadable --ca, bad arguments). Directories
+    /// are scanned for *.crt, *.pem, *.key and *.crl (one level deep).
     Check {
         /// Certificate files or directories.
         #[arg(default_value = "certs")]
@@ -92,6 +143,9 @@ pub enum CertsCommand {
         /// Critical when a certificate expires within this many days.
         #[arg(long, default_value_t = DEFAULT_CRITICAL_DAYS)]
         critical_days: i64,
+        /// Warn when a CRL's next update is within this many days (past it is critical).
+        #[arg(long, default_value_t = DEFAULT_CRL_WARN_DAYS)]
+        crl_warn_days: i64,
     },
 }
 
@@ -121,6 +175,7 @@ pub fn run_to(
             org,
             cn,
             rsa,
+            rsa_bits,
             force,
         } => {
             let mut opts = CaOptions::new(dir);
@@ -132,7 +187,7 @@ pub fn run_to(
                 cn: Some(cn),
             };
             opts.not_after = opts.not_before + Duration::hours(1) + Duration::days(days.into());
-            opts.key_algorithm = algorithm(rsa);
+            opts.key_algorithm = algorithm(rsa, rsa_bits);
             opts.force = force;
             let paths = super::init_ca(&opts)?;
             print_init(&paths, out).map_err(stdout_err)?;
@@ -147,6 +202,7 @@ pub fn run_to(
             days,
             cn,
             rsa,
+            rsa_bits,
             force,
         } => {
             let sans: Vec<String> = sans
@@ -159,7 +215,7 @@ pub fn run_to(
             opts.client = client;
             opts.subject.cn = cn;
             opts.not_after = opts.not_before + Duration::hours(1) + Duration::days(days.into());
-            opts.key_algorithm = algorithm(rsa);
+            opts.key_algorithm = algorithm(rsa, rsa_bits);
             opts.force = force;
             let paths = super::issue(&opts)?;
             let info = first_cert(&paths.cert)?;
@@ -168,16 +224,50 @@ pub fn run_to(
             issue_warnings(&opts, &info, &ca, err).map_err(stdout_err)?;
             Ok(0)
         }
+        CertsCommand::Revoke {
+            name,
+            serial,
+            out: dir,
+            ca_dir,
+            reason,
+            days,
+        } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| dir.join("ca"));
+            let target = match (name, serial) {
+                (_, Some(serial)) => RevokeTarget::Serial(serial),
+                (Some(name), None) => RevokeTarget::Certificate(dir.join(format!("{name}.crt"))),
+                (None, None) => unreachable!("clap requires NAME or --serial"),
+            };
+            let revoked = super::revoke(&RevokeOptions {
+                target,
+                reason,
+                crl: CrlOptions::new(ca_dir, days.into()),
+            })?;
+            print_revoked(&revoked, out).map_err(stdout_err)?;
+            Ok(0)
+        }
+        CertsCommand::Crl {
+            out: dir,
+            ca_dir,
+            days,
+        } => {
+            let ca_dir = ca_dir.unwrap_or_else(|| dir.join("ca"));
+            let signed = super::sign_crl(&CrlOptions::new(ca_dir, days.into()))?;
+            print_crl(&signed, out).map_err(stdout_err)?;
+            Ok(0)
+        }
         CertsCommand::Check {
             paths,
             ca,
             warn_days,
             critical_days,
+            crl_warn_days,
         } => {
             let opts = CheckOptions {
                 ca_file: ca,
                 warn_days,
                 critical_days,
+                crl_warn_days,
                 now: OffsetDateTime::now_utc(),
             };
             let report = match super::check(&paths, &opts) {
@@ -193,12 +283,63 @@ pub fn run_to(
     }
 }
 
-fn algorithm(rsa: bool) -> KeyAlgorithm {
-    if rsa {
-        KeyAlgorithm::Rsa2048
-    } else {
-        KeyAlgorithm::EcP256
+fn algorithm(rsa: bool, rsa_bits: Option<RsaBits>) -> KeyAlgorithm {
+    match (rsa, rsa_bits) {
+        (_, Some(bits)) => KeyAlgorithm::Rsa(bits),
+        (true, None) => KeyAlgorithm::Rsa(RsaBits::B2048),
+        (false, None) => KeyAlgorithm::EcP256,
     }
+}
+
+fn parse_rsa_bits(raw: &str) -> Result<RsaBits, String> {
+    raw.trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(RsaBits::from_bits)
+        .ok_or_else(|| {
+            format!("{raw:?} is not an RSA key size pgmoat generates: 2048, 3072 or 4096")
+        })
+}
+
+fn parse_reason(raw: &str) -> Result<Reason, String> {
+    Reason::from_name(raw.trim()).ok_or_else(|| {
+        let names: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
+        format!(
+            "{raw:?} is not a revocation reason; use one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+fn print_revoked(revoked: &super::Revoked, out: &mut dyn Write) -> io::Result<()> {
+    let e = &revoked.entry;
+    let who = e.subject.as_deref().unwrap_or("(by serial)");
+    if revoked.newly {
+        writeln!(out, "Revoked serial {} {who}", e.serial)?;
+        writeln!(out, "  reason       {}", e.reason.name())?;
+    } else {
+        writeln!(
+            out,
+            "Serial {} was already revoked at {}; nothing new recorded",
+            e.serial, e.revoked_at
+        )?;
+    }
+    print_crl(&revoked.crl, out)?;
+    writeln!(
+        out,
+        "Reload pgmoat (SIGHUP, or watch_files) where client_tls_crl_file points at the CRL;          connections made before stay open."
+    )
+}
+
+fn print_crl(signed: &SignedCrl, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "Signed CRL {}", signed.path.display())?;
+    writeln!(out, "  CRL number   {}", signed.crl_number)?;
+    writeln!(out, "  revoked      {} certificate(s)", signed.revoked)?;
+    writeln!(
+        out,
+        "  next update  {}  (re-sign before then: `pgmoat certs crl`)",
+        format_utc(signed.next_update)
+    )
 }
 
 fn stdout_err(e: io::Error) -> CertsError {
@@ -320,13 +461,48 @@ fn print_report(report: &CheckReport, out: &mut dyn Write) -> io::Result<()> {
         }
         writeln!(out)?;
     }
+    for c in &report.crls {
+        if c.index == 0 {
+            writeln!(out, "{} [CRL]", c.path.display())?;
+        } else {
+            writeln!(out, "{} [CRL #{}]", c.path.display(), c.index + 1)?;
+        }
+        writeln!(out, "  issuer       {}", c.issuer)?;
+        if let Some(number) = &c.crl_number {
+            writeln!(out, "  CRL number   {number}")?;
+        }
+        writeln!(out, "  revoked      {} certificate(s)", c.revoked)?;
+        writeln!(out, "  this update  {}", format_utc(c.this_update))?;
+        match c.next_update {
+            Some(next) => writeln!(out, "  next update  {}", format_utc(next))?,
+            None => writeln!(out, "  next update  (none)")?,
+        }
+        writeln!(out, "  signature    {}", c.signature)?;
+        writeln!(out, "  status       {}", c.status)?;
+        for reason in &c.reasons {
+            writeln!(out, "               {reason}")?;
+        }
+        writeln!(out)?;
+    }
     for f in &report.files {
         writeln!(out, "{}: {}: {}", f.path.display(), f.status, f.message)?;
     }
     let count = |s: Status| report.certs.iter().filter(|c| c.status == s).count();
+    let crls = if report.crls.is_empty() {
+        String::new()
+    } else {
+        let count = |s: Status| report.crls.iter().filter(|c| c.status == s).count();
+        format!(
+            "; {} CRL(s): {} ok, {} warning, {} critical",
+            report.crls.len(),
+            count(Status::Ok),
+            count(Status::Warning),
+            count(Status::Critical)
+        )
+    };
     writeln!(
         out,
-        "{} certificate(s): {} ok, {} warning, {} critical; overall {}",
+        "{} certificate(s): {} ok, {} warning, {} critical{crls}; overall {}",
         report.certs.len(),
         count(Status::Ok),
         count(Status::Warning),

@@ -21,6 +21,8 @@ pub enum SanEntry {
     Dns(String),
     Ip(IpAddr),
     Email(String),
+    /// A URI such as a SPIFFE ID (`spiffe://trust-domain/path`), for workload identity.
+    Uri(String),
 }
 
 impl fmt::Display for SanEntry {
@@ -29,12 +31,13 @@ impl fmt::Display for SanEntry {
             SanEntry::Dns(d) => write!(f, "DNS:{d}"),
             SanEntry::Ip(ip) => write!(f, "IP:{ip}"),
             SanEntry::Email(e) => write!(f, "EMAIL:{e}"),
+            SanEntry::Uri(u) => write!(f, "URI:{u}"),
         }
     }
 }
 
-/// Parses `DNS:name`, `IP:addr` or `EMAIL:addr` (prefix case-insensitive). Without a prefix
-/// the value is an IP address if it parses as one, else a DNS name.
+/// Parses `DNS:name`, `IP:addr`, `EMAIL:addr` or `URI:uri` (prefix case-insensitive).
+/// Without a prefix the value is an IP address if it parses as one, else a DNS name.
 pub fn parse_san(raw: &str) -> Result<SanEntry, CertsError> {
     let bad = |reason: &str| CertsError::BadSan {
         value: raw.to_string(),
@@ -42,7 +45,9 @@ pub fn parse_san(raw: &str) -> Result<SanEntry, CertsError> {
     };
     let value = raw.trim();
     let (kind, rest) = match value.split_once(':') {
-        Some((k, rest)) if ["dns", "ip", "email"].contains(&k.to_ascii_lowercase().as_str()) => {
+        Some((k, rest))
+            if ["dns", "ip", "email", "uri"].contains(&k.to_ascii_lowercase().as_str()) =>
+        {
             (Some(k.to_ascii_lowercase()), rest.trim())
         }
         _ => (None, value),
@@ -59,6 +64,10 @@ pub fn parse_san(raw: &str) -> Result<SanEntry, CertsError> {
             validate_email(rest).map_err(bad)?;
             Ok(SanEntry::Email(rest.to_string()))
         }
+        Some("uri") => {
+            validate_uri(rest).map_err(bad)?;
+            Ok(SanEntry::Uri(rest.to_string()))
+        }
         Some(_) => {
             validate_dns(rest).map_err(bad)?;
             Ok(SanEntry::Dns(rest.to_ascii_lowercase()))
@@ -67,7 +76,7 @@ pub fn parse_san(raw: &str) -> Result<SanEntry, CertsError> {
             Ok(ip) => Ok(SanEntry::Ip(ip)),
             Err(_) => {
                 validate_dns(rest)
-                    .map_err(|r| bad(&format!("{r} (prefix with DNS:, IP: or EMAIL:)")))?;
+                    .map_err(|r| bad(&format!("{r} (prefix with DNS:, IP:, EMAIL: or URI:)")))?;
                 Ok(SanEntry::Dns(rest.to_ascii_lowercase()))
             }
         },
@@ -115,6 +124,37 @@ fn validate_email(addr: &str) -> Result<(), &'static str> {
     }
 }
 
+/// An absolute URI (RFC 3986 `scheme:rest`, ASCII, no spaces), which is what RFC 5280 asks of
+/// a uniformResourceIdentifier SAN; a SPIFFE ID must also name a trust domain.
+fn validate_uri(uri: &str) -> Result<(), &'static str> {
+    if !uri.is_ascii()
+        || uri
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_control())
+    {
+        return Err("URI must be ASCII without spaces (percent-encode other characters)");
+    }
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return Err("not an absolute URI (scheme:rest, e.g. spiffe://prod/ns/billing/sa/api)");
+    };
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok || rest.is_empty() {
+        return Err("not an absolute URI (scheme:rest, e.g. spiffe://prod/ns/billing/sa/api)");
+    }
+    if scheme.eq_ignore_ascii_case("spiffe") {
+        let domain = rest
+            .strip_prefix("//")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("");
+        if domain.is_empty() {
+            return Err("a SPIFFE ID is spiffe://TRUST-DOMAIN/PATH");
+        }
+    }
+    Ok(())
+}
+
 /// NAME becomes file names, so it must be a plain file stem.
 fn validate_name(name: &str) -> Result<(), CertsError> {
     let bad = |reason: &str| CertsError::BadName {
@@ -150,6 +190,7 @@ impl SanEntry {
             SanEntry::Dns(d) => SanType::DnsName(ia5(d)?),
             SanEntry::Ip(ip) => SanType::IpAddress(*ip),
             SanEntry::Email(e) => SanType::Rfc822Name(ia5(e)?),
+            SanEntry::Uri(u) => SanType::URI(ia5(u)?),
         })
     }
 }
@@ -191,7 +232,7 @@ pub fn issue(opts: &IssueOptions) -> Result<IssuedPaths, CertsError> {
     params.key_usages = match opts.key_algorithm {
         KeyAlgorithm::EcP256 => vec![KeyUsagePurpose::DigitalSignature],
         // TLS 1.2 RSA key transport needs keyEncipherment; OpenSSL peers check it.
-        KeyAlgorithm::Rsa2048 => vec![
+        KeyAlgorithm::Rsa(_) => vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ],

@@ -4,13 +4,18 @@
 use rcgen::{DistinguishedName, DnType, DnValue, KeyPair, SerialNumber};
 use time::OffsetDateTime;
 
-use super::{CertsError, KeyAlgorithm, Subject};
+use super::{CertsError, KeyAlgorithm, RsaBits, Subject};
 
 pub(crate) fn generate_key(alg: KeyAlgorithm) -> Result<KeyPair, CertsError> {
     let generated = match alg {
         KeyAlgorithm::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-        KeyAlgorithm::Rsa2048 => {
-            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        KeyAlgorithm::Rsa(bits) => {
+            let size = match bits {
+                RsaBits::B2048 => rcgen::RsaKeySize::_2048,
+                RsaBits::B3072 => rcgen::RsaKeySize::_3072,
+                RsaBits::B4096 => rcgen::RsaKeySize::_4096,
+            };
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size)
         }
     };
     generated.map_err(|source| CertsError::Generate {

@@ -239,8 +239,10 @@ fn server_cert_is_not_a_client_cert() {
 
 #[test]
 fn rsa_pki_handshake() {
-    let pki = Pki::new(KeyAlgorithm::Rsa2048);
-    let bob = pki.client("bob", |o| o.key_algorithm = KeyAlgorithm::Rsa2048);
+    let pki = Pki::new(KeyAlgorithm::Rsa(crate::certs::RsaBits::B2048));
+    let bob = pki.client("bob", |o| {
+        o.key_algorithm = KeyAlgorithm::Rsa(crate::certs::RsaBits::B2048)
+    });
     let server = server_config(&pki.server, &pki.ca());
     let client = client_config(&bob, &pki.ca());
     assert_eq!(handshake(&server, &client, localhost()).unwrap(), "bob");

@@ -72,6 +72,66 @@ impl TrustSet {
     }
 }
 
+/// Whether a CRL was signed by the checked CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrlSignature {
+    /// Signed by the CA certificate in `ca` whose subject is the CRL's issuer.
+    Verified { ca: PathBuf },
+    /// Issued by a CA that is not in the CA file (for example PostgreSQL's own CA).
+    OtherIssuer,
+    /// No CA was given or found, so the signature was not checked.
+    NoCa,
+    /// The issuer is the checked CA but the signature does not verify.
+    Invalid { reason: String },
+}
+
+impl fmt::Display for CrlSignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CrlSignature::Verified { ca } => {
+                write!(f, "ok (signed by the CA in {})", ca.display())
+            }
+            CrlSignature::OtherIssuer => f.write_str("not checked (issuer is not the checked CA)"),
+            CrlSignature::NoCa => f.write_str("not checked (no CA file; pass --ca)"),
+            CrlSignature::Invalid { reason } => write!(f, "INVALID: {reason}"),
+        }
+    }
+}
+
+impl TrustSet {
+    /// Checks `crl`'s signature with the CA certificate named as its issuer.
+    pub(super) fn crl_signature(
+        &self,
+        crl: &x509_parser::revocation_list::CertificateRevocationList<'_>,
+    ) -> CrlSignature {
+        let mut named = false;
+        for der in &self.ders {
+            let Ok((_, ca)) = x509_parser::parse_x509_certificate(der) else {
+                continue;
+            };
+            if ca.subject().as_raw() != crl.issuer().as_raw() {
+                continue;
+            }
+            named = true;
+            if crl.verify_signature(ca.public_key()).is_ok() {
+                return CrlSignature::Verified {
+                    ca: self.path.clone(),
+                };
+            }
+        }
+        if named {
+            CrlSignature::Invalid {
+                reason: format!(
+                    "the signature does not verify with the key of {}",
+                    self.path.display()
+                ),
+            }
+        } else {
+            CrlSignature::OtherIssuer
+        }
+    }
+}
+
 pub(super) struct Verifier {
     provider: Arc<CryptoProvider>,
     now: OffsetDateTime,

@@ -252,3 +252,59 @@ fn thresholds_are_options() {
     };
     assert_eq!(check(&[p.cert], &opts).unwrap().exit_code(), 2);
 }
+
+/// The CA's CRL with a next update `hours` from now (negative: already past).
+fn crl(pki: &Pki, hours: i64) -> PathBuf {
+    let mut opts = crate::certs::CrlOptions::new(pki.path().join("ca"), 1);
+    let now = OffsetDateTime::now_utc();
+    opts.this_update = now - Duration::days(10);
+    opts.next_update = now + Duration::hours(hours);
+    crate::certs::sign_crl(&opts).unwrap().path
+}
+
+#[test]
+fn crls_are_judged_by_next_update_and_signature() {
+    let pki = Pki::new();
+    let path = crl(&pki, 24 * 20);
+    let report = run(std::slice::from_ref(&path), None);
+    assert_eq!(report.crls.len(), 1);
+    let c = &report.crls[0];
+    assert_eq!(c.status, Status::Ok, "{:?}", c.reasons);
+    assert_eq!(c.crl_number.as_deref(), Some("1"));
+    assert_eq!(c.revoked, 0);
+    assert!(matches!(&c.signature, CrlSignature::Verified { ca } if ca.ends_with("ca/ca.crt")));
+    assert_eq!(report.exit_code(), 0);
+
+    // Close to the next update: a warning; past it: critical.
+    crl(&pki, 30);
+    let report = run(std::slice::from_ref(&path), None);
+    assert_eq!(report.exit_code(), 1, "{:?}", report.crls[0].reasons);
+    assert!(report.crls[0].reasons[0].contains("certs crl"));
+    crl(&pki, -2);
+    let report = run(std::slice::from_ref(&path), None);
+    assert_eq!(report.exit_code(), 2);
+    assert!(report.crls[0].reasons[0].contains("past its next update"));
+
+    // A directory scan finds ca/ca.crl next to the certificates.
+    crl(&pki, 24 * 20);
+    pki.leaf("server", 365);
+    let report = run(&[pki.path()], None);
+    assert_eq!((report.crls.len(), report.exit_code()), (1, 0));
+
+    // Signed by another CA of the same name: the signature does not verify.
+    let other = Pki::new();
+    let forged = crl(&other, 24 * 20);
+    let report = run(std::slice::from_ref(&forged), Some(pki.path().join("ca/ca.crt")));
+    assert!(
+        matches!(report.crls[0].signature, CrlSignature::Invalid { .. }),
+        "{:?}",
+        report.crls[0].signature
+    );
+    assert_eq!(report.exit_code(), 2);
+    // DER works too.
+    let der = rustls::pki_types::CertificateRevocationListDer::from_pem_file(&path).unwrap();
+    let der_path = pki.path().join("copy.crl");
+    fs::write(&der_path, der.as_ref()).unwrap();
+    let report = run(&[der_path], None);
+    assert_eq!((report.crls.len(), report.exit_code()), (1, 0));
+}

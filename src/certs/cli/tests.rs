@@ -324,3 +324,82 @@ fn rsa_through_the_cli_for_the_ca_and_for_leaves() {
         "{out}"
     );
 }
+
+#[test]
+fn rsa_bits_and_reasons_are_checked_by_the_parser() {
+    match parse(&["issue", "db", "--rsa-bits", "4096"]) {
+        CertsCommand::Issue { rsa_bits, rsa, .. } => {
+            assert_eq!(algorithm(rsa, rsa_bits), KeyAlgorithm::Rsa(RsaBits::B4096));
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(&["init", "--rsa"]) {
+        CertsCommand::Init { rsa, rsa_bits, .. } => {
+            assert_eq!(algorithm(rsa, rsa_bits), KeyAlgorithm::Rsa(RsaBits::B2048));
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        &["init", "--rsa-bits", "1024"][..],
+        &["init", "--rsa", "--rsa-bits", "4096"],
+        &["revoke"],
+        &["revoke", "app", "--serial", "01"],
+        &["revoke", "app", "--reason", "because"],
+    ] {
+        assert!(
+            TestCli::try_parse_from(std::iter::once("certs").chain(bad.iter().copied())).is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn revoke_crl_and_check_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    assert_eq!(exec(&["init", "--out", out]).0.unwrap(), 0);
+    let (code, _, _) = exec(&["issue", "app", "--client", "--out", out]);
+    assert_eq!(code.unwrap(), 0);
+
+    let (code, text, _) = exec(&["crl", "--out", out, "--days", "14"]);
+    assert_eq!(code.unwrap(), 0);
+    assert!(
+        text.contains("CRL number   1") && text.contains("revoked      0"),
+        "{text}"
+    );
+
+    let (code, text, _) = exec(&[
+        "revoke",
+        "app",
+        "--out",
+        out,
+        "--reason",
+        "key-compromise",
+        "--days",
+        "14",
+    ]);
+    assert_eq!(code.unwrap(), 0);
+    assert!(
+        text.contains("Revoked serial") && text.contains("CN=app"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CRL number   2") && text.contains("SIGHUP"),
+        "{text}"
+    );
+
+    // The CRL is fresh for 14 days: check is OK and lists it; with a 20-day warning window
+    // it warns.
+    let (code, text, _) = exec(&["check", out]);
+    assert_eq!(code.unwrap(), 0, "{text}");
+    assert!(
+        text.contains("[CRL]") && text.contains("revoked      1 certificate(s)"),
+        "{text}"
+    );
+    let (code, text, _) = exec(&["check", out, "--crl-warn-days", "20"]);
+    assert_eq!(code.unwrap(), 1, "{text}");
+
+    // A name that was never issued is an error naming the file.
+    let err = exec(&["revoke", "nobody", "--out", out]).0.unwrap_err();
+    assert!(err.to_string().contains("nobody.crt"), "{err}");
+}

@@ -184,10 +184,10 @@ fn validity_is_taken_verbatim() {
 fn rsa_leaf_and_rsa_ca() {
     let dir = tempfile::tempdir().unwrap();
     let mut ca = CaOptions::new(dir.path());
-    ca.key_algorithm = KeyAlgorithm::Rsa2048;
+    ca.key_algorithm = KeyAlgorithm::Rsa(crate::certs::RsaBits::B2048);
     init_ca(&ca).unwrap();
     let mut opts = IssueOptions::new("rsa", ["DNS:localhost"], dir.path());
-    opts.key_algorithm = KeyAlgorithm::Rsa2048;
+    opts.key_algorithm = KeyAlgorithm::Rsa(crate::certs::RsaBits::B2048);
     let p = issue(&opts).unwrap();
     let der = cert_der(&p.cert);
     let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
@@ -253,6 +253,16 @@ fn san_parsing() {
         SanEntry::Email("a@b.example".into())
     );
     assert_eq!(parse_san("::1").unwrap().to_string(), "IP:::1");
+    assert_eq!(
+        parse_san("URI:spiffe://prod/ns/billing/sa/api").unwrap(),
+        SanEntry::Uri("spiffe://prod/ns/billing/sa/api".into())
+    );
+    assert_eq!(
+        parse_san("uri:urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66")
+            .unwrap()
+            .to_string(),
+        "URI:urn:uuid:6e8bc430-9c3a-11d9-9669-0800200c9a66"
+    );
     for bad in [
         "",
         "DNS:",
@@ -261,7 +271,42 @@ fn san_parsing() {
         "EMAIL:nobody",
         "a..b",
         "URI:x",
+        "URI:spiffe:///no-trust-domain",
+        "URI:https://a b",
+        "URI:1http://x",
     ] {
         assert!(parse_san(bad).is_err(), "{bad:?} should be rejected");
     }
+}
+
+#[test]
+fn uri_sans_and_rsa_key_sizes() {
+    use crate::certs::RsaBits;
+    use x509_parser::public_key::PublicKey;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = CaOptions::new(dir.path());
+    ca.key_algorithm = KeyAlgorithm::Rsa(RsaBits::B3072);
+    init_ca(&ca).unwrap();
+    let spiffe = "spiffe://prod/ns/billing/sa/api";
+    let mut opts = IssueOptions::new("api", [format!("URI:{spiffe}")], dir.path());
+    opts.client = true;
+    opts.key_algorithm = KeyAlgorithm::Rsa(RsaBits::B4096);
+    let p = issue(&opts).unwrap();
+
+    let bits = |path: &Path| {
+        let der = cert_der(path);
+        let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+        match x.public_key().parsed().unwrap() {
+            PublicKey::RSA(rsa) => rsa.key_size(),
+            other => panic!("not RSA: {other:?}"),
+        }
+    };
+    assert_eq!(bits(&dir.path().join("ca/ca.crt")), 3072);
+    assert_eq!(bits(&p.cert), 4096);
+    let der = cert_der(&p.cert);
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = x.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(san.value.general_names, vec![GeneralName::URI(spiffe)]);
+    let info = crate::certs::certinfo::CertInfo::from_der(&der).unwrap();
+    assert_eq!(info.sans, vec![format!("URI:{spiffe}")]);
 }
