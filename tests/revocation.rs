@@ -179,12 +179,13 @@ async fn a_crl_past_its_next_update_refuses_by_default_and_warns_when_told() {
     let crl = sign_crl(&pki, "7");
     revoke(&pki, "alice-laptop");
     let stale = write_stale_crl(&pki, &crl);
+    let metrics_port = free_port();
     let config = |policy: &str| {
         ConfigBuilder::new(&pki, &db)
             .client_sslmode("verify-full")
             .set_path("client_tls_crl_file", &stale)
             .set_str("tls_crl_expired", policy)
-            .set_str("metrics_addr", "127.0.0.1:0")
+            .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
             .build()
     };
 
@@ -200,6 +201,23 @@ async fn a_crl_past_its_next_update_refuses_by_default_and_warns_when_told() {
         "past its next update (tls_crl_expired = refuse)",
         Duration::from_secs(5),
     );
+    // /metrics says so, with a next update in the past.
+    let metrics = http_fetch(metrics_port, "/metrics").await;
+    let expired = metrics
+        .lines()
+        .find(|l| l.starts_with("pgmoat_crl_expired{"))
+        .unwrap_or_else(|| panic!("no crl_expired sample:\n{metrics}"));
+    assert!(expired.ends_with(" 1"), "{expired}");
+    let next_update = metrics
+        .lines()
+        .find(|l| l.starts_with("pgmoat_crl_next_update_seconds{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no crl_next_update_seconds sample:\n{metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(next_update < now, "{next_update} is not in the past");
     drop(moat);
 
     // warn: the stale list still revokes what it lists, and lets the others in.
