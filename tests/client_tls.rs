@@ -392,3 +392,70 @@ fn psql_verify_full_with_client_cert_and_scram_reaches_postgresql_over_tls() {
     let out = psql(&["-Atc", "SELECT 1"], &no_cert);
     assert!(!out.status.success(), "{}", output_text(&out));
 }
+
+/// The setup guides' shape: a 4096-bit RSA server certificate from `pgmoat certs issue
+/// --rsa-bits 4096`, handed to pgmoat as one PEM holding the certificate and its key (no
+/// client_tls_key_file), and a 4096-bit RSA client certificate for psql.
+#[test]
+fn rsa_4096_certificates_and_a_combined_pem_serve_psql_with_verify_full() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let out = pki.dir.path().join("rsa");
+    let ca_dir = pki.ca.parent().unwrap();
+    let certs = |args: &[&str]| {
+        let run = pgmoat_command()
+            .arg("certs")
+            .args(args)
+            .args(["--out", out.to_str().unwrap()])
+            .args(["--ca-dir", ca_dir.to_str().unwrap()])
+            .args(["--rsa-bits", "4096"])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", output_text(&run));
+    };
+    certs(&["issue", "pgmoat-rsa", "--san", "DNS:localhost,IP:127.0.0.1"]);
+    certs(&["issue", "alice-rsa", "--client", "--cn", "alice"]);
+    let combined = out.join("pgmoat-rsa-combined.pem");
+    let pgmoat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .client_sslmode("verify-full")
+            .set_path("client_tls_cert_file", &combined)
+            .unset("client_tls_key_file")
+            .build(),
+    );
+    let conn = conninfo(
+        pgmoat.port(),
+        "alice",
+        APP_DB,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", pki.ca.to_str().unwrap()),
+            ("sslcert", out.join("alice-rsa.crt").to_str().unwrap()),
+            ("sslkey", out.join("alice-rsa.key").to_str().unwrap()),
+            ("password", ALICE_PASSWORD),
+        ],
+    );
+    let run = psql(&["-Atc", "SELECT current_user"], &conn);
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        output_text(&run),
+        pgmoat.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "alice");
+
+    // The key pgmoat presents is the 4096-bit one from the combined file (the default
+    // pgmoat certificate of the test PKI is EC P-256).
+    let shown = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", pgmoat.port()),
+        ])
+        .args(["-starttls", "postgres"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running openssl s_client");
+    let text = output_text(&shown);
+    assert!(text.contains("Server public key is 4096 bit"), "{text}");
+}

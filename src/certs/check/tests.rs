@@ -294,7 +294,10 @@ fn crls_are_judged_by_next_update_and_signature() {
     // Signed by another CA of the same name: the signature does not verify.
     let other = Pki::new();
     let forged = crl(&other, 24 * 20);
-    let report = run(std::slice::from_ref(&forged), Some(pki.path().join("ca/ca.crt")));
+    let report = run(
+        std::slice::from_ref(&forged),
+        Some(pki.path().join("ca/ca.crt")),
+    );
     assert!(
         matches!(report.crls[0].signature, CrlSignature::Invalid { .. }),
         "{:?}",
