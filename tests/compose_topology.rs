@@ -338,6 +338,19 @@ fn certs_script_is_idempotent_and_gives_each_container_only_its_files() {
     assert_eq!(warn.status.code(), Some(1), "{}", output_text(&warn));
     let bad = volumes.make_pki(&["renew", "nonsense"]);
     assert_eq!(bad.status.code(), Some(2), "{}", output_text(&bad));
+    let bad = volumes.make_pki(&["revoke", "nonsense"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", output_text(&bad));
+
+    // pgmoat's copy of the CA's CRL, which its config points at, checked with the rest.
+    assert_eq!(
+        fs::read(volumes.pgmoat().join("ca/ca.crl")).unwrap(),
+        fs::read(volumes.ca().join("ca/ca.crl")).unwrap()
+    );
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("[CRL]"),
+        "{}",
+        output_text(&check)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -401,6 +414,28 @@ async fn compose_topology_works_end_to_end_and_rotates() {
         "{}",
         sidecar.log()
     );
+
+    // Revocation as the README gives it: `certs revoke app`, then SIGHUP: the app's
+    // certificate is refused; `certs renew app` gives it one that works again.
+    let revoked = volumes.make_pki(&["revoke", "app"]);
+    assert!(revoked.status.success(), "{}", output_text(&revoked));
+    sidecar.sighup();
+    let refused = psql_url(&url, "select 1");
+    assert!(
+        !refused.status.success(),
+        "{}\n{}",
+        output_text(&refused),
+        sidecar.log()
+    );
+    assert!(
+        sidecar.log().contains("revoked by a loaded CRL"),
+        "{}",
+        sidecar.log()
+    );
+    let renewed = volumes.make_pki(&["renew", "app"]);
+    assert!(renewed.status.success(), "{}", output_text(&renewed));
+    let works = psql_url(&url, "select 1");
+    assert!(works.status.success(), "{}", output_text(&works));
 }
 
 /// A Compose client: the `docker compose` plugin, or else the standalone `docker-compose`

@@ -6,8 +6,15 @@
 #   make-pki.sh                 create whatever is missing (the compose `certs` job)
 #   make-pki.sh renew NAME...   issue NAME again (postgres, pgmoat, pgmoat-client, app); then
 #                               reload the container that uses it (SIGHUP)
-#   make-pki.sh check [ARGS]    `pgmoat certs check` over every issued certificate; exit code
-#                               0 ok, 1 warning, 2 critical (ARGS: --warn-days N ...)
+#   make-pki.sh revoke NAME     revoke NAME's certificate (postgres, pgmoat, pgmoat-client,
+#                               app) in the CA's CRL and hand pgmoat the new CRL; then reload
+#                               pgmoat (SIGHUP) and `renew NAME` to give NAME a new one. pgmoat
+#                               checks app's and postgres' certificates against it; the
+#                               example's PostgreSQL has no ssl_crl_file for pgmoat-client
+#   make-pki.sh crl             re-sign the CRL with a fresh next update (every run does it
+#                               too; from cron if the stack runs longer than PKI_CRL_DAYS)
+#   make-pki.sh check [ARGS]    `pgmoat certs check` over every issued certificate and the
+#                               CRL; exit code 0 ok, 1 warning, 2 critical (ARGS: --warn-days N)
 #
 # Everything below can be changed from the environment, so the same topology can be built
 # without Docker (tests point the directories at a temp dir and PGMOAT at the built binary).
@@ -24,6 +31,10 @@ DB_USER=${PKI_DB_USER:-app}
 POSTGRES_SANS=${PKI_POSTGRES_SANS:-DNS:postgres}
 PGMOAT_SANS=${PKI_PGMOAT_SANS:-DNS:pgmoat,DNS:localhost}
 DAYS=${PKI_DAYS:-365}
+# The CRL's validity. pgmoat refuses every client certificate once the CRL is past its next
+# update (tls_crl_expired = refuse), so something must re-sign it before then: each run of
+# this job does, and `make-pki.sh crl` does it alone.
+CRL_DAYS=${PKI_CRL_DAYS:-90}
 # Who reads each directory: the postgres image runs as uid 999, pgmoat's image as 10001, the
 # example app (postgres image, user postgres) as 999. Ownership is only changed when run as
 # root (PKI_CHOWN=no turns it off).
@@ -34,9 +45,11 @@ CHOWN=${PKI_CHOWN:-auto}
 
 CA_CERT="$CA_DIR/ca/ca.crt"
 CA_KEY="$CA_DIR/ca/ca.key"
+CA_CRL="$CA_DIR/ca/ca.crl"
 
 usage() {
-    echo "usage: make-pki.sh | make-pki.sh renew NAME... | make-pki.sh check [ARGS]" >&2
+    echo "usage: make-pki.sh | make-pki.sh renew NAME... | make-pki.sh revoke NAME |" >&2
+    echo "       make-pki.sh crl | make-pki.sh check [ARGS]" >&2
     echo "NAME: postgres, pgmoat, pgmoat-client or app" >&2
     exit 2
 }
@@ -70,6 +83,28 @@ hand_over() {
         auto) [ "$(id -u)" = 0 ] || return 0 ;;
     esac
     chown -R "$1:$1" "$2"
+}
+
+# dir_of NAME: the directory NAME's certificate lives in.
+dir_of() {
+    case "$1" in
+        postgres) echo "$POSTGRES_DIR" ;;
+        pgmoat | pgmoat-client) echo "$PGMOAT_DIR" ;;
+        app) echo "$APP_DIR" ;;
+        *) usage ;;
+    esac
+}
+
+# publish_crl: pgmoat checks client certificates against the CA's CRL
+# (client_tls_crl_file = certs/ca/ca.crl); it gets a copy, like the CA certificate.
+publish_crl() {
+    mkdir -p "$PGMOAT_DIR/ca"
+    cp "$CA_CRL" "$PGMOAT_DIR/ca/ca.crl"
+    hand_over "$PGMOAT_UID" "$PGMOAT_DIR"
+}
+
+sign_crl() {
+    "$PGMOAT" certs crl --ca-dir "$CA_DIR/ca" --days "$CRL_DAYS"
 }
 
 make_all() {
@@ -108,6 +143,10 @@ make_all() {
     issue "$APP_DIR" app --client --cn "$DB_USER"
     cp "$CA_CERT" "$APP_DIR/ca.crt"
     hand_over "$APP_UID" "$APP_DIR"
+
+    # The CRL (empty until something is revoked), re-signed on every run.
+    sign_crl
+    publish_crl
 }
 
 case "${1:-}" in
@@ -125,6 +164,18 @@ case "${1:-}" in
         done
         make_all
         echo "certs: renewed:$RENEW; now reload their users, e.g. docker compose kill -s HUP pgmoat"
+        ;;
+    revoke)
+        shift
+        [ "$#" -eq 1 ] || usage
+        dir=$(dir_of "$1")
+        "$PGMOAT" certs revoke "$1" --out "$dir" --ca-dir "$CA_DIR/ca" --days "$CRL_DAYS"
+        publish_crl
+        echo "certs: revoked $1; now reload pgmoat (docker compose kill -s HUP pgmoat) and issue a new one (renew $1)"
+        ;;
+    crl)
+        sign_crl
+        publish_crl
         ;;
     check)
         shift
