@@ -333,6 +333,35 @@ async fn hba_rules_mix_certificate_and_password_users_on_one_listener() {
     )
     .await
     .expect("127.0.0.1 is listed");
+
+    // Reloaded like everything else. After SIGHUP no rule takes a connection without a
+    // certificate any more, so the handshake itself insists on one; a broken file keeps the
+    // rules in force and the log names the line.
+    std::fs::write(
+        &hba,
+        "hostssl app billing 127.0.0.1/32 cert\n\
+         hostssl app report  127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    moat.sighup_and_wait_reloaded(Duration::from_secs(10));
+    let refused = |err: &str| err.contains("certificate required");
+    let err = psql_user(&report).unwrap_err();
+    assert!(refused(&err), "{err}");
+    std::fs::write(&hba, "hostssl app report 127.0.0.1/32 ident\n").unwrap();
+    let mark = moat.log_mark();
+    moat.sighup();
+    moat.wait_for_log_since(mark, "reload failed", Duration::from_secs(10));
+    assert!(
+        moat.log()[mark..].contains(":1:"),
+        "{}",
+        &moat.log()[mark..]
+    );
+    let err = psql_user(&report).unwrap_err();
+    assert!(refused(&err), "{err}");
+    assert_eq!(
+        psql_user(&conn(&moat, &pki, "billing", Some(&billing_cert), &[])),
+        Ok("billing".into())
+    );
 }
 
 /// tokio-postgres over rustls from a chosen local address (any 127.0.0.0/8 address is local).
