@@ -142,7 +142,7 @@ fn every_show_parses_in_psql_with_pgbouncer_column_names() {
         ("SHOW VERSION", "version"),
         (
             "show certs;",
-            "setting|file|subject|serial|not_after|days_left",
+            "setting|file|subject|serial|not_after|days_left|kind|revoked",
         ),
     ];
     for (sql, header) in expected {

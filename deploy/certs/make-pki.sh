@@ -99,7 +99,9 @@ dir_of() {
 # (client_tls_crl_file = certs/ca/ca.crl); it gets a copy, like the CA certificate.
 publish_crl() {
     mkdir -p "$PGMOAT_DIR/ca"
-    cp "$CA_CRL" "$PGMOAT_DIR/ca/ca.crl"
+    # Copy then rename: a reload (watch_files) never reads half a CRL.
+    cp "$CA_CRL" "$PGMOAT_DIR/ca/.ca.crl.tmp"
+    mv -f "$PGMOAT_DIR/ca/.ca.crl.tmp" "$PGMOAT_DIR/ca/ca.crl"
     hand_over "$PGMOAT_UID" "$PGMOAT_DIR"
 }
 

@@ -252,10 +252,17 @@ impl Checker<'_> {
                 return 0;
             }
         };
-        let is_crl = path.extension().and_then(|e| e.to_str()) == Some("crl")
-            || bytes.windows(14).any(|w| w == b"BEGIN X509 CRL");
-        if is_crl {
-            return self.check_crl_file(path, &bytes, implicit);
+        // A CRL file, or a bundle (`cat ca.crt ca.crl`): the CRLs are judged here and any
+        // certificates and keys in the same file below, so a bundle is never half checked.
+        let is_crl_file = path.extension().and_then(|e| e.to_str()) == Some("crl");
+        let mut crls = 0;
+        if is_crl_file || bytes.windows(14).any(|w| w == b"BEGIN X509 CRL") {
+            crls = self.check_crl_file(path, &bytes, implicit);
+            let more = bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE")
+                || bytes.windows(16).any(|w| w == b"PRIVATE KEY-----");
+            if !more {
+                return crls;
+            }
         }
         let has_key = bytes.windows(16).any(|w| w == b"PRIVATE KEY-----");
         if has_key {
@@ -265,7 +272,7 @@ impl Checker<'_> {
             Ok(d) => d,
             Err(e) => {
                 self.issue(path, Status::Critical, format!("cannot parse PEM: {e}"));
-                return 0;
+                return crls;
             }
         };
         if ders.is_empty() {
@@ -277,7 +284,7 @@ impl Checker<'_> {
                 };
                 self.issue(path, status, "no certificate or private key in file".into());
             }
-            return 0;
+            return crls;
         }
         let mut infos = Vec::with_capacity(ders.len());
         for der in &ders {
@@ -285,7 +292,7 @@ impl Checker<'_> {
                 Ok(info) => infos.push(info),
                 Err(e) => {
                     self.issue(path, Status::Critical, e.to_string());
-                    return ders.len();
+                    return crls + ders.len();
                 }
             }
         }
@@ -309,7 +316,7 @@ impl Checker<'_> {
             self.seen.insert(der.to_vec(), self.report.certs.len());
             self.report.certs.push(checked);
         }
-        ders.len()
+        crls + ders.len()
     }
 
     /// A PEM file of one or more CRLs, or one DER CRL.
@@ -372,7 +379,7 @@ impl Checker<'_> {
                 status = Status::Critical;
                 let ago = (now - next).whole_hours();
                 reasons.push(format!(
-                    "past its next update ({}, {ago} hours ago): pgmoat refuses the                      certificates it covers under tls_crl_expired = refuse; {resign}",
+                    "past its next update ({}, {ago} hours ago): pgmoat refuses the certificates it covers under tls_crl_expired = refuse; {resign}",
                     format_utc(next)
                 ));
             }

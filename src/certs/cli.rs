@@ -327,7 +327,7 @@ fn print_revoked(revoked: &super::Revoked, out: &mut dyn Write) -> io::Result<()
     print_crl(&revoked.crl, out)?;
     writeln!(
         out,
-        "Reload pgmoat (SIGHUP, or watch_files) where client_tls_crl_file points at the CRL;          connections made before stay open."
+        "Reload pgmoat (SIGHUP, or watch_files) where client_tls_crl_file points at the CRL; connections made before stay open."
     )
 }
 

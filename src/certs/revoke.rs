@@ -242,7 +242,11 @@ fn sign_locked(opts: &CrlOptions, registry: &mut Registry) -> Result<SignedCrl, 
     let (issuer, ca_der) = load_ca_with_cert(&opts.ca_dir)?;
     let path = opts.out.clone().unwrap_or_else(|| crl_path(&opts.ca_dir));
     let on_disk = current_crl_number(&crl_path(&opts.ca_dir));
-    let crl_number = registry.crl_number.max(on_disk) + 1;
+    let crl_number = registry
+        .crl_number
+        .max(on_disk)
+        .checked_add(1)
+        .ok_or_else(|| bad_registry(opts, "the CRL number cannot grow any further"))?;
 
     let mut revoked_certs = Vec::with_capacity(registry.revoked.len());
     for entry in &registry.revoked {
@@ -359,10 +363,26 @@ fn issued_serial(path: &Path, ca_der: &[u8]) -> Result<(Vec<u8>, String), CertsE
             ),
         });
     }
-    Ok((
-        strip_zeros(cert.raw_serial()).to_vec(),
-        cert.subject().to_string(),
-    ))
+    // The CRL entry is written in minimal DER; webpki compares serials byte for byte, so a
+    // serial in any other form (negative, padded, over RFC 5280's 20 bytes: never from this
+    // tool, but possible from another signer with this CA key) would never match.
+    let raw = cert.raw_serial();
+    let minimal = match raw {
+        [] | [0] => false,
+        [0, next, ..] => next & 0x80 != 0,
+        [first, ..] => first & 0x80 == 0,
+    };
+    if !minimal || raw.len() > 21 {
+        return Err(CertsError::BadRevocation {
+            what: what(),
+            reason: format!(
+                "its serial {} is not a positive, minimally encoded integer of at most 20 \
+                 bytes, so no CRL entry would match it; replace the certificate instead",
+                cert.raw_serial_as_string()
+            ),
+        });
+    }
+    Ok((strip_zeros(raw).to_vec(), cert.subject().to_string()))
 }
 
 /// Hex digits, optionally separated by colons (as x509 tools print serials).

@@ -311,3 +311,18 @@ fn crls_are_judged_by_next_update_and_signature() {
     let report = run(&[der_path], None);
     assert_eq!((report.crls.len(), report.exit_code()), (1, 0));
 }
+
+#[test]
+fn a_bundle_of_certificates_and_a_crl_is_checked_whole() {
+    let pki = Pki::new();
+    let crl_file = crl(&pki, 24 * 20);
+    let leaf = pki.leaf("expired-soon", 5);
+    let bundle = pki.path().join("bundle.pem");
+    let mut text = fs::read_to_string(&leaf.cert).unwrap();
+    text.push_str(&fs::read_to_string(&crl_file).unwrap());
+    fs::write(&bundle, text).unwrap();
+    let report = run(&[bundle], None);
+    assert_eq!((report.certs.len(), report.crls.len()), (1, 1));
+    // The certificate's near expiry is not hidden by the CRL beside it.
+    assert_eq!(report.exit_code(), 2);
+}
