@@ -93,6 +93,7 @@ impl Default for DatabaseConfig {
             max_db_connections: None,
             session_state: None,
             max_pinned_servers: None,
+            idle_transaction_timeout: None,
             auth_ident_map: None,
             server_tls_sslmode: None,
             server_tls_ca_file: None,
@@ -173,6 +174,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("pool_mode", &self.pool_mode)
             .field("session_state", &self.session_state)
             .field("max_pinned_servers", &self.max_pinned_servers)
+            .field("idle_transaction_timeout", &self.idle_transaction_timeout)
             .field("max_db_connections", &self.max_db_connections)
             .field("auth_ident_map", &self.auth_ident_map)
             .field("server_tls_sslmode", &self.server_tls_sslmode)

@@ -148,6 +148,8 @@ pub struct DatabaseConfig {
     pub max_db_connections: Option<usize>,
     pub session_state: Option<SessionState>,
     pub max_pinned_servers: Option<usize>,
+    /// Overrides the global idle_transaction_timeout for this entry.
+    pub idle_transaction_timeout: Option<Seconds>,
     /// The auth_ident_file map for certificate identities of clients of this database.
     pub auth_ident_map: Option<String>,
     /// TLS towards this database's server, overriding the global server_tls_* settings.
@@ -201,6 +203,9 @@ pub struct Config {
     pub query_wait_timeout: Seconds,
     pub client_login_timeout: Seconds,
     pub client_idle_timeout: Seconds,
+    /// A client idle inside a transaction (ReadyForQuery T or E, nothing sent) for this long
+    /// is ended and its server closed; 0: never. Per database entry too.
+    pub idle_transaction_timeout: Seconds,
     /// Pools made for the `*` entry are forgotten after this long unused; 0: never.
     pub autodb_idle_timeout: Seconds,
     pub shutdown_timeout: Seconds,
@@ -273,6 +278,7 @@ impl Default for Config {
             query_wait_timeout: Seconds(120.0),
             client_login_timeout: Seconds(60.0),
             client_idle_timeout: Seconds(0.0),
+            idle_transaction_timeout: Seconds(0.0),
             autodb_idle_timeout: Seconds(3600.0),
             shutdown_timeout: Seconds(30.0),
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
@@ -312,5 +318,13 @@ impl Config {
     /// The database entry for a name a client asked for: the exact entry, else `*`.
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+
+    /// idle_transaction_timeout for clients of database `name`: the entry's, else the global.
+    pub fn idle_transaction_timeout_for(&self, name: &str) -> Option<std::time::Duration> {
+        self.database(name)
+            .and_then(|e| e.idle_transaction_timeout)
+            .unwrap_or(self.idle_transaction_timeout)
+            .non_zero()
     }
 }

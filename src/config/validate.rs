@@ -260,6 +260,7 @@ fn limits(c: &Config, found: &mut Found) {
         ("query_wait_timeout", c.query_wait_timeout),
         ("client_login_timeout", c.client_login_timeout),
         ("client_idle_timeout", c.client_idle_timeout),
+        ("idle_transaction_timeout", c.idle_transaction_timeout),
         ("autodb_idle_timeout", c.autodb_idle_timeout),
         ("shutdown_timeout", c.shutdown_timeout),
     ];

@@ -24,7 +24,7 @@ use crate::relay::effects::Effects;
 use crate::relay::idle::{IDLE_QUEUE_MAX, IdleBatch, IdleScan, complete_batch_len};
 use crate::relay::prepared::ClientStatements;
 use crate::relay::translate::answer_locally;
-use crate::relay::{HalfBuffer, PinBudget, Relay, RelayEnd, ReleaseWhen, TxState};
+use crate::relay::{HalfBuffer, IdleTxTimer, PinBudget, Relay, RelayEnd, ReleaseWhen, TxState};
 use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
@@ -651,6 +651,13 @@ impl ClientSession {
                 RelayEnd::ServerFatal(_) | RelayEnd::ServerGone(_) => {
                     self.server_failed(server, end, tx).await
                 }
+                RelayEnd::IdleInTransaction { limit } => {
+                    server
+                        .hand_back(false, ResetNeed::ResetQuery, &generation)
+                        .await;
+                    self.fail(idle_in_transaction(limit)).await;
+                    Next::Close
+                }
                 _ => {
                     server
                         .hand_back(clean, ResetNeed::ResetQuery, &generation)
@@ -675,8 +682,15 @@ impl ClientSession {
         release: ReleaseWhen,
         budget: Option<&mut PinAllowance>,
     ) -> RelayEnd {
-        // A guard, not a snapshot: only one number is read.
-        let max_prepared = self.shared.current.load().config.max_prepared_statements;
+        // A guard, not a snapshot: only two settings are read.
+        let (max_prepared, idle_tx) = {
+            let current = self.shared.current.load();
+            let config = &current.config;
+            (
+                config.max_prepared_statements,
+                config.idle_transaction_timeout_for(&self.database),
+            )
+        };
         let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
         let mut server_half = HalfBuffer::server_side(std::mem::take(&mut server.read_buf));
         client_half.borrow_spare(&mut server.spare_buffers);
@@ -696,6 +710,7 @@ impl ClientSession {
             server_fatal: None,
             completed: false,
             pin_budget: budget.map(|b| b as &mut (dyn PinBudget + Send)),
+            idle_tx: idle_tx.map(IdleTxTimer::new),
         }
         .run()
         .await;
@@ -745,6 +760,12 @@ impl ClientSession {
                     };
                     self.fail(err).await;
                 }
+                Next::Close
+            }
+            RelayEnd::IdleInTransaction { limit } => {
+                // Mid-transaction: the server is closed, which rolls the transaction back.
+                self.leave(server, false, tx.effects, generation).await;
+                self.fail(idle_in_transaction(limit)).await;
                 Next::Close
             }
             RelayEnd::ServerFatal(_) | RelayEnd::ServerGone(_) => {
@@ -1068,6 +1089,22 @@ fn lost_batches(err: &PgError, batches: u32) -> BytesMut {
 /// PostgreSQL's refusal of a new statement while the server shuts down, in pgmoat's words.
 fn shutting_down() -> PgError {
     PgError::fatal(SqlState::ADMIN_SHUTDOWN, "pgmoat is shutting down")
+}
+
+/// PostgreSQL's own message and code for its idle_in_transaction_session_timeout, with
+/// pgmoat's setting named.
+fn idle_in_transaction(limit: std::time::Duration) -> PgError {
+    tracing::info!(
+        seconds = limit.as_secs_f64(),
+        "idle_transaction_timeout: closing a client idle in a transaction, and its server"
+    );
+    PgError::fatal(
+        SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+        format!(
+            "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout = {} s)",
+            limit.as_secs_f64()
+        ),
+    )
 }
 
 /// What a client is told when its connection ends for a message it sent.

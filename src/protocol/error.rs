@@ -21,6 +21,7 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState("25P03");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const UNDEFINED_PREPARED_STATEMENT: SqlState = SqlState("26000");

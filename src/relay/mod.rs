@@ -10,6 +10,7 @@ pub mod effects;
 pub mod idle;
 pub mod prepared;
 pub mod scan;
+mod timeout;
 pub mod translate;
 mod tx;
 
@@ -35,6 +36,8 @@ use effects::Effects;
 use prepared::{ClientStatements, Completion, CompletionQueue};
 use scan::{Scanner, Seen};
 use translate::{TranslateError, Translator, translate};
+
+pub use timeout::IdleTxTimer;
 pub use tx::TxState;
 
 /// Read granularity: big enough to batch many small messages per TLS record and per syscall.
@@ -223,6 +226,9 @@ pub enum RelayEnd {
     /// The server sent a FATAL (or PANIC) error, say because PostgreSQL is shutting down; it
     /// was not forwarded, everything before it was. The server must be discarded.
     ServerFatal(ServerFatal),
+    /// The client sat idle inside a transaction for idle_transaction_timeout. The server is
+    /// mid-transaction, so it must be closed (which rolls the transaction back).
+    IdleInTransaction { limit: std::time::Duration },
 }
 
 /// A FATAL ErrorResponse a server sent: its fields, and the message as sent.
@@ -300,6 +306,8 @@ pub struct Relay<'a> {
     pub completed: bool,
     /// For an unpinned client: the pool's limit on pinned servers.
     pub pin_budget: Option<&'a mut (dyn PinBudget + Send + 'static)>,
+    /// idle_transaction_timeout, when set.
+    pub idle_tx: Option<IdleTxTimer>,
 }
 
 impl Relay<'_> {
@@ -322,7 +330,32 @@ impl Relay<'_> {
         if let Poll::Ready(end) = self.poll_server_to_client(cx) {
             return Poll::Ready(end);
         }
-        self.poll_client_to_server(cx)
+        if let Poll::Ready(end) = self.poll_client_to_server(cx) {
+            return Poll::Ready(end);
+        }
+        // Both directions are waiting: judged on the state they left.
+        let idle = self.idle_in_transaction();
+        if let Some(timer) = self.idle_tx.as_mut()
+            && timer.poll(idle, cx).is_ready()
+        {
+            return Poll::Ready(RelayEnd::IdleInTransaction {
+                limit: timer.limit(),
+            });
+        }
+        Poll::Pending
+    }
+
+    /// Inside a transaction (ReadyForQuery T or E), every batch answered, nothing half-sent
+    /// either way, no COPY open: the server waits for the client alone.
+    fn idle_in_transaction(&self) -> bool {
+        let tx = &*self.tx;
+        tx.outstanding == 0
+            && matches!(tx.status, b'T' | b'E')
+            && !tx.unsynced
+            && !tx.in_copy_in()
+            && self.client_half.at_boundary()
+            && self.client_half.buf.is_empty()
+            && self.server_half.at_boundary()
     }
 
     fn poll_server_to_client(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {

@@ -1,0 +1,108 @@
+//! Guardrail timeouts against a real PostgreSQL: idle_transaction_timeout ends a client that
+//! sits in an open transaction (FATAL 25P03, PostgreSQL's code), rolls its work back by
+//! closing its server, and leaves the pool serving others; a transaction busy in a long query
+//! is not idle; a database entry can switch the timeout off.
+
+mod support;
+
+use std::time::Duration;
+
+use support::wire::error_of;
+use support::*;
+
+/// The unsolicited message a client gets next, within a generous bound.
+async fn next_message(client: &mut RawClient) -> Result<RawMsg, String> {
+    tokio::time::timeout(Duration::from_secs(30), client.recv())
+        .await
+        .unwrap_or_else(|_| Err("nothing arrived in 30 s".into()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_transaction_timeout_ends_the_idle_client_and_rolls_back() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "1")
+            .set("idle_transaction_timeout", "1.5")
+            .line("[databases.lenient]")
+            .line("host = \"localhost\"")
+            .line(&format!("port = {}", db.port()))
+            .line("dbname = \"app\"")
+            .line("idle_transaction_timeout = 0")
+            .build(),
+    );
+
+    // A client that writes inside a transaction and then goes quiet.
+    let mut idle = moat_raw(&moat, &pki, "alice", &[]).await;
+    idle.simple("BEGIN").await.unwrap();
+    idle.simple("INSERT INTO items (v) VALUES ('never committed')")
+        .await
+        .unwrap();
+    // Another client of the same one-server pool waits meanwhile.
+    let waiter = {
+        let (moat_port, ca) = (moat.port(), pki.ca.clone());
+        tokio::spawn(async move {
+            let tls = tls_client_config(&ca, None);
+            let client = connect(moat_port, "bob", Some(BOB_PASSWORD), APP_DB, Some(tls))
+                .await
+                .unwrap();
+            text_value(
+                &client,
+                "SELECT count(*) FROM items WHERE v = 'never committed'",
+            )
+            .await
+        })
+    };
+
+    let fatal = next_message(&mut idle).await.unwrap();
+    assert_eq!(fatal.tag, b'E', "{fatal:?}");
+    let err = error_of(&fatal);
+    assert_eq!(
+        (err.severity.as_str(), err.code.as_str()),
+        ("FATAL", "25P03")
+    );
+    assert!(
+        err.message.contains("idle_transaction_timeout"),
+        "{}",
+        err.message
+    );
+    assert!(
+        next_message(&mut idle).await.is_err(),
+        "the client is closed"
+    );
+    // The server was closed, so the insert was rolled back, and the waiting client was served.
+    assert_eq!(waiter.await.unwrap(), "0", "{}", moat.log());
+    assert!(moat.log().contains("idle_transaction_timeout: closing"));
+    let idle_in_tx = db.sql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+    );
+    assert_eq!(idle_in_tx.trim(), "0");
+
+    // Busy is not idle: a query longer than the limit inside a transaction runs to its end.
+    let mut busy = moat_raw(&moat, &pki, "alice", &[]).await;
+    busy.simple("BEGIN").await.unwrap();
+    busy.simple("SELECT pg_sleep(2.5)").await.unwrap();
+    busy.simple("COMMIT").await.unwrap();
+
+    // The entry with idle_transaction_timeout = 0: its client outlasts the limit while a
+    // client of the app entry, idle since later, is ended (the positive control).
+    let mut lenient = RawClient::connect(
+        moat.port(),
+        "alice",
+        Some(ALICE_PASSWORD),
+        "lenient",
+        &[],
+        Some(tls_client_config(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
+    lenient.simple("BEGIN").await.unwrap();
+    let mut strict = moat_raw(&moat, &pki, "alice", &[]).await;
+    strict.simple("BEGIN").await.unwrap();
+    let fatal = next_message(&mut strict).await.unwrap();
+    assert_eq!(error_of(&fatal).code, "25P03");
+    assert_eq!(lenient.value("SELECT 1").await, "1");
+    lenient.simple("COMMIT").await.unwrap();
+}
