@@ -1,7 +1,8 @@
 //! Guardrail timeouts against a real PostgreSQL: idle_transaction_timeout ends a client that
 //! sits in an open transaction (FATAL 25P03, PostgreSQL's code), rolls its work back by
 //! closing its server, and leaves the pool serving others; a transaction busy in a long query
-//! is not idle; a database entry can switch the timeout off.
+//! is not idle; a database entry can switch the timeout off. query_timeout cancels a query
+//! that runs too long (57014) and keeps the client.
 
 mod support;
 
@@ -105,4 +106,44 @@ async fn idle_transaction_timeout_ends_the_idle_client_and_rolls_back() {
     assert_eq!(error_of(&fatal).code, "25P03");
     assert_eq!(lenient.value("SELECT 1").await, "1");
     lenient.simple("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_timeout_cancels_a_long_query_and_keeps_the_client() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let metrics_port = free_port();
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("query_timeout", "1")
+            .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
+            .build(),
+    );
+    let client = moat_client(&moat, &pki, "alice").await;
+    // A query shorter than the limit is left alone (the control), also inside a
+    // transaction of several statements that together outlast it.
+    client.batch_execute("BEGIN").await.unwrap();
+    for _ in 0..3 {
+        client.batch_execute("SELECT pg_sleep(0.5)").await.unwrap();
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+
+    let err = client
+        .batch_execute("SELECT pg_sleep(60)")
+        .await
+        .expect_err("query_timeout cancels it");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err:?}\n{}",
+        moat.log()
+    );
+    assert!(moat.log().contains("query_timeout: canceling"));
+    // The client stays, on a clean server.
+    assert_eq!(text_value(&client, "SELECT 1").await, "1");
+    let metrics = http_fetch(metrics_port, "/metrics").await;
+    assert!(
+        metrics.contains("pgmoat_timeouts_total{reason=\"query_timeout\"} 1"),
+        "{metrics}"
+    );
 }

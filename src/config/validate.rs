@@ -261,6 +261,7 @@ fn limits(c: &Config, found: &mut Found) {
         ("client_login_timeout", c.client_login_timeout),
         ("client_idle_timeout", c.client_idle_timeout),
         ("idle_transaction_timeout", c.idle_transaction_timeout),
+        ("query_timeout", c.query_timeout),
         ("autodb_idle_timeout", c.autodb_idle_timeout),
         ("shutdown_timeout", c.shutdown_timeout),
     ];

@@ -24,7 +24,9 @@ use crate::relay::effects::Effects;
 use crate::relay::idle::{IDLE_QUEUE_MAX, IdleBatch, IdleScan, complete_batch_len};
 use crate::relay::prepared::ClientStatements;
 use crate::relay::translate::answer_locally;
-use crate::relay::{HalfBuffer, IdleTxTimer, PinBudget, Relay, RelayEnd, ReleaseWhen, TxState};
+use crate::relay::{
+    HalfBuffer, PinBudget, QueryTimeout, Relay, RelayEnd, ReleaseWhen, StateTimer, TxState,
+};
 use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
@@ -655,6 +657,9 @@ impl ClientSession {
                     server
                         .hand_back(false, ResetNeed::ResetQuery, &generation)
                         .await;
+                    self.shared
+                        .metrics
+                        .timeout_fired("idle_transaction_timeout");
                     self.fail(idle_in_transaction(limit)).await;
                     Next::Close
                 }
@@ -682,15 +687,23 @@ impl ClientSession {
         release: ReleaseWhen,
         budget: Option<&mut PinAllowance>,
     ) -> RelayEnd {
-        // A guard, not a snapshot: only two settings are read.
-        let (max_prepared, idle_tx) = {
+        // A guard, not a snapshot: only three settings are read.
+        let (max_prepared, idle_tx, query_timeout) = {
             let current = self.shared.current.load();
             let config = &current.config;
             (
                 config.max_prepared_statements,
                 config.idle_transaction_timeout_for(&self.database),
+                config.query_timeout_for(&self.database),
             )
         };
+        let query_timeout = query_timeout.map(|limit| {
+            let (shared, key) = (self.shared.clone(), self.key);
+            QueryTimeout::new(
+                limit,
+                Box::new(move || cancel_for_query_timeout(&shared, key, limit)),
+            )
+        });
         let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
         let mut server_half = HalfBuffer::server_side(std::mem::take(&mut server.read_buf));
         client_half.borrow_spare(&mut server.spare_buffers);
@@ -710,7 +723,8 @@ impl ClientSession {
             server_fatal: None,
             completed: false,
             pin_budget: budget.map(|b| b as &mut (dyn PinBudget + Send)),
-            idle_tx: idle_tx.map(IdleTxTimer::new),
+            idle_tx: idle_tx.map(StateTimer::new),
+            query_timeout,
         }
         .run()
         .await;
@@ -765,6 +779,9 @@ impl ClientSession {
             RelayEnd::IdleInTransaction { limit } => {
                 // Mid-transaction: the server is closed, which rolls the transaction back.
                 self.leave(server, false, tx.effects, generation).await;
+                self.shared
+                    .metrics
+                    .timeout_fired("idle_transaction_timeout");
                 self.fail(idle_in_transaction(limit)).await;
                 Next::Close
             }
@@ -1089,6 +1106,21 @@ fn lost_batches(err: &PgError, batches: u32) -> BytesMut {
 /// PostgreSQL's refusal of a new statement while the server shuts down, in pgmoat's words.
 fn shutting_down() -> PgError {
     PgError::fatal(SqlState::ADMIN_SHUTDOWN, "pgmoat is shutting down")
+}
+
+/// query_timeout fired: the client's query is canceled the way the client's own
+/// CancelRequest would be (same checks, same accounting), and the client stays connected.
+fn cancel_for_query_timeout(shared: &Arc<Shared>, key: BackendKey, limit: std::time::Duration) {
+    tracing::info!(
+        seconds = limit.as_secs_f64(),
+        "query_timeout: canceling a query that ran too long"
+    );
+    shared.metrics.timeout_fired("query_timeout");
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let generation = shared.snapshot();
+        crate::cancel::forward_cancel(&shared.cancel, &shared.metrics, &generation, key).await;
+    });
 }
 
 /// PostgreSQL's own message and code for its idle_in_transaction_session_timeout, with

@@ -43,6 +43,11 @@ pub fn registry(shared: &Arc<Shared>) -> Registry {
         m.cancel_requests.clone(),
     );
     registry.register(
+        "timeouts",
+        "Guardrail timeouts that fired, by setting",
+        m.timeouts.clone(),
+    );
+    registry.register(
         "pins",
         "Servers pinned to a client for session state, by reason",
         m.pins.clone(),

@@ -37,7 +37,7 @@ use prepared::{ClientStatements, Completion, CompletionQueue};
 use scan::{Scanner, Seen};
 use translate::{TranslateError, Translator, translate};
 
-pub use timeout::IdleTxTimer;
+pub use timeout::{QueryTimeout, StateTimer};
 pub use tx::TxState;
 
 /// Read granularity: big enough to batch many small messages per TLS record and per syscall.
@@ -307,7 +307,9 @@ pub struct Relay<'a> {
     /// For an unpinned client: the pool's limit on pinned servers.
     pub pin_budget: Option<&'a mut (dyn PinBudget + Send + 'static)>,
     /// idle_transaction_timeout, when set.
-    pub idle_tx: Option<IdleTxTimer>,
+    pub idle_tx: Option<StateTimer>,
+    /// query_timeout, when set.
+    pub query_timeout: Option<QueryTimeout<'a>>,
 }
 
 impl Relay<'_> {
@@ -334,7 +336,11 @@ impl Relay<'_> {
             return Poll::Ready(end);
         }
         // Both directions are waiting: judged on the state they left.
-        let idle = self.idle_in_transaction();
+        let busy = (self.tx.outstanding > 0).then_some(self.tx.batches_done);
+        if let Some(query) = self.query_timeout.as_mut() {
+            query.poll(busy, cx);
+        }
+        let idle = self.idle_in_transaction().then_some(0);
         if let Some(timer) = self.idle_tx.as_mut()
             && timer.poll(idle, cx).is_ready()
         {
@@ -587,6 +593,7 @@ impl Relay<'_> {
 #[inline]
 fn ready_for_query_seen(tx: &mut TxState, stats: &PoolStats) {
     stats.record_query();
+    tx.batches_done = tx.batches_done.wrapping_add(1);
     if tx.outstanding == 0
         && let Some(since) = tx.busy_since.take()
     {

@@ -1,6 +1,6 @@
-//! idle_transaction_timeout inside a relay: a clock that runs only while the client holds a
-//! server inside a transaction and has nothing in flight (PgBouncer's "idle in transaction"),
-//! and restarts from zero each time that state begins again.
+//! The guardrail clocks inside a relay. Each runs while the relay is in one state (a
+//! "spell": idle inside a transaction, or the server busy with one batch) and restarts from
+//! zero when a new spell begins, so a timeout always measures one uninterrupted spell.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
-pub struct IdleTxTimer {
+pub struct StateTimer {
     limit: Duration,
-    running: Option<Pin<Box<Sleep>>>,
+    running: Option<(u64, Pin<Box<Sleep>>)>,
 }
 
-impl IdleTxTimer {
+impl StateTimer {
     pub fn new(limit: Duration) -> Self {
-        IdleTxTimer {
+        StateTimer {
             limit,
             running: None,
         }
@@ -26,17 +26,46 @@ impl IdleTxTimer {
         self.limit
     }
 
-    /// Ready once the client has been idle in a transaction for the whole limit. `idle` is
-    /// the state now; a state that ends stops the clock, so the next idle spell starts anew.
-    pub fn poll(&mut self, idle: bool, cx: &mut Context<'_>) -> Poll<()> {
-        if !idle {
+    /// Ready once spell `spell` has lasted the whole limit. `None`: no spell now, which
+    /// stops the clock; a different spell number restarts it.
+    pub fn poll(&mut self, spell: Option<u64>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(spell) = spell else {
             self.running = None;
             return Poll::Pending;
+        };
+        if self.running.as_ref().is_none_or(|(s, _)| *s != spell) {
+            self.running = Some((spell, Box::pin(tokio::time::sleep(self.limit))));
         }
-        let limit = self.limit;
-        let sleep = self
-            .running
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        let (_, sleep) = self.running.as_mut().expect("set above");
         sleep.as_mut().poll(cx)
+    }
+}
+
+/// query_timeout: when one batch keeps the server busy past the limit, `on_fire` runs once
+/// for that batch (the session cancels the query through the ordinary cancel path).
+pub struct QueryTimeout<'a> {
+    pub timer: StateTimer,
+    fired: Option<u64>,
+    pub on_fire: Box<dyn FnMut() + Send + 'a>,
+}
+
+impl<'a> QueryTimeout<'a> {
+    pub fn new(limit: Duration, on_fire: Box<dyn FnMut() + Send + 'a>) -> Self {
+        QueryTimeout {
+            timer: StateTimer::new(limit),
+            fired: None,
+            on_fire,
+        }
+    }
+
+    /// `busy`: the number of the batch the server is working on, if any.
+    pub fn poll(&mut self, busy: Option<u64>, cx: &mut Context<'_>) {
+        if busy.is_some() && busy == self.fired {
+            return;
+        }
+        if self.timer.poll(busy, cx).is_ready() {
+            self.fired = busy;
+            (self.on_fire)();
+        }
     }
 }

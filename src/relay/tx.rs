@@ -21,6 +21,8 @@ pub struct TxState {
     pub xact_since: Option<Instant>,
     /// What the statements sent since the server was taken may have done to the session.
     pub effects: Effects,
+    /// ReadyForQuery messages seen: numbers the batches, for query_timeout.
+    pub batches_done: u64,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores a Sync that arrives while it is in
     /// copy-in mode, so such a Sync gets no ReadyForQuery and must not be waited for.
     copy: CopyTracking,
@@ -53,6 +55,7 @@ impl Default for TxState {
             busy_since: None,
             xact_since: None,
             effects: Effects::empty(),
+            batches_done: 0,
             copy: CopyTracking::default(),
         }
     }

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub(crate) reloads: Family<ResultLabels, Counter>,
     pub(crate) cancel_requests: Family<ResultLabels, Counter>,
     pub(crate) pins: Family<ReasonLabels, Counter>,
+    pub(crate) timeouts: Family<ReasonLabels, Counter>,
     pub(crate) logins_dropped: Counter,
 }
 
@@ -39,6 +40,16 @@ impl Metrics {
         self.cancel_requests
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// A guardrail timeout fired (`idle_transaction_timeout`, `query_timeout`).
+    pub fn timeout_fired(&self, reason: &'static str) {
+        self.timeouts.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// How many times `reason` fired so far.
+    pub fn timeouts_fired(&self, reason: &'static str) -> u64 {
+        self.timeouts.get_or_create(&ReasonLabels { reason }).get()
     }
 
     /// How many cancel requests ended as `result` so far.
