@@ -147,3 +147,81 @@ async fn query_timeout_cancels_a_long_query_and_keeps_the_client() {
         "{metrics}"
     );
 }
+
+/// The first ErrorResponse the client gets, skipping rows and ReadyForQuery.
+async fn first_error(client: &mut RawClient) -> support::RawError {
+    loop {
+        let msg = next_message(client).await.expect("an error before the end");
+        if msg.tag == b'E' {
+            return error_of(&msg);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_timeout_ends_a_long_transaction_and_pinned_idle_clients_meet_client_idle_timeout()
+ {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "2")
+            .set("transaction_timeout", "1.5")
+            .set("client_idle_timeout", "1.5")
+            .build(),
+    );
+
+    // A short transaction commits (the control).
+    let mut quick = moat_raw(&moat, &pki, "alice", &[]).await;
+    quick.simple("BEGIN").await.unwrap();
+    quick.simple("SELECT 1").await.unwrap();
+    quick.simple("COMMIT").await.unwrap();
+
+    // One that runs past the limit (in a query, so idle_transaction_timeout has no part).
+    let mut long = moat_raw(&moat, &pki, "alice", &[]).await;
+    long.simple("BEGIN").await.unwrap();
+    long.send(&support::wire::query("SELECT pg_sleep(30)"))
+        .await;
+    let err = first_error(&mut long).await;
+    assert_eq!(
+        (err.severity.as_str(), err.code.as_str()),
+        ("FATAL", "25P04")
+    );
+    assert!(
+        err.message.contains("transaction_timeout"),
+        "{}",
+        err.message
+    );
+    assert!(
+        next_message(&mut long).await.is_err(),
+        "the client is closed"
+    );
+
+    // A client pinned to its server by a temporary table, then quiet: client_idle_timeout
+    // reaches it although it holds a server (its server is reset and reused, not lost).
+    let mut pinned = moat_raw(&moat, &pki, "alice", &[]).await;
+    pinned
+        .simple("CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+    let err = first_error(&mut pinned).await;
+    assert_eq!(
+        (err.severity.as_str(), err.code.as_str()),
+        ("FATAL", "57P05")
+    );
+    assert!(
+        err.message.contains("client_idle_timeout"),
+        "{}",
+        err.message
+    );
+    moat.wait_for_log(
+        "client_idle_timeout: closing an idle client that holds a server",
+        Duration::from_secs(5),
+    );
+
+    // The pool serves others throughout (a new client: the first one has been idle long
+    // enough to meet client_idle_timeout itself by now).
+    let mut fresh = moat_raw(&moat, &pki, "alice", &[]).await;
+    assert_eq!(fresh.value("SELECT 2").await, "2");
+    drop(quick);
+}

@@ -95,6 +95,7 @@ impl Default for DatabaseConfig {
             max_pinned_servers: None,
             idle_transaction_timeout: None,
             query_timeout: None,
+            transaction_timeout: None,
             auth_ident_map: None,
             server_tls_sslmode: None,
             server_tls_ca_file: None,
@@ -177,6 +178,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("max_pinned_servers", &self.max_pinned_servers)
             .field("idle_transaction_timeout", &self.idle_transaction_timeout)
             .field("query_timeout", &self.query_timeout)
+            .field("transaction_timeout", &self.transaction_timeout)
             .field("max_db_connections", &self.max_db_connections)
             .field("auth_ident_map", &self.auth_ident_map)
             .field("server_tls_sslmode", &self.server_tls_sslmode)

@@ -152,6 +152,8 @@ pub struct DatabaseConfig {
     pub idle_transaction_timeout: Option<Seconds>,
     /// Overrides the global query_timeout for this entry.
     pub query_timeout: Option<Seconds>,
+    /// Overrides the global transaction_timeout for this entry.
+    pub transaction_timeout: Option<Seconds>,
     /// The auth_ident_file map for certificate identities of clients of this database.
     pub auth_ident_map: Option<String>,
     /// TLS towards this database's server, overriding the global server_tls_* settings.
@@ -211,6 +213,9 @@ pub struct Config {
     /// A batch that keeps its server busy this long is canceled (the client stays); 0:
     /// never. Per database entry too.
     pub query_timeout: Seconds,
+    /// A client whose transaction lasts this long is ended and its server closed; 0: never.
+    /// Per database entry too.
+    pub transaction_timeout: Seconds,
     /// Pools made for the `*` entry are forgotten after this long unused; 0: never.
     pub autodb_idle_timeout: Seconds,
     pub shutdown_timeout: Seconds,
@@ -285,6 +290,7 @@ impl Default for Config {
             client_idle_timeout: Seconds(0.0),
             idle_transaction_timeout: Seconds(0.0),
             query_timeout: Seconds(0.0),
+            transaction_timeout: Seconds(0.0),
             autodb_idle_timeout: Seconds(3600.0),
             shutdown_timeout: Seconds(30.0),
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
@@ -339,6 +345,14 @@ impl Config {
         self.database(name)
             .and_then(|e| e.query_timeout)
             .unwrap_or(self.query_timeout)
+            .non_zero()
+    }
+
+    /// transaction_timeout for clients of database `name`: the entry's, else the global.
+    pub fn transaction_timeout_for(&self, name: &str) -> Option<std::time::Duration> {
+        self.database(name)
+            .and_then(|e| e.transaction_timeout)
+            .unwrap_or(self.transaction_timeout)
             .non_zero()
     }
 }

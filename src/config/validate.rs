@@ -262,6 +262,7 @@ fn limits(c: &Config, found: &mut Found) {
         ("client_idle_timeout", c.client_idle_timeout),
         ("idle_transaction_timeout", c.idle_transaction_timeout),
         ("query_timeout", c.query_timeout),
+        ("transaction_timeout", c.transaction_timeout),
         ("autodb_idle_timeout", c.autodb_idle_timeout),
         ("shutdown_timeout", c.shutdown_timeout),
     ];

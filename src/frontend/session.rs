@@ -25,7 +25,7 @@ use crate::relay::idle::{IDLE_QUEUE_MAX, IdleBatch, IdleScan, complete_batch_len
 use crate::relay::prepared::ClientStatements;
 use crate::relay::translate::answer_locally;
 use crate::relay::{
-    HalfBuffer, PinBudget, QueryTimeout, Relay, RelayEnd, ReleaseWhen, StateTimer, TxState,
+    HalfBuffer, PinBudget, QueryTimeout, Relay, RelayEnd, ReleaseWhen, StateTimer, Timeout, TxState,
 };
 use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
@@ -653,14 +653,12 @@ impl ClientSession {
                 RelayEnd::ServerFatal(_) | RelayEnd::ServerGone(_) => {
                     self.server_failed(server, end, tx).await
                 }
-                RelayEnd::IdleInTransaction { limit } => {
+                RelayEnd::Timeout { kind, limit } => {
                     server
-                        .hand_back(false, ResetNeed::ResetQuery, &generation)
+                        .hand_back(kind.server_clean(), ResetNeed::ResetQuery, &generation)
                         .await;
-                    self.shared
-                        .metrics
-                        .timeout_fired("idle_transaction_timeout");
-                    self.fail(idle_in_transaction(limit)).await;
+                    self.shared.metrics.timeout_fired(kind.setting());
+                    self.fail(timeout_error(kind, limit)).await;
                     Next::Close
                 }
                 _ => {
@@ -687,14 +685,16 @@ impl ClientSession {
         release: ReleaseWhen,
         budget: Option<&mut PinAllowance>,
     ) -> RelayEnd {
-        // A guard, not a snapshot: only three settings are read.
-        let (max_prepared, idle_tx, query_timeout) = {
+        // A guard, not a snapshot: only a few settings are read.
+        let (max_prepared, idle_tx, query_timeout, xact_timeout, client_idle) = {
             let current = self.shared.current.load();
             let config = &current.config;
             (
                 config.max_prepared_statements,
                 config.idle_transaction_timeout_for(&self.database),
                 config.query_timeout_for(&self.database),
+                config.transaction_timeout_for(&self.database),
+                config.client_idle_timeout.non_zero(),
             )
         };
         let query_timeout = query_timeout.map(|limit| {
@@ -725,6 +725,11 @@ impl ClientSession {
             pin_budget: budget.map(|b| b as &mut (dyn PinBudget + Send)),
             idle_tx: idle_tx.map(StateTimer::new),
             query_timeout,
+            xact_timeout: xact_timeout.map(StateTimer::new),
+            // Between transactions a released server is the idle loop's business.
+            client_idle: client_idle
+                .filter(|_| release != ReleaseWhen::Idle)
+                .map(StateTimer::new),
         }
         .run()
         .await;
@@ -776,13 +781,13 @@ impl ClientSession {
                 }
                 Next::Close
             }
-            RelayEnd::IdleInTransaction { limit } => {
-                // Mid-transaction: the server is closed, which rolls the transaction back.
-                self.leave(server, false, tx.effects, generation).await;
-                self.shared
-                    .metrics
-                    .timeout_fired("idle_transaction_timeout");
-                self.fail(idle_in_transaction(limit)).await;
+            RelayEnd::Timeout { kind, limit } => {
+                // Mid-transaction the server is closed, which rolls the transaction back; a
+                // held server between transactions goes back through the usual checks.
+                self.leave(server, kind.server_clean(), tx.effects, generation)
+                    .await;
+                self.shared.metrics.timeout_fired(kind.setting());
+                self.fail(timeout_error(kind, limit)).await;
                 Next::Close
             }
             RelayEnd::ServerFatal(_) | RelayEnd::ServerGone(_) => {
@@ -1123,19 +1128,32 @@ fn cancel_for_query_timeout(shared: &Arc<Shared>, key: BackendKey, limit: std::t
     });
 }
 
-/// PostgreSQL's own message and code for its idle_in_transaction_session_timeout, with
-/// pgmoat's setting named.
-fn idle_in_transaction(limit: std::time::Duration) -> PgError {
-    tracing::info!(
-        seconds = limit.as_secs_f64(),
-        "idle_transaction_timeout: closing a client idle in a transaction, and its server"
-    );
-    PgError::fatal(
-        SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-        format!(
-            "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout = {} s)",
-            limit.as_secs_f64()
+/// The FATAL error for a timeout that ends a client: PostgreSQL's code and wording for the
+/// matching server-side timeout where it has one, with pgmoat's setting named.
+fn timeout_error(kind: Timeout, limit: std::time::Duration) -> PgError {
+    let seconds = limit.as_secs_f64();
+    let setting = kind.setting();
+    let (code, what, log) = match kind {
+        Timeout::IdleInTransaction => (
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            "idle-in-transaction timeout",
+            "closing a client idle in a transaction, and its server",
         ),
+        Timeout::Transaction => (
+            SqlState::TRANSACTION_TIMEOUT,
+            "transaction timeout",
+            "closing a client whose transaction ran too long, and its server",
+        ),
+        Timeout::ClientIdle => (
+            SqlState::IDLE_SESSION_TIMEOUT,
+            "idle-session timeout",
+            "closing an idle client that holds a server",
+        ),
+    };
+    tracing::info!(seconds, "{setting}: {log}");
+    PgError::fatal(
+        code,
+        format!("terminating connection due to {what} ({setting} = {seconds} s)"),
     )
 }
 

@@ -22,6 +22,7 @@ impl SqlState {
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState("25P03");
+    pub const TRANSACTION_TIMEOUT: SqlState = SqlState("25P04");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const UNDEFINED_PREPARED_STATEMENT: SqlState = SqlState("26000");

@@ -226,9 +226,39 @@ pub enum RelayEnd {
     /// The server sent a FATAL (or PANIC) error, say because PostgreSQL is shutting down; it
     /// was not forwarded, everything before it was. The server must be discarded.
     ServerFatal(ServerFatal),
-    /// The client sat idle inside a transaction for idle_transaction_timeout. The server is
-    /// mid-transaction, so it must be closed (which rolls the transaction back).
-    IdleInTransaction { limit: std::time::Duration },
+    /// A guardrail timeout ended the client. `Timeout::server_clean` says whether the
+    /// server may be reused.
+    Timeout {
+        kind: Timeout,
+        limit: std::time::Duration,
+    },
+}
+
+/// The timeouts that end a client from inside a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// idle_transaction_timeout: idle inside a transaction; the server is mid-transaction
+    /// and is closed, which rolls the transaction back.
+    IdleInTransaction,
+    /// transaction_timeout: one transaction lasted too long; the server is closed.
+    Transaction,
+    /// client_idle_timeout for a client that holds its server (pinned, or session mode)
+    /// between transactions: the server is clean.
+    ClientIdle,
+}
+
+impl Timeout {
+    pub fn setting(self) -> &'static str {
+        match self {
+            Timeout::IdleInTransaction => "idle_transaction_timeout",
+            Timeout::Transaction => "transaction_timeout",
+            Timeout::ClientIdle => "client_idle_timeout",
+        }
+    }
+
+    pub fn server_clean(self) -> bool {
+        self == Timeout::ClientIdle
+    }
 }
 
 /// A FATAL ErrorResponse a server sent: its fields, and the message as sent.
@@ -308,6 +338,10 @@ pub struct Relay<'a> {
     pub pin_budget: Option<&'a mut (dyn PinBudget + Send + 'static)>,
     /// idle_transaction_timeout, when set.
     pub idle_tx: Option<StateTimer>,
+    /// transaction_timeout, when set.
+    pub xact_timeout: Option<StateTimer>,
+    /// client_idle_timeout, when set and the relay holds the server between transactions.
+    pub client_idle: Option<StateTimer>,
     /// query_timeout, when set.
     pub query_timeout: Option<QueryTimeout<'a>>,
 }
@@ -340,13 +374,26 @@ impl Relay<'_> {
         if let Some(query) = self.query_timeout.as_mut() {
             query.poll(busy, cx);
         }
-        let idle = self.idle_in_transaction().then_some(0);
-        if let Some(timer) = self.idle_tx.as_mut()
-            && timer.poll(idle, cx).is_ready()
-        {
-            return Poll::Ready(RelayEnd::IdleInTransaction {
-                limit: timer.limit(),
-            });
+        let idle_in_tx = self.idle_in_transaction().then_some(0);
+        let in_xact = self.tx.xact_since.is_some().then_some(self.tx.xacts_done);
+        let idle_between = (self.release != ReleaseWhen::Idle
+            && self.server_clean()
+            && self.client_half.buf.is_empty())
+        .then_some(0);
+        let timers = [
+            (Timeout::IdleInTransaction, &mut self.idle_tx, idle_in_tx),
+            (Timeout::Transaction, &mut self.xact_timeout, in_xact),
+            (Timeout::ClientIdle, &mut self.client_idle, idle_between),
+        ];
+        for (kind, timer, spell) in timers {
+            if let Some(timer) = timer.as_mut()
+                && timer.poll(spell, cx).is_ready()
+            {
+                return Poll::Ready(RelayEnd::Timeout {
+                    kind,
+                    limit: timer.limit(),
+                });
+            }
         }
         Poll::Pending
     }
@@ -594,6 +641,9 @@ impl Relay<'_> {
 fn ready_for_query_seen(tx: &mut TxState, stats: &PoolStats) {
     stats.record_query();
     tx.batches_done = tx.batches_done.wrapping_add(1);
+    if tx.status == b'I' {
+        tx.xacts_done = tx.xacts_done.wrapping_add(1);
+    }
     if tx.outstanding == 0
         && let Some(since) = tx.busy_since.take()
     {

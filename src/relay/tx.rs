@@ -23,6 +23,8 @@ pub struct TxState {
     pub effects: Effects,
     /// ReadyForQuery messages seen: numbers the batches, for query_timeout.
     pub batches_done: u64,
+    /// Transactions ended (ReadyForQuery 'I'): numbers them, for transaction_timeout.
+    pub xacts_done: u64,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores a Sync that arrives while it is in
     /// copy-in mode, so such a Sync gets no ReadyForQuery and must not be waited for.
     copy: CopyTracking,
@@ -56,6 +58,7 @@ impl Default for TxState {
             xact_since: None,
             effects: Effects::empty(),
             batches_done: 0,
+            xacts_done: 0,
             copy: CopyTracking::default(),
         }
     }
