@@ -225,3 +225,33 @@ async fn transaction_timeout_ends_a_long_transaction_and_pinned_idle_clients_mee
     assert_eq!(fresh.value("SELECT 2").await, "2");
     drop(quick);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_wait_notify_tells_a_waiting_client_and_its_query_still_runs() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("default_pool_size", "1")
+            .set("query_wait_notify", "0.5")
+            .build(),
+    );
+    let mut holder = moat_raw(&moat, &pki, "alice", &[]).await;
+    holder.simple("BEGIN").await.unwrap();
+
+    let mut waiter = moat_raw(&moat, &pki, "alice", &[]).await;
+    waiter.send(&support::wire::query("SELECT 42")).await;
+    let notice = next_message(&mut waiter).await.unwrap();
+    assert_eq!(notice.tag, b'N', "{notice:?}");
+    let text = notice.field(b'M').unwrap_or_default();
+    assert!(text.contains("waiting for a server connection"), "{text}");
+    assert_eq!(notice.field(b'S').as_deref(), Some("NOTICE"));
+
+    // The server frees up and the query runs.
+    holder.simple("COMMIT").await.unwrap();
+    let answer = waiter.until_ready().await.unwrap();
+    assert_eq!(
+        support::wire::rows_or_error(&answer).unwrap(),
+        vec![vec![Some("42".to_owned())]]
+    );
+}

@@ -205,6 +205,8 @@ pub struct Config {
     pub server_reset_query_always: bool,
     pub server_connect_timeout: Seconds,
     pub query_wait_timeout: Seconds,
+    /// A client that has waited this long for a server gets a NOTICE saying so; 0: never.
+    pub query_wait_notify: Seconds,
     pub client_login_timeout: Seconds,
     pub client_idle_timeout: Seconds,
     /// A client idle inside a transaction (ReadyForQuery T or E, nothing sent) for this long
@@ -286,6 +288,7 @@ impl Default for Config {
             server_reset_query_always: false,
             server_connect_timeout: Seconds(15.0),
             query_wait_timeout: Seconds(120.0),
+            query_wait_notify: Seconds(0.0),
             client_login_timeout: Seconds(60.0),
             client_idle_timeout: Seconds(0.0),
             idle_transaction_timeout: Seconds(0.0),

@@ -258,6 +258,7 @@ fn limits(c: &Config, found: &mut Found) {
         ("server_check_delay", c.server_check_delay),
         ("server_connect_timeout", c.server_connect_timeout),
         ("query_wait_timeout", c.query_wait_timeout),
+        ("query_wait_notify", c.query_wait_notify),
         ("client_login_timeout", c.client_login_timeout),
         ("client_idle_timeout", c.client_idle_timeout),
         ("idle_transaction_timeout", c.idle_transaction_timeout),

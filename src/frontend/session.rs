@@ -557,11 +557,31 @@ impl ClientSession {
     /// reload retires the one it waits in.
     async fn wait_for_server(&mut self, generation: &Generation) -> Result<Lent, PoolError> {
         self.shared.pause.pass(&self.database, &self.entry).await;
+        let notify_after = generation.config.query_wait_notify.non_zero();
+        let mut notice = notify_after.map(|after| (after, Box::pin(tokio::time::sleep(after))));
         let mut generation = generation;
         let mut newer;
         loop {
             self.current_pool(generation)?;
-            match self.pool.checkout(generation, self.id).await {
+            let pool = self.pool.clone();
+            let result = {
+                let checkout = pool.checkout(generation, self.id);
+                tokio::pin!(checkout);
+                loop {
+                    let Some((after, at)) = notice.as_mut() else {
+                        break checkout.as_mut().await;
+                    };
+                    let after = *after;
+                    tokio::select! {
+                        result = checkout.as_mut() => break result,
+                        () = at.as_mut() => {
+                            notice = None;
+                            self.notify_waiting(after).await;
+                        }
+                    }
+                }
+            };
+            match result {
                 Err(PoolError::Retired) => {
                     // Replaced while this client waited: the reload that did it is in force.
                     newer = self.shared.snapshot();
@@ -571,6 +591,28 @@ impl ClientSession {
                 other => return other,
             }
         }
+    }
+
+    /// query_wait_notify: tells a client that waits for a server why its query has not
+    /// started (the pool is busy), once per wait. Clients that cannot take it in just wait.
+    async fn notify_waiting(&mut self, after: std::time::Duration) {
+        let notice = PgError {
+            severity: crate::protocol::error::Severity::Notice,
+            ..PgError::error(
+                SqlState::SUCCESSFUL_COMPLETION,
+                format!(
+                    "waiting for a server connection for database \"{}\": all {} are in use",
+                    self.database, self.pool.settings.size
+                ),
+            )
+        }
+        .with_detail(format!(
+            "The query has waited {} s so far (query_wait_notify); it runs when a server is free, or fails after query_wait_timeout.",
+            after.as_secs_f64()
+        ));
+        tracing::debug!(database = %self.database, "query_wait_notify: telling a waiting client");
+        let _ = self.stream.write_all(&notice.to_bytes()).await;
+        let _ = self.stream.flush().await;
     }
 
     /// One use of a server in transaction mode (or the start of a session-mode client's

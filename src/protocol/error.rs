@@ -21,6 +21,7 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
+    pub const SUCCESSFUL_COMPLETION: SqlState = SqlState("00000");
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState("25P03");
     pub const TRANSACTION_TIMEOUT: SqlState = SqlState("25P04");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
