@@ -21,9 +21,9 @@ pub enum LoadError {
     #[error("auth_file: {0}")]
     Auth(#[from] AuthError),
     #[error("auth_hba_file: {0}")]
-    Hba(#[from] HbaError),
+    Hba(#[source] HbaError),
     #[error("auth_ident_file: {0}")]
-    Ident(#[from] IdentError),
+    Ident(#[source] IdentError),
     /// The files load, but do not fit together or with the config.
     #[error("{0}")]
     Mismatch(String),
@@ -54,11 +54,11 @@ pub fn load_generation(
     previous: Option<&Generation>,
 ) -> Result<Generation, LoadError> {
     let hba = match (&config.auth_type, &config.auth_hba_file) {
-        (AuthType::Hba, Some(path)) => Some(HbaRules::load(path)?),
+        (AuthType::Hba, Some(path)) => Some(HbaRules::load(path).map_err(LoadError::Hba)?),
         _ => None,
     };
     let ident = match &config.auth_ident_file {
-        Some(path) => IdentMaps::load(path)?,
+        Some(path) => IdentMaps::load(path).map_err(LoadError::Ident)?,
         None => IdentMaps::default(),
     };
     check_identity_files(&config, hba.as_ref(), &ident)?;

@@ -2,6 +2,24 @@
 //! end of the line, double quotes around a token that holds spaces, commas or `#` (with `""`
 //! for a quote inside). A quoted token is never a keyword: `"all"` is the user named all.
 
+/// A pg_hba.conf or pg_ident.conf that cannot be used: unreadable, or the line and why
+/// (`FILE:LINE: reason`, as PostgreSQL reports it).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}: {reason}")]
+    Line {
+        origin: String,
+        line: usize,
+        reason: String,
+    },
+}
+
 /// One token of a line, with whether any part of it was quoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {

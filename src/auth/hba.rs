@@ -24,21 +24,8 @@ use ipnet::IpNet;
 
 use super::conf_tokens::{Token, raw_fields, split_list, tokenize};
 
-#[derive(Debug, thiserror::Error)]
-pub enum HbaError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{origin}:{line}: {reason}")]
-    Line {
-        origin: String,
-        line: usize,
-        reason: String,
-    },
-}
+/// A pg_hba.conf error: the file, or the line and why.
+pub use super::conf_tokens::ConfFileError as HbaError;
 
 /// The connection types a rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

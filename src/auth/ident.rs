@@ -22,21 +22,8 @@ use super::conf_tokens::tokenize;
 /// Compiled size bound of one pattern: generous for any name pattern, small next to memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-#[derive(Debug, thiserror::Error)]
-pub enum IdentError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{origin}:{line}: {reason}")]
-    Line {
-        origin: String,
-        line: usize,
-        reason: String,
-    },
-}
+/// A pg_ident.conf error: the file, or the line and why.
+pub use super::conf_tokens::ConfFileError as IdentError;
 
 #[derive(Debug)]
 enum SystemUser {
