@@ -102,6 +102,9 @@ async fn idle_transaction_timeout_ends_the_idle_client_and_rolls_back() {
     lenient.simple("BEGIN").await.unwrap();
     let mut strict = moat_raw(&moat, &pki, "alice", &[]).await;
     strict.simple("BEGIN").await.unwrap();
+    // Stopping half-way through a message is idle too.
+    let half = support::wire::query("SELECT 'never finished'");
+    strict.send(&half[..half.len() / 2]).await;
     let fatal = next_message(&mut strict).await.unwrap();
     assert_eq!(error_of(&fatal).code, "25P03");
     assert_eq!(lenient.value("SELECT 1").await, "1");
@@ -254,4 +257,53 @@ async fn query_wait_notify_tells_a_waiting_client_and_its_query_still_runs() {
         support::wire::rows_or_error(&answer).unwrap(),
         vec![vec![Some("42".to_owned())]]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_that_waits_for_a_session_mode_server_gets_no_notice_before_it_is_in() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set_str("pool_mode", "session")
+            .set("default_pool_size", "1")
+            .set("query_wait_notify", "0.2")
+            .set("admin_users", r#"["alice"]"#)
+            .build(),
+    );
+    let first = moat_client(&moat, &pki, "alice").await;
+    assert_eq!(text_value(&first, "SELECT 1").await, "1");
+    // The second login waits for the only server, past query_wait_notify.
+    let second = {
+        let (port, ca) = (moat.port(), pki.ca.clone());
+        tokio::spawn(async move {
+            let tls = tls_client_config(&ca, None);
+            let client = connect(port, "alice", Some(ALICE_PASSWORD), APP_DB, Some(tls)).await?;
+            client.simple_query("SELECT 2").await.map(|_| ())
+        })
+    };
+    // Observed, not slept: SHOW POOLS says the login has waited past query_wait_notify.
+    let console = moat_console(&moat, &pki, "alice").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = console.simple_query("SHOW POOLS").await.unwrap();
+        let waited_us = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("database") == Some(APP_DB) => {
+                let secs: u64 = r.get("maxwait")?.parse().ok()?;
+                let us: u64 = r.get("maxwait_us")?.parse().ok()?;
+                Some(secs * 1_000_000 + us)
+            }
+            _ => None,
+        });
+        if waited_us.is_some_and(|us| us >= 400_000) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(first);
+    second
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", moat.log()));
 }

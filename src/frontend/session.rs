@@ -109,6 +109,9 @@ pub struct ClientSession {
     held: Option<Box<Held>>,
     /// Its pinned server was lost: the next batch is answered with that news.
     state_lost: bool,
+    /// Logged in (AuthenticationOk sent): a NOTICE may now go to the client. Before, during
+    /// the login's own checkout, libpq would take one for a protocol error.
+    may_notify: bool,
     /// Its place under max_client_conn.
     _slot: ClientSlot,
 }
@@ -165,6 +168,7 @@ impl ClientSession {
             stats: start.stats,
             held: None,
             state_lost: false,
+            may_notify: false,
             _slot: start.slot,
         }
     }
@@ -258,6 +262,7 @@ impl ClientSession {
     }
 
     pub async fn run(&mut self) {
+        self.may_notify = true;
         let limit = self.shared.current.load().config.max_packet_size;
         let mut client_half = HalfBuffer::client(limit);
         let mut scan = IdleScan::default();
@@ -557,7 +562,11 @@ impl ClientSession {
     /// reload retires the one it waits in.
     async fn wait_for_server(&mut self, generation: &Generation) -> Result<Lent, PoolError> {
         self.shared.pause.pass(&self.database, &self.entry).await;
-        let notify_after = generation.config.query_wait_notify.non_zero();
+        let notify_after = generation
+            .config
+            .query_wait_notify
+            .non_zero()
+            .filter(|_| self.may_notify);
         let mut notice = notify_after.map(|after| (after, Box::pin(tokio::time::sleep(after))));
         let mut generation = generation;
         let mut newer;
@@ -567,16 +576,26 @@ impl ClientSession {
             let result = {
                 let checkout = pool.checkout(generation, self.id);
                 tokio::pin!(checkout);
-                loop {
-                    let Some((after, at)) = notice.as_mut() else {
-                        break checkout.as_mut().await;
-                    };
-                    let after = *after;
-                    tokio::select! {
-                        result = checkout.as_mut() => break result,
-                        () = at.as_mut() => {
-                            notice = None;
-                            self.notify_waiting(after).await;
+                match notice.as_mut() {
+                    None => checkout.as_mut().await,
+                    Some((after, at)) => {
+                        let after = *after;
+                        tokio::select! {
+                            result = checkout.as_mut() => result,
+                            () = at.as_mut() => {
+                                notice = None;
+                                // The wait goes on while the notice is written, so
+                                // query_wait_timeout still applies, and the notice is never
+                                // cut off half-way.
+                                let bytes = self.wait_notice(after);
+                                let stream = &mut self.stream;
+                                let write = async {
+                                    let _ = stream.write_all(&bytes).await;
+                                    let _ = stream.flush().await;
+                                };
+                                let ((), result) = tokio::join!(write, checkout.as_mut());
+                                result
+                            }
                         }
                     }
                 }
@@ -593,10 +612,10 @@ impl ClientSession {
         }
     }
 
-    /// query_wait_notify: tells a client that waits for a server why its query has not
-    /// started (the pool is busy), once per wait. Clients that cannot take it in just wait.
-    async fn notify_waiting(&mut self, after: std::time::Duration) {
-        let notice = PgError {
+    /// query_wait_notify's NOTICE: why a waiting client's query has not started yet.
+    fn wait_notice(&self, after: std::time::Duration) -> Vec<u8> {
+        tracing::debug!(database = %self.database, "query_wait_notify: telling a waiting client");
+        PgError {
             severity: crate::protocol::error::Severity::Notice,
             ..PgError::error(
                 SqlState::SUCCESSFUL_COMPLETION,
@@ -609,10 +628,9 @@ impl ClientSession {
         .with_detail(format!(
             "The query has waited {} s so far (query_wait_notify); it runs when a server is free, or fails after query_wait_timeout.",
             after.as_secs_f64()
-        ));
-        tracing::debug!(database = %self.database, "query_wait_notify: telling a waiting client");
-        let _ = self.stream.write_all(&notice.to_bytes()).await;
-        let _ = self.stream.flush().await;
+        ))
+        .to_bytes()
+        .to_vec()
     }
 
     /// One use of a server in transaction mode (or the start of a session-mode client's

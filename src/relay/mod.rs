@@ -370,7 +370,9 @@ impl Relay<'_> {
             return Poll::Ready(end);
         }
         // Both directions are waiting: judged on the state they left.
-        let busy = (self.tx.outstanding > 0).then_some(self.tx.batches_done);
+        // COPY FROM STDIN waits for the client's data, not for the server: not busy.
+        let busy =
+            (self.tx.outstanding > 0 && !self.tx.in_copy_in()).then_some(self.tx.batches_done);
         if let Some(query) = self.query_timeout.as_mut() {
             query.poll(busy, cx);
         }
@@ -398,16 +400,22 @@ impl Relay<'_> {
         Poll::Pending
     }
 
-    /// Inside a transaction (ReadyForQuery T or E), every batch answered, nothing half-sent
-    /// either way, no COPY open: the server waits for the client alone.
+    /// Inside a transaction (ReadyForQuery T or E), every batch answered, nothing of the
+    /// client's waiting to go to the server, nothing of the server's waiting to go to the
+    /// client, no COPY open: the server waits for the client alone. A client that stopped
+    /// half-way through a message is idle too. Extended-protocol messages without their Sync
+    /// are not (an Execute and a Flush run a query without a ReadyForQuery, so pgmoat cannot
+    /// tell a waiting server from a working one); transaction_timeout covers those.
     fn idle_in_transaction(&self) -> bool {
         let tx = &*self.tx;
+        let client = &*self.client_half;
         tx.outstanding == 0
             && matches!(tx.status, b'T' | b'E')
             && !tx.unsynced
             && !tx.in_copy_in()
-            && self.client_half.at_boundary()
-            && self.client_half.buf.is_empty()
+            && client.ready == 0
+            && client.out.is_empty()
+            && client.copy_remaining == 0
             && self.server_half.at_boundary()
     }
 
