@@ -20,6 +20,33 @@ pub enum ConfFileError {
     },
 }
 
+/// The text of a pg_hba.conf / pg_ident.conf file.
+pub fn read_conf(path: &std::path::Path) -> Result<String, ConfFileError> {
+    std::fs::read_to_string(path).map_err(|source| ConfFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Runs `parse` on each line (numbered from 1) and keeps what it returns; the first line it
+/// refuses becomes `ORIGIN:LINE: reason`.
+pub fn parse_lines<T>(
+    text: &str,
+    origin: &str,
+    mut parse: impl FnMut(&str, usize) -> Result<Option<T>, String>,
+) -> Result<Vec<T>, ConfFileError> {
+    let mut items = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let item = parse(line, index + 1).map_err(|reason| ConfFileError::Line {
+            origin: origin.to_owned(),
+            line: index + 1,
+            reason,
+        })?;
+        items.extend(item);
+    }
+    Ok(items)
+}
+
 /// One token of a line, with whether any part of it was quoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use super::conf_tokens::{Token, raw_fields, split_list, tokenize};
+use super::conf_tokens::{Token, parse_lines, raw_fields, read_conf, split_list, tokenize};
 
 /// A pg_hba.conf error: the file, or the line and why.
 pub use super::conf_tokens::ConfFileError as HbaError;
@@ -171,23 +171,11 @@ pub struct HbaRules {
 
 impl HbaRules {
     pub fn load(path: &Path) -> Result<HbaRules, HbaError> {
-        let text = std::fs::read_to_string(path).map_err(|source| HbaError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        HbaRules::parse(&text, &path.display().to_string())
+        HbaRules::parse(&read_conf(path)?, &path.display().to_string())
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<HbaRules, HbaError> {
-        let mut rules = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let rule = parse_line(line, index + 1).map_err(|reason| HbaError::Line {
-                origin: origin.to_owned(),
-                line: index + 1,
-                reason,
-            })?;
-            rules.extend(rule);
-        }
+        let rules = parse_lines(text, origin, parse_line)?;
         Ok(HbaRules { rules })
     }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use regex::{Regex, RegexBuilder};
 
-use super::conf_tokens::tokenize;
+use super::conf_tokens::{parse_lines, read_conf, tokenize};
 
 /// Compiled size bound of one pattern: generous for any name pattern, small next to memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -47,56 +47,11 @@ pub struct IdentMaps {
 
 impl IdentMaps {
     pub fn load(path: &Path) -> Result<IdentMaps, IdentError> {
-        let text = std::fs::read_to_string(path).map_err(|source| IdentError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        IdentMaps::parse(&text, &path.display().to_string())
+        IdentMaps::parse(&read_conf(path)?, &path.display().to_string())
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<IdentMaps, IdentError> {
-        let mut entries = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let error = |reason: String| IdentError::Line {
-                origin: origin.to_owned(),
-                line: index + 1,
-                reason,
-            };
-            let tokens = tokenize(line).map_err(error)?;
-            if tokens.is_empty() {
-                continue;
-            }
-            let [map, system, pg_user] = <[_; 3]>::try_from(tokens).map_err(|tokens: Vec<_>| {
-                error(format!(
-                    "expected MAPNAME SYSTEM-USERNAME PG-USERNAME, found {} field(s)",
-                    tokens.len()
-                ))
-            })?;
-            let system = match system.text.strip_prefix('/') {
-                Some(pattern) => {
-                    let regex = RegexBuilder::new(pattern)
-                        .size_limit(REGEX_SIZE_LIMIT)
-                        .build()
-                        .map_err(|e| {
-                            error(format!("invalid regular expression {pattern:?}: {e}"))
-                        })?;
-                    // PostgreSQL reports this at login; at load it cannot surprise anyone.
-                    if pg_user.text.contains("\\1") && regex.captures_len() < 2 {
-                        return Err(error(format!(
-                            "regular expression {pattern:?} has no capture group for the \\1 in {:?}",
-                            pg_user.text
-                        )));
-                    }
-                    SystemUser::Pattern(regex)
-                }
-                None => SystemUser::Literal(system.text),
-            };
-            entries.push(IdentEntry {
-                map: map.text,
-                system,
-                pg_user: pg_user.text,
-            });
-        }
+        let entries = parse_lines(text, origin, |line, _| parse_entry(line))?;
         Ok(IdentMaps { entries })
     }
 
@@ -130,6 +85,42 @@ impl IdentMaps {
                 }
             })
     }
+}
+
+/// One `MAPNAME SYSTEM-USERNAME PG-USERNAME` line; `None` for a blank or comment line.
+fn parse_entry(line: &str) -> Result<Option<IdentEntry>, String> {
+    let tokens = tokenize(line)?;
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let [map, system, pg_user] = <[_; 3]>::try_from(tokens).map_err(|tokens: Vec<_>| {
+        format!(
+            "expected MAPNAME SYSTEM-USERNAME PG-USERNAME, found {} field(s)",
+            tokens.len()
+        )
+    })?;
+    let system = match system.text.strip_prefix('/') {
+        Some(pattern) => {
+            let regex = RegexBuilder::new(pattern)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))?;
+            // PostgreSQL reports this at login; at load it cannot surprise anyone.
+            if pg_user.text.contains("\\1") && regex.captures_len() < 2 {
+                return Err(format!(
+                    "regular expression {pattern:?} has no capture group for the \\1 in {:?}",
+                    pg_user.text
+                ));
+            }
+            SystemUser::Pattern(regex)
+        }
+        None => SystemUser::Literal(system.text),
+    };
+    Ok(Some(IdentEntry {
+        map: map.text,
+        system,
+        pg_user: pg_user.text,
+    }))
 }
 
 #[cfg(test)]
