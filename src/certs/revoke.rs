@@ -11,7 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+    CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
+    RevokedCertParams, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -179,16 +180,17 @@ pub fn revoked_entries(ca_dir: &Path) -> Result<Vec<RevokedEntry>, CertsError> {
 /// Records the revocation and re-signs the CRL.
 pub fn revoke(opts: &RevokeOptions) -> Result<Revoked, CertsError> {
     let ca_dir = &opts.crl.ca_dir;
-    let (_, ca_der) = load_ca_with_cert(ca_dir)?;
+    let ca = load_ca_with_cert(ca_dir)?;
+    let ca_der = &ca.1;
     let (serial, subject) = match &opts.target {
         RevokeTarget::Certificate(path) => {
-            let (serial, subject) = issued_serial(path, &ca_der)?;
+            let (serial, subject) = issued_serial(path, ca_der)?;
             (serial, Some(subject))
         }
         RevokeTarget::Serial(raw) => (parse_serial(raw)?, None),
     };
     let serial_hex = hex_upper(&serial);
-    let ca_serial = x509_parser::parse_x509_certificate(&ca_der)
+    let ca_serial = x509_parser::parse_x509_certificate(ca_der)
         .map(|(_, x)| x.raw_serial().to_vec())
         .unwrap_or_default();
     if strip_zeros(&ca_serial) == serial.as_slice() {
@@ -201,8 +203,7 @@ pub fn revoke(opts: &RevokeOptions) -> Result<Revoked, CertsError> {
     }
 
     let _lock = lock_registry(ca_dir)?;
-    let registry_file = registry_path(ca_dir);
-    let mut registry = read_registry(&registry_file)?;
+    let mut registry = read_registry(&registry_path(ca_dir))?;
     let existing = registry
         .revoked
         .iter()
@@ -222,24 +223,27 @@ pub fn revoke(opts: &RevokeOptions) -> Result<Revoked, CertsError> {
             entry
         }
     };
-    let crl = sign_locked(&opts.crl, &mut registry)?;
+    let crl = sign_locked(&opts.crl, &ca, &mut registry)?;
     Ok(Revoked { entry, newly, crl })
 }
 
 /// Signs a new CRL from the registry (which may list nothing) with the next CRL number.
 pub fn sign_crl(opts: &CrlOptions) -> Result<SignedCrl, CertsError> {
-    // Fail before taking the lock when there is no CA at all.
-    load_ca_with_cert(&opts.ca_dir)?;
+    // Loaded before taking the lock: without a CA nothing (not even the lock file) is made.
+    let ca = load_ca_with_cert(&opts.ca_dir)?;
     let _lock = lock_registry(&opts.ca_dir)?;
     let mut registry = read_registry(&registry_path(&opts.ca_dir))?;
-    sign_locked(opts, &mut registry)
+    sign_locked(opts, &ca, &mut registry)
 }
 
 /// Signs, writes the CRL, then the registry with the number used. A crash in between leaves
 /// a CRL whose number the registry does not know yet, so the next number is taken above
 /// both the registry's and the one in `ca.crl`.
-fn sign_locked(opts: &CrlOptions, registry: &mut Registry) -> Result<SignedCrl, CertsError> {
-    let (issuer, ca_der) = load_ca_with_cert(&opts.ca_dir)?;
+fn sign_locked(
+    opts: &CrlOptions,
+    (issuer, ca_der): &(Issuer<'static, KeyPair>, CertificateDer<'static>),
+    registry: &mut Registry,
+) -> Result<SignedCrl, CertsError> {
     let path = opts.out.clone().unwrap_or_else(|| crl_path(&opts.ca_dir));
     let on_disk = current_crl_number(&crl_path(&opts.ca_dir));
     let crl_number = registry
@@ -266,10 +270,10 @@ fn sign_locked(opts: &CrlOptions, registry: &mut Registry) -> Result<SignedCrl, 
         crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs,
-        key_identifier_method: authority_key_id(&ca_der),
+        key_identifier_method: authority_key_id(ca_der),
     };
     let crl = params
-        .signed_by(&issuer)
+        .signed_by(issuer)
         .map_err(|source| CertsError::Generate {
             what: "sign the CRL",
             source,
