@@ -255,16 +255,14 @@ impl Checker<'_> {
         // A CRL file, or a bundle (`cat ca.crt ca.crl`): the CRLs are judged here and any
         // certificates and keys in the same file below, so a bundle is never half checked.
         let is_crl_file = path.extension().and_then(|e| e.to_str()) == Some("crl");
+        let has_key = bytes.windows(16).any(|w| w == b"PRIVATE KEY-----");
         let mut crls = 0;
         if is_crl_file || bytes.windows(14).any(|w| w == b"BEGIN X509 CRL") {
             crls = self.check_crl_file(path, &bytes, implicit);
-            let more = bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE")
-                || bytes.windows(16).any(|w| w == b"PRIVATE KEY-----");
-            if !more {
+            if !has_key && !bytes.windows(17).any(|w| w == b"BEGIN CERTIFICATE") {
                 return crls;
             }
         }
-        let has_key = bytes.windows(16).any(|w| w == b"PRIVATE KEY-----");
         if has_key {
             self.check_key_mode(path);
         }

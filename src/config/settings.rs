@@ -337,25 +337,31 @@ impl Config {
 
     /// idle_transaction_timeout for clients of database `name`: the entry's, else the global.
     pub fn idle_transaction_timeout_for(&self, name: &str) -> Option<std::time::Duration> {
-        self.database(name)
-            .and_then(|e| e.idle_transaction_timeout)
-            .unwrap_or(self.idle_transaction_timeout)
-            .non_zero()
+        self.timeout_for(name, self.idle_transaction_timeout, |e| {
+            e.idle_transaction_timeout
+        })
     }
 
     /// query_timeout for clients of database `name`: the entry's, else the global.
     pub fn query_timeout_for(&self, name: &str) -> Option<std::time::Duration> {
-        self.database(name)
-            .and_then(|e| e.query_timeout)
-            .unwrap_or(self.query_timeout)
-            .non_zero()
+        self.timeout_for(name, self.query_timeout, |e| e.query_timeout)
     }
 
     /// transaction_timeout for clients of database `name`: the entry's, else the global.
     pub fn transaction_timeout_for(&self, name: &str) -> Option<std::time::Duration> {
+        self.timeout_for(name, self.transaction_timeout, |e| e.transaction_timeout)
+    }
+
+    /// A timeout a database entry may override: `None` when it is 0 (off).
+    fn timeout_for(
+        &self,
+        name: &str,
+        global: Seconds,
+        in_entry: impl Fn(&DatabaseConfig) -> Option<Seconds>,
+    ) -> Option<std::time::Duration> {
         self.database(name)
-            .and_then(|e| e.transaction_timeout)
-            .unwrap_or(self.transaction_timeout)
+            .and_then(in_entry)
+            .unwrap_or(global)
             .non_zero()
     }
 }

@@ -47,11 +47,6 @@ impl Metrics {
         self.timeouts.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    /// How many times `reason` fired so far.
-    pub fn timeouts_fired(&self, reason: &'static str) -> u64 {
-        self.timeouts.get_or_create(&ReasonLabels { reason }).get()
-    }
-
     /// How many cancel requests ended as `result` so far.
     pub fn cancel_requests(&self, result: &'static str) -> u64 {
         self.cancel_requests
