@@ -18,6 +18,13 @@ async fn next_message(client: &mut RawClient) -> Result<RawMsg, String> {
         .unwrap_or_else(|_| Err("nothing arrived in 30 s".into()))
 }
 
+/// `err` is the FATAL with `code` that names `setting`, and the client is closed after it.
+async fn assert_ended(client: &mut RawClient, err: &support::RawError, code: &str, setting: &str) {
+    assert_eq!((err.severity.as_str(), err.code.as_str()), ("FATAL", code));
+    assert!(err.message.contains(setting), "{}", err.message);
+    assert!(next_message(client).await.is_err(), "the client is closed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_transaction_timeout_ends_the_idle_client_and_rolls_back() {
     let pki = Pki::new();
@@ -58,20 +65,13 @@ async fn idle_transaction_timeout_ends_the_idle_client_and_rolls_back() {
 
     let fatal = next_message(&mut idle).await.unwrap();
     assert_eq!(fatal.tag, b'E', "{fatal:?}");
-    let err = error_of(&fatal);
-    assert_eq!(
-        (err.severity.as_str(), err.code.as_str()),
-        ("FATAL", "25P03")
-    );
-    assert!(
-        err.message.contains("idle_transaction_timeout"),
-        "{}",
-        err.message
-    );
-    assert!(
-        next_message(&mut idle).await.is_err(),
-        "the client is closed"
-    );
+    assert_ended(
+        &mut idle,
+        &error_of(&fatal),
+        "25P03",
+        "idle_transaction_timeout",
+    )
+    .await;
     // The server was closed, so the insert was rolled back, and the waiting client was served.
     assert_eq!(waiter.await.unwrap(), "0", "{}", moat.log());
     assert!(moat.log().contains("idle_transaction_timeout: closing"));
@@ -186,19 +186,7 @@ async fn transaction_timeout_ends_a_long_transaction_and_pinned_idle_clients_mee
     long.send(&support::wire::query("SELECT pg_sleep(30)"))
         .await;
     let err = first_error(&mut long).await;
-    assert_eq!(
-        (err.severity.as_str(), err.code.as_str()),
-        ("FATAL", "25P04")
-    );
-    assert!(
-        err.message.contains("transaction_timeout"),
-        "{}",
-        err.message
-    );
-    assert!(
-        next_message(&mut long).await.is_err(),
-        "the client is closed"
-    );
+    assert_ended(&mut long, &err, "25P04", "transaction_timeout").await;
 
     // A client pinned to its server by a temporary table, then quiet: client_idle_timeout
     // reaches it although it holds a server (its server is reset and reused, not lost).
@@ -208,15 +196,7 @@ async fn transaction_timeout_ends_a_long_transaction_and_pinned_idle_clients_mee
         .await
         .unwrap();
     let err = first_error(&mut pinned).await;
-    assert_eq!(
-        (err.severity.as_str(), err.code.as_str()),
-        ("FATAL", "57P05")
-    );
-    assert!(
-        err.message.contains("client_idle_timeout"),
-        "{}",
-        err.message
-    );
+    assert_ended(&mut pinned, &err, "57P05", "client_idle_timeout").await;
     moat.wait_for_log(
         "client_idle_timeout: closing an idle client that holds a server",
         Duration::from_secs(5),
