@@ -182,7 +182,7 @@ async fn terminated_under_a_sleep(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_terminated_under_a_query_costs_that_query_only_outside_a_transaction() {
+async fn a_server_terminated_under_a_query_costs_that_query_or_that_transaction() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let moat = Pgmoat::start(&ConfigBuilder::new(&pki, &db).build());
@@ -209,19 +209,42 @@ async fn a_server_terminated_under_a_query_costs_that_query_only_outside_a_trans
     assert_ne!(next, victim, "a new server");
     pid(&client).await.unwrap();
 
-    // Inside a transaction the transaction is lost: the client hears PostgreSQL's FATAL and
-    // its connection ends, as it would without a pooler.
+    // Inside a transaction the transaction is lost: the client gets an ERROR and stays in a
+    // failed transaction block, as after any failed statement, until it ends the block; its
+    // COMMIT is answered as PostgreSQL answers one in a failed block, with ROLLBACK.
     let (in_tx, result, _) = terminated_under_a_sleep(&moat, &pki, &db, Some("BEGIN")).await;
     let err = result.expect_err("a terminated transaction went on");
-    let db_error = err.as_db_error().expect("PostgreSQL's own FATAL");
-    assert_eq!(db_error.code().code(), "57P01", "{db_error:?}");
-    assert_eq!(db_error.severity(), "FATAL");
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !in_tx.is_closed() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the client's connection ends with its transaction");
+    let db_error = err
+        .as_db_error()
+        .expect("an ErrorResponse, not a closed connection");
+    assert_eq!(db_error.code().code(), "08006", "{db_error:?}");
+    assert_eq!(db_error.severity(), "ERROR");
+    assert!(!in_tx.is_closed(), "the client keeps its connection");
+    let err = in_tx
+        .simple_query("INSERT INTO items (v) VALUES ('lost')")
+        .await
+        .expect_err("a statement ran in a failed block");
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err:?}");
+    let answers = in_tx.simple_query("COMMIT").await.unwrap();
+    assert!(
+        matches!(
+            answers.last(),
+            Some(tokio_postgres::SimpleQueryMessage::CommandComplete(0))
+        ),
+        "{answers:?}"
+    );
+    assert_eq!(
+        db.sql("app", "SELECT count(*) FROM items WHERE v = 'lost'"),
+        "0"
+    );
+    // Out of the block, the client is an ordinary client again, on a new server.
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO items (v) VALUES ('kept'); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.sql("app", "SELECT count(*) FROM items WHERE v = 'kept'"),
+        "1"
+    );
     pid(&client).await.unwrap();
 }

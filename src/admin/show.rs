@@ -287,7 +287,7 @@ pub fn databases(shared: &Shared) -> ResultSet {
         let mut row = vec![
             text(name),
             text(&entry.host),
-            int(entry.port),
+            text(entry.port.to_string()),
             text(entry.dbname.clone().unwrap_or_else(|| name.clone())),
             entry.user.clone(),
             int(entry.pool_size.unwrap_or(config.default_pool_size)),

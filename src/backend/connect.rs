@@ -118,6 +118,9 @@ async fn connect_inner(
         polite_close: true,
         permits: Default::default(),
         registration: None,
+        endpoint: None,
+        host: None,
+        role: None,
     };
     login(&mut conn, target, opts).await?;
     conn.initial_params = conn.params.clone();

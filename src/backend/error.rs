@@ -47,6 +47,13 @@ pub enum BackendError {
     Protocol { addr: String, source: ProtocolError },
     #[error("no usable address for {host}:{port}")]
     NoAddress { host: String, port: u16 },
+    #[error("no server of {hosts} is {wanted} (target_session_attrs) right now: {found}")]
+    NoSuitableHost {
+        hosts: String,
+        wanted: &'static str,
+        /// What each host was, for the operator.
+        found: String,
+    },
 }
 
 impl BackendError {

@@ -108,6 +108,11 @@ pub enum CloseReason {
     CheckFailed,
     /// Closed to make room under max_db_connections / max_user_connections, or the pool shrank.
     Trimmed,
+    /// Another connection to its host failed (or the host's role changed) after it was made.
+    HostFailed,
+    /// The server was promoted (or went into recovery) since login: it is no longer what
+    /// the pool's target_session_attrs asked for.
+    RoleChanged,
     /// An illegal transition was asked for.
     Bug,
 }
@@ -124,6 +129,8 @@ impl CloseReason {
                 | CloseReason::Lifetime
                 | CloseReason::IdleTimeout
                 | CloseReason::Trimmed
+                | CloseReason::HostFailed
+                | CloseReason::RoleChanged
         )
     }
 
@@ -142,6 +149,8 @@ impl CloseReason {
             CloseReason::StrayData => "server sent data or closed while idle",
             CloseReason::CheckFailed => "server_check_query failed",
             CloseReason::Trimmed => "closed to stay within a limit",
+            CloseReason::HostFailed => "a failure was seen on its host since it was made",
+            CloseReason::RoleChanged => "the server's role (primary or standby) changed",
             CloseReason::Bug => "illegal state transition",
         }
     }

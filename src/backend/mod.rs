@@ -4,6 +4,7 @@
 
 mod connect;
 mod error;
+pub mod hosts;
 pub mod lifecycle;
 mod probe;
 mod query;
@@ -20,6 +21,7 @@ use crate::stream::{Stream, TlsInfo};
 
 pub use connect::{BackendTarget, ConnectOptions, connect, negotiate_tls};
 pub use error::BackendError;
+pub use hosts::{HostHealth, HostStatus, ServerRole};
 pub use lifecycle::{CancelFlight, CleanProof, CloseReason, PinReasons, ResetNeed, ServerState};
 pub use probe::SessionSnapshot;
 pub use statements::{ConnectionPermits, ServerStatements, SpareBuffers};
@@ -71,6 +73,14 @@ pub struct ServerConn {
     pub permits: ConnectionPermits,
     /// Its entry in SHOW SERVERS, removed when the connection is dropped.
     pub registration: Option<crate::stats::ServerRegistration>,
+    /// Where it logged in (one host of the entry's list), for cancels and health.
+    pub endpoint: Option<Arc<BackendTarget>>,
+    /// The health record of that host, and its failure count when this connection was made:
+    /// a later failure there retires this connection.
+    pub host: Option<(Arc<HostHealth>, u64)>,
+    /// What the server was at login (`None` when it was not asked: a pre-14 server under
+    /// target_session_attrs = any).
+    pub role: Option<ServerRole>,
 }
 
 impl Drop for ServerConn {
@@ -94,6 +104,22 @@ impl Drop for ServerConn {
 }
 
 impl ServerConn {
+    /// Why this connection's host no longer vouches for it: a failure seen there since it
+    /// was made, or the server no longer being the standby or primary it was at login.
+    pub fn host_retired(&self) -> Option<CloseReason> {
+        if let Some((host, failures)) = &self.host
+            && host.failures() != *failures
+        {
+            return Some(CloseReason::HostFailed);
+        }
+        match (self.role, self.reported_standby()) {
+            (Some(role), Some(standby)) if role.standby != standby => {
+                Some(CloseReason::RoleChanged)
+            }
+            _ => None,
+        }
+    }
+
     pub fn state(&self) -> ServerState {
         self.state
     }

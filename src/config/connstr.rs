@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::fields::{DATABASE_FIELDS, Field};
-use super::settings::DatabaseConfig;
+use super::settings::{DatabaseConfig, Ports};
 use super::values::{Input, value_text};
 
 /// Shown instead of a password anywhere pgmoat prints a configuration.
@@ -84,7 +84,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             host: String::new(),
-            port: 5432,
+            port: Ports::default(),
             dbname: None,
             user: None,
             password: None,
@@ -97,6 +97,8 @@ impl Default for DatabaseConfig {
             query_timeout: None,
             transaction_timeout: None,
             auth_ident_map: None,
+            target_session_attrs: None,
+            load_balance_hosts: None,
             server_tls_sslmode: None,
             server_tls_ca_file: None,
             server_tls_cert_file: None,
@@ -205,7 +207,7 @@ mod tests {
             entry,
             DatabaseConfig {
                 host: "pg".into(),
-                port: 5433,
+                port: Ports(vec![5433]),
                 dbname: Some("app".into()),
                 user: Some("x".into()),
                 password: Some("y".into()),
@@ -222,7 +224,7 @@ mod tests {
     #[test]
     fn port_defaults_to_5432() {
         let entry = DatabaseConfig::from_connstr("host=localhost").unwrap();
-        assert_eq!(entry.port, 5432);
+        assert_eq!(entry.port, Ports(vec![5432]));
         assert_eq!(entry.dbname, None);
     }
 

@@ -114,6 +114,67 @@ pub const DEFAULT_MAX_PACKET_SIZE: usize = 64 * 1024 * 1024;
 /// The smallest max_packet_size accepted: below it ordinary statements would not fit.
 pub const MIN_MAX_PACKET_SIZE: usize = 16 * 1024;
 
+/// libpq's target_session_attrs for the servers of a database entry: which of its hosts a
+/// server connection may be on, judged at login from what the server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    /// Any server that accepts the login.
+    #[default]
+    Any,
+    /// Writes allowed: not a hot standby, default_transaction_read_only off.
+    ReadWrite,
+    /// Writes refused: a hot standby, or default_transaction_read_only on.
+    ReadOnly,
+    /// Not in recovery.
+    Primary,
+    /// In recovery (a hot standby).
+    Standby,
+    /// A standby when one answers, otherwise any server.
+    PreferStandby,
+}
+
+/// load_balance_hosts: how a database entry with several hosts picks one for a new server
+/// connection. PgBouncer's `round-robin` and `disable`, plus libpq's `random`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalanceHosts {
+    /// In the order listed (hosts known to suit come first).
+    Disable,
+    /// Each new connection starts at the next suitable host (PgBouncer's default).
+    #[default]
+    RoundRobin,
+    /// A random suitable host first.
+    Random,
+}
+
+/// The port of a database entry: one for every host, or one per host (`"5432,5433"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "toml::Value")]
+pub struct Ports(pub Vec<u16>);
+
+impl From<Ports> for toml::Value {
+    fn from(ports: Ports) -> toml::Value {
+        match ports.0.as_slice() {
+            [one] => toml::Value::Integer(i64::from(*one)),
+            _ => toml::Value::String(ports.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let spelled: Vec<String> = self.0.iter().map(u16::to_string).collect();
+        f.write_str(&spelled.join(","))
+    }
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports(vec![5432])
+    }
+}
+
 /// A duration written in seconds (integer or fractional), as PgBouncer writes its timeouts.
 /// Zero means "disabled" where PgBouncer says so.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Default)]
@@ -134,8 +195,10 @@ impl Seconds {
 /// Its `Debug` (in connstr.rs) hides the password.
 #[derive(Clone, PartialEq, Serialize)]
 pub struct DatabaseConfig {
+    /// One host, or several separated by commas (libpq style), tried as load_balance_hosts
+    /// and target_session_attrs say.
     pub host: String,
-    pub port: u16,
+    pub port: Ports,
     /// The database name on PostgreSQL; defaults to the entry's own name
     /// (for `*`, to the name the client asked for).
     pub dbname: Option<String>,
@@ -156,6 +219,9 @@ pub struct DatabaseConfig {
     pub transaction_timeout: Option<Seconds>,
     /// The auth_ident_file map for certificate identities of clients of this database.
     pub auth_ident_map: Option<String>,
+    /// Which hosts' servers this entry's clients may use.
+    pub target_session_attrs: Option<TargetSessionAttrs>,
+    pub load_balance_hosts: Option<LoadBalanceHosts>,
     /// TLS towards this database's server, overriding the global server_tls_* settings.
     pub server_tls_sslmode: Option<SslMode>,
     pub server_tls_ca_file: Option<PathBuf>,
@@ -164,6 +230,28 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// The entry's hosts with their ports: `port` holds one port for all hosts or one per
+    /// host. Checked when the config is loaded, so later callers can rely on it.
+    pub fn endpoints(&self) -> Result<Vec<(String, u16)>, String> {
+        let hosts: Vec<&str> = self.host.split(',').map(str::trim).collect();
+        if hosts.iter().any(|h| h.is_empty()) {
+            return Err("a host list has an empty name (two commas, or one at an end)".into());
+        }
+        match self.port.0.as_slice() {
+            [one] => Ok(hosts.iter().map(|h| ((*h).to_owned(), *one)).collect()),
+            many if many.len() == hosts.len() => Ok(hosts
+                .iter()
+                .zip(many)
+                .map(|(h, p)| ((*h).to_owned(), *p))
+                .collect()),
+            many => Err(format!(
+                "{} ports for {} hosts: give one port for all hosts, or one per host",
+                many.len(),
+                hosts.len()
+            )),
+        }
+    }
+
     /// Whether this entry sets any server_tls_* setting of its own.
     pub fn overrides_server_tls(&self) -> bool {
         self.server_tls_sslmode.is_some()
@@ -204,6 +292,9 @@ pub struct Config {
     pub server_reset_query: String,
     pub server_reset_query_always: bool,
     pub server_connect_timeout: Seconds,
+    /// How long to wait between rounds over a database entry's hosts when none gave a
+    /// suitable server (a failover under way).
+    pub server_login_retry: Seconds,
     pub query_wait_timeout: Seconds,
     /// A client that has waited this long for a server gets a NOTICE saying so; 0: never.
     pub query_wait_notify: Seconds,
@@ -287,6 +378,7 @@ impl Default for Config {
             server_reset_query: "DISCARD ALL".into(),
             server_reset_query_always: false,
             server_connect_timeout: Seconds(15.0),
+            server_login_retry: Seconds(1.0),
             query_wait_timeout: Seconds(120.0),
             query_wait_notify: Seconds(0.0),
             client_login_timeout: Seconds(60.0),

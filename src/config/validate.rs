@@ -335,8 +335,10 @@ fn databases(c: &Config, found: &mut Found) {
         if entry.host.trim().is_empty() {
             found.add(key("host"), &[], "every database entry needs a host");
         }
-        if entry.port == 0 {
-            found.add(key("port"), &[], "must not be 0");
+        if !entry.host.trim().is_empty()
+            && let Err(why) = entry.endpoints()
+        {
+            found.add(key("port"), &[], why);
         }
         if entry.pool_size == Some(0) {
             found.add(key("pool_size"), &[], "must be at least 1");

@@ -12,8 +12,8 @@ use toml::Value;
 use toml::de::DeValue;
 
 use super::settings::{
-    AuthType, CertIdentity, ChannelBinding, CrlExpired, CrlUnknownStatus, PoolMode, Seconds,
-    SessionState, SslMode, TlsVersion,
+    AuthType, CertIdentity, ChannelBinding, CrlExpired, CrlUnknownStatus, LoadBalanceHosts,
+    PoolMode, Ports, Seconds, SessionState, SslMode, TargetSessionAttrs, TlsVersion,
 };
 
 /// Where a value comes from: TOML keeps its types, text (env, connection strings) is parsed.
@@ -126,6 +126,33 @@ macro_rules! integer_setting {
     )*};
 }
 integer_setting!(u16, u32, usize);
+
+/// `port = 5432` or, for a host list, `port = "5432,5433"` (libpq's spelling).
+impl SettingValue for Ports {
+    fn from_toml(value: &DeValue<'_>) -> Result<Self, String> {
+        match value {
+            DeValue::Integer(_) => u16::from_toml(value).map(|p| Ports(vec![p])),
+            DeValue::String(text) => Ports::from_text(text),
+            other => Err(wrong_type(
+                "a port number or a list like \"5432,5433\"",
+                other,
+            )),
+        }
+    }
+    fn from_text(text: &str) -> Result<Self, String> {
+        let ports = text
+            .split(',')
+            .map(|p| u16::from_text(p).map_err(|_| format!("`{}` is not a port number", p.trim())))
+            .collect::<Result<Vec<u16>, String>>()?;
+        if ports.contains(&0) {
+            return Err("port 0 is not a port to connect to".into());
+        }
+        Ok(Ports(ports))
+    }
+    fn to_value(&self) -> Option<Value> {
+        Some(self.clone().into())
+    }
+}
 
 impl SettingValue for bool {
     fn from_toml(value: &DeValue<'_>) -> Result<Self, String> {
@@ -350,6 +377,19 @@ spelled_enum!(CrlUnknownStatus {
     AllowIntermediate => "allow-intermediate",
     Allow => "allow",
 });
+spelled_enum!(TargetSessionAttrs {
+    Any => "any",
+    ReadWrite => "read-write",
+    ReadOnly => "read-only",
+    Primary => "primary",
+    Standby => "standby",
+    PreferStandby => "prefer-standby",
+});
+spelled_enum!(LoadBalanceHosts {
+    Disable => "disable",
+    RoundRobin => "round-robin",
+    Random => "random",
+});
 spelled_enum!(TlsVersion { Tls12 => "tlsv1.2", Tls13 => "tlsv1.3" });
 
 /// PgBouncer values pgmoat knows but deliberately does not offer.
@@ -385,7 +425,9 @@ enum_setting!(
     ChannelBinding,
     CertIdentity,
     CrlExpired,
-    CrlUnknownStatus
+    CrlUnknownStatus,
+    TargetSessionAttrs,
+    LoadBalanceHosts
 );
 
 #[cfg(test)]

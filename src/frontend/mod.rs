@@ -2,6 +2,7 @@
 //! client_tls_sslmode), log in (startup packet, authentication), then the idle/active loop
 //! that borrows a server for each transaction (or the whole session).
 
+mod aborted;
 mod auth;
 mod console;
 mod login;

@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use super::aborted::{self, LostTransaction};
 use super::server_state::{merge_snapshot, sync_settings};
 use crate::admission::ClientSlot;
 use crate::backend::scram_keys::ScramKeys;
@@ -109,6 +110,8 @@ pub struct ClientSession {
     held: Option<Box<Held>>,
     /// Its pinned server was lost: the next batch is answered with that news.
     state_lost: bool,
+    /// Its transaction's server was lost: answered here until it ends the failed block.
+    lost: Option<LostTransaction>,
     /// Logged in (AuthenticationOk sent): a NOTICE may now go to the client. Before, during
     /// the login's own checkout, libpq would take one for a protocol error.
     may_notify: bool,
@@ -168,6 +171,7 @@ impl ClientSession {
             stats: start.stats,
             held: None,
             state_lost: false,
+            lost: None,
             may_notify: false,
             _slot: start.slot,
         }
@@ -303,6 +307,45 @@ impl ClientSession {
                         return;
                     }
                     continue;
+                }
+            }
+            if let Some(lost) = &self.lost {
+                let statements = &self.statements;
+                let named_end = |name: &str| {
+                    statements.get(name).is_some_and(|st| {
+                        let body = st.parse.get(crate::protocol::Header::SIZE..).unwrap_or(&[]);
+                        aborted::is_block_end(aborted::parse_query(body))
+                    })
+                };
+                match aborted::answer(lost, &client_half.buf, &named_end) {
+                    aborted::Step::NeedMore => {
+                        // Bounded: what an idle client may queue, or one message past it.
+                        let bound = IDLE_QUEUE_MAX.max(client_half.packet_limit());
+                        if client_half.buf.len() > bound {
+                            let err = PgError::fatal(
+                                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                                "too much input without a Sync in a transaction whose server was lost",
+                            );
+                            Box::pin(self.fail(err)).await;
+                            return;
+                        }
+                        if let Next::Close = self.read_idle(&mut client_half).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    aborted::Step::Answer { len, reply, next } => {
+                        bytes::Buf::advance(&mut client_half.buf, len);
+                        scan.consumed();
+                        if next.is_none() {
+                            tracing::info!("the client ended its lost transaction");
+                        }
+                        self.lost = next;
+                        if let Next::Close = self.answer(&reply).await {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
@@ -1039,6 +1082,7 @@ impl ClientSession {
                     message = %fatal.message,
                     "server connection ended with a FATAL error"
                 );
+                server.report_lost(&format!("{}: {}", fatal.code, fatal.message));
                 server.close(CloseReason::ServerLost);
                 if transaction_mode && tx.server_idle() {
                     // It came right after the answer: the client has all it asked for.
@@ -1054,11 +1098,15 @@ impl ClientSession {
                     && !after_completion
                     && tx.outstanding > 0
                     && !tx.unsynced
-                    && !tx.in_copy_in();
+                    && !tx.in_copy_in()
+                    && tx.status == b'I';
                 let detail = format!(
                     "PostgreSQL ended the server connection: {} {}: {}",
                     fatal.severity, fatal.code, fatal.message
                 );
+                if transaction_mode && !untouched && !tx.in_copy_in() {
+                    return self.lose_transaction(&tx, detail).await;
+                }
                 if untouched {
                     let err = PgError::error(
                         SqlState::CONNECTION_FAILURE,
@@ -1078,10 +1126,15 @@ impl ClientSession {
             }
             RelayEnd::ServerGone(e) => {
                 tracing::warn!(error = %e, server_id = server.id, "server connection lost during a query");
+                server.report_lost(&e.to_string());
                 server.close(CloseReason::ServerLost);
                 if transaction_mode && tx.server_idle() {
                     // Lost between transactions (a pinned server): nothing was in flight.
                     return Next::Continue;
+                }
+                if transaction_mode && !tx.in_copy_in() {
+                    let detail = format!("The PostgreSQL server connection failed: {e}");
+                    return self.lose_transaction(&tx, detail).await;
                 }
                 self.fail(PgError::fatal(
                     SqlState::CONNECTION_FAILURE,
@@ -1092,6 +1145,62 @@ impl ClientSession {
             }
             _ => Next::Continue,
         }
+    }
+
+    /// The server of a transaction-mode client went away in the middle of its batch or its
+    /// transaction block: the client keeps its connection. What it was waiting for is
+    /// answered with an error; inside a transaction block it is then in a failed block
+    /// (ReadyForQuery 'E') until it ends it (see `aborted`); outside one it is idle again.
+    async fn lose_transaction(&mut self, tx: &TxState, detail: String) -> Next {
+        let in_block = tx.status != b'I';
+        let err = if in_block {
+            PgError::error(
+                SqlState::CONNECTION_FAILURE,
+                "the server connection was lost in the middle of this transaction; it was rolled back",
+            )
+            .with_hint("Roll back and run the transaction again; the connection itself is fine.")
+        } else {
+            PgError::error(
+                SqlState::CONNECTION_FAILURE,
+                "the server connection was lost while this query ran",
+            )
+            .with_hint(
+                "If it wrote outside a transaction block, or was a COMMIT, it may or may not have taken effect.",
+            )
+        }
+        .with_detail(detail);
+        tracing::info!(
+            in_block,
+            outstanding = tx.outstanding,
+            "server lost under a client; the client stays connected"
+        );
+        if tx.outstanding == 0 && !tx.unsynced {
+            // Idle inside its block: nothing is awaited now; its next batch learns of it.
+            self.lost = Some(LostTransaction::Untold(err));
+            return Next::Continue;
+        }
+        let status = if in_block { b'E' } else { b'I' };
+        let mut reply = BytesMut::new();
+        for batch in 0..tx.outstanding {
+            if batch > 0 && in_block {
+                aborted::in_failed_block().encode(&mut reply);
+            } else {
+                err.encode(&mut reply);
+            }
+            crate::protocol::messages::ready_for_query(&mut reply, status);
+        }
+        self.lost = if tx.unsynced {
+            // The rest of the batch is still coming: told now, its Sync answered later.
+            if tx.outstanding == 0 {
+                err.encode(&mut reply);
+            } else if in_block {
+                aborted::in_failed_block().encode(&mut reply);
+            }
+            Some(LostTransaction::Skipping { in_block })
+        } else {
+            in_block.then_some(LostTransaction::Aborted)
+        };
+        self.answer(&reply).await
     }
 
     /// No server for this batch. PostgreSQL unreachable, or refusing connections while it
@@ -1151,7 +1260,11 @@ impl ClientSession {
 /// Where a cancel for the client holding `server` goes.
 fn cancel_target(server: &Lent) -> CancelTarget {
     CancelTarget {
-        target: server.share().cancel_target.clone(),
+        // The host this server is on, which in a host list need not be the first.
+        target: server
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| server.share().cancel_target.clone()),
         server_key: server.key,
         flight: server.cancels.clone(),
     }

@@ -18,9 +18,14 @@ pub fn default_hba() -> Vec<String> {
 }
 
 /// pg_hba.conf text. The harness administers the cluster as `postgres` over the Unix socket,
-/// so that line always comes first whatever the caller's rules say.
+/// so that line always comes first whatever the caller's rules say; `all` does not match
+/// replication connections, so pg_basebackup and standbys (also local) get their own line.
 pub(crate) fn hba_file(lines: &[String]) -> String {
-    let mut text = String::from("# written by pgmoat's pgcluster\nlocal all postgres trust\n");
+    let mut text = String::from(
+        "# written by pgmoat's pgcluster\n\
+         local all postgres trust\n\
+         local replication postgres trust\n",
+    );
     for line in lines {
         text.push_str(line);
         text.push('\n');
@@ -30,11 +35,16 @@ pub(crate) fn hba_file(lines: &[String]) -> String {
 
 /// postgresql.auto.conf text: settings for a fast, TLS-only throwaway server, then the caller's
 /// extras (later lines win in PostgreSQL's config files).
-pub(crate) fn auto_conf(port: u16, socket_dir: &Path, extra: &[(String, String)]) -> String {
+pub(crate) fn auto_conf(
+    listen: &str,
+    port: u16,
+    socket_dir: &Path,
+    extra: &[(String, String)],
+) -> String {
     let port = port.to_string();
     let socket_dir = socket_dir.display().to_string();
     let base: [(&str, &str); 17] = [
-        ("listen_addresses", "127.0.0.1"),
+        ("listen_addresses", listen),
         ("port", &port),
         ("unix_socket_directories", &socket_dir),
         // Durability is worthless for a cluster that is deleted afterwards; speed is not.
@@ -54,9 +64,16 @@ pub(crate) fn auto_conf(port: u16, socket_dir: &Path, extra: &[(String, String)]
         ("timezone", "UTC"),
         ("log_timezone", "UTC"),
     ];
-    let mut text = String::from("# written by pgmoat's pgcluster\n");
     let extra = extra.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    for (name, value) in base.into_iter().chain(extra) {
+    let mut text = String::from("# written by pgmoat's pgcluster\n");
+    text.push_str(&setting_lines(base.into_iter().chain(extra)));
+    text
+}
+
+/// `name = 'value'` lines, in order.
+pub(crate) fn setting_lines<'a>(settings: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut text = String::new();
+    for (name, value) in settings {
         // Quoting every value is valid for every setting type and keeps odd values intact.
         text.push_str(&format!("{name} = {}\n", literal(value)));
     }
@@ -124,10 +141,12 @@ mod tests {
     #[test]
     fn extras_come_after_the_base_settings_and_are_quoted() {
         let conf = auto_conf(
+            "127.0.0.2",
             5433,
             Path::new("/tmp/x"),
             &[("max_connections".into(), "50".into())],
         );
+        assert!(conf.contains("listen_addresses = '127.0.0.2'\n"));
         assert!(conf.contains("port = '5433'\n"));
         assert!(conf.contains("unix_socket_directories = '/tmp/x'\n"));
         let base = conf.find("max_connections = '200'").unwrap();
@@ -140,6 +159,7 @@ mod tests {
         let text = hba_file(&["hostssl all all 127.0.0.1/32 cert".into()]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1], "local all postgres trust");
-        assert_eq!(lines[2], "hostssl all all 127.0.0.1/32 cert");
+        assert_eq!(lines[2], "local replication postgres trust");
+        assert_eq!(lines[3], "hostssl all all 127.0.0.1/32 cert");
     }
 }

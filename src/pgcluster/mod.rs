@@ -1,15 +1,17 @@
 //! A throwaway PostgreSQL cluster for the demo and the integration tests: initdb into a temp
-//! dir under /tmp, TLS on, a free port on 127.0.0.1, roles and databases created, and stopped
-//! and deleted on drop. Works as root by running the server as the `postgres` system user.
+//! dir under /tmp, TLS on, a free port on 127.0.0.1 (or another loopback address), roles and
+//! databases created, and stopped and deleted on drop. Works as root by running the server as
+//! the `postgres` system user. [`PgCluster::start_standby`] makes a streaming standby of one.
 
 mod bindir;
 mod conf;
 mod options;
+mod replica;
 mod runas;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -20,6 +22,7 @@ use tempfile::TempDir;
 pub use bindir::{client_program, find_bindir};
 pub use conf::default_hba;
 pub use options::{PgClusterError, PgClusterOptions, PgUser};
+pub use replica::StandbyOptions;
 use runas::ServerUser;
 
 /// Names of the TLS files inside the data dir (relative paths resolve against it).
@@ -41,43 +44,67 @@ pub struct PgCluster {
     bindir: PathBuf,
     user: ServerUser,
     port: u16,
+    /// `listen_addresses`: one address, which [`host`](Self::host) returns.
+    listen: String,
+    /// How it follows a primary if it is (or is rebuilt as) a standby.
+    standby: replica::StandbyConf,
 }
 
 impl PgCluster {
     pub fn start(opts: PgClusterOptions) -> Result<PgCluster, PgClusterError> {
-        let bindir = find_bindir()?;
-        let user = ServerUser::detect()?;
+        let mut cluster = PgCluster::unstarted(
+            find_bindir()?,
+            ServerUser::detect()?,
+            &opts.listen,
+            opts.keep,
+        )?;
+        cluster.initdb()?;
+        cluster.install_server_cert(&opts.server_cert, &opts.server_key)?;
+        cluster.install_file(&opts.ca_cert, SERVER_CA, 0o644)?;
+        cluster.set_hba(&opts.hba)?;
+        let socket_dir = cluster.dir.path().to_owned();
+        let listen = cluster.listen.clone();
+        cluster.start_on_free_port(|port| {
+            conf::auto_conf(&listen, port, &socket_dir, &opts.settings)
+        })?;
+        cluster.create_objects(&opts)?;
+        Ok(cluster)
+    }
+
+    /// A fresh temp dir and the struct around it; nothing in the dir yet, no port.
+    fn unstarted(
+        bindir: PathBuf,
+        user: ServerUser,
+        listen: &str,
+        keep: bool,
+    ) -> Result<PgCluster, PgClusterError> {
         // Directly under /tmp: the socket path must stay short, and every parent must be
         // traversable by the postgres user (so not TMPDIR under /root).
         let mut dir = tempfile::Builder::new()
             .prefix("pgmoat-pg-")
             .tempdir_in("/tmp")
             .map_err(|e| PgClusterError::io("creating a temp dir in /tmp", e))?;
-        dir.disable_cleanup(opts.keep);
+        dir.disable_cleanup(keep);
         user.give(dir.path())?;
-        let mut cluster = PgCluster {
+        Ok(PgCluster {
             data: dir.path().join("data"),
             log: dir.path().join(LOG_FILE),
             dir,
             bindir,
             user,
             port: 0,
-        };
-        cluster.initdb()?;
-        cluster.install_server_cert(&opts.server_cert, &opts.server_key)?;
-        cluster.install_file(&opts.ca_cert, SERVER_CA, 0o644)?;
-        cluster.set_hba(&opts.hba)?;
-        cluster.start_on_free_port(&opts.settings)?;
-        cluster.create_objects(&opts)?;
-        Ok(cluster)
+            listen: listen.to_owned(),
+            standby: replica::StandbyConf::default(),
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    pub fn host(&self) -> &'static str {
-        "127.0.0.1"
+    /// The address it listens on (`PgClusterOptions::listen`, `StandbyOptions::listen`).
+    pub fn host(&self) -> &str {
+        &self.listen
     }
 
     pub fn socket_dir(&self) -> &Path {
@@ -194,12 +221,17 @@ impl PgCluster {
         run(cmd, "initdb").map(drop)
     }
 
-    fn start_on_free_port(&mut self, settings: &[(String, String)]) -> Result<(), PgClusterError> {
+    /// Writes postgresql.auto.conf as `auto_conf(port)` says and starts, on another free port
+    /// when the one probed was taken in the meantime.
+    fn start_on_free_port(
+        &mut self,
+        auto_conf: impl Fn(u16) -> String,
+    ) -> Result<(), PgClusterError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let port = free_port()?;
-            let text = conf::auto_conf(port, self.dir.path(), settings);
+            let port = free_port(&self.listen)?;
+            let text = auto_conf(port);
             self.write_data_file("postgresql.auto.conf", text.as_bytes(), 0o600)?;
             let log_before = self.read_log().len();
             match self.pg_ctl_start_like("start") {
@@ -345,9 +377,11 @@ impl Drop for PgCluster {
     }
 }
 
-fn free_port() -> Result<u16, PgClusterError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| PgClusterError::io("finding a free port", e))?;
+/// A port free on `listen` (probed there: 127.0.0.2 and 127.0.0.1 are different sockets).
+fn free_port(listen: &str) -> Result<u16, PgClusterError> {
+    let ip: IpAddr = listen.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let listener =
+        TcpListener::bind((ip, 0)).map_err(|e| PgClusterError::io("finding a free port", e))?;
     listener
         .local_addr()
         .map(|addr| addr.port())

@@ -38,6 +38,15 @@ pub enum PgClusterError {
     Psql { db: String, stderr: String },
     #[error("PostgreSQL did not log a configuration reload within {0:?}")]
     ReloadTimeout(Duration),
+    #[error(
+        "waited {timeout:?} for {what}; last seen: {last}\n--- server log tail ---\n{log_tail}"
+    )]
+    WaitTimeout {
+        what: String,
+        timeout: Duration,
+        last: String,
+        log_tail: String,
+    },
 }
 
 impl PgClusterError {
@@ -86,6 +95,8 @@ impl fmt::Debug for PgUser {
     }
 }
 
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1";
+
 #[derive(Debug, Clone)]
 pub struct PgClusterOptions {
     /// PEM files; copied into the data dir, so the originals may go away.
@@ -93,10 +104,16 @@ pub struct PgClusterOptions {
     pub server_key: PathBuf,
     /// CA that client certificates must chain to (`ssl_ca_file`).
     pub ca_cert: PathBuf,
-    /// pg_hba.conf lines; `local all postgres trust` is always put first (see [`default_hba`]).
+    /// pg_hba.conf lines; `local all postgres trust` and `local replication postgres trust`
+    /// always come first (see [`default_hba`]).
     pub hba: Vec<String>,
     /// Extra postgresql.conf settings as (name, unquoted value); they override the defaults.
+    /// A primary for synchronous replication needs `synchronous_commit = on` here (the
+    /// default is off) and `synchronous_standby_names`, e.g. `*` for any standby.
     pub settings: Vec<(String, String)>,
+    /// The one address to listen on (`listen_addresses`); any of 127/8 works on Linux, so
+    /// two clusters can differ by host as well as port. Default 127.0.0.1.
+    pub listen: String,
     pub users: Vec<PgUser>,
     /// Databases owned by postgres, CONNECT granted to PUBLIC.
     pub databases: Vec<String>,
@@ -112,6 +129,7 @@ impl PgClusterOptions {
             ca_cert: ca_cert.to_owned(),
             hba: default_hba(),
             settings: Vec::new(),
+            listen: DEFAULT_LISTEN.to_owned(),
             users: Vec::new(),
             databases: Vec::new(),
             keep: false,
@@ -134,6 +152,7 @@ mod tests {
     fn default_options_use_the_default_hba() {
         let opts = PgClusterOptions::new(Path::new("a"), Path::new("b"), Path::new("c"));
         assert_eq!(opts.hba, default_hba());
+        assert_eq!(opts.listen, "127.0.0.1");
         assert!(!opts.keep);
     }
 }

@@ -2,21 +2,32 @@
 //! too idle or too stale to hand out again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 
+use super::hosts::try_order;
 use super::{CrossPoolLimits, PoolKey};
 use crate::backend::{
-    BackendError, BackendTarget, CloseReason, ConnectOptions, ServerConn, ServerState, connect,
+    BackendError, BackendTarget, CloseReason, ConnectOptions, HostHealth, HostStatus, ServerConn,
+    ServerState, connect,
 };
+use crate::config::{LoadBalanceHosts, TargetSessionAttrs};
 use crate::generation::Generation;
 use crate::stats::{Registry, ServerEntry, TlsSummary};
 
 pub struct ServerManager {
     key: PoolKey,
     target: BackendTarget,
+    /// The entry's hosts: where each logs in (`target` with that host and port) and its
+    /// shared health record.
+    hosts: Vec<(Arc<BackendTarget>, Arc<HostHealth>)>,
+    attrs: TargetSessionAttrs,
+    balance: LoadBalanceHosts,
+    /// round-robin's position.
+    turn: AtomicUsize,
     current: Arc<ArcSwap<Generation>>,
     ids: Arc<AtomicU64>,
     limits: CrossPoolLimits,
@@ -44,6 +55,15 @@ pub fn retire_reason(
     if close_needed(conn) {
         return Some(CloseReason::Reconnect);
     }
+    if let Some(reason) = conn.host_retired() {
+        if reason == CloseReason::RoleChanged
+            && let Some((host, _)) = &conn.host
+            && let Some(was) = host.role_changed()
+        {
+            tracing::warn!(host = %host.addr_string(), was = %was.name(), "a server's role changed (in_hot_standby): its connections there are retired and the host is checked again");
+        }
+        return Some(reason);
+    }
     // 0 means "use once", as in PgBouncer: any connection that served a client is too old.
     if metrics.age() > config.server_lifetime.duration() {
         return Some(CloseReason::Lifetime);
@@ -68,7 +88,12 @@ impl ServerManager {
         ids: Arc<AtomicU64>,
         limits: CrossPoolLimits,
     ) -> Self {
+        let host = Arc::new(HostHealth::new(target.host.clone(), target.port));
         ServerManager {
+            hosts: vec![(Arc::new(target.clone()), host)],
+            attrs: TargetSessionAttrs::Any,
+            balance: LoadBalanceHosts::default(),
+            turn: AtomicUsize::new(0),
             key,
             target,
             current,
@@ -76,6 +101,30 @@ impl ServerManager {
             limits,
             registry: None,
         }
+    }
+
+    /// Logs in on these hosts (the entry's list, with their shared health records) instead
+    /// of the target's one host, picking servers that suit `attrs`.
+    pub fn on_hosts(
+        mut self,
+        hosts: Vec<Arc<HostHealth>>,
+        attrs: TargetSessionAttrs,
+        balance: LoadBalanceHosts,
+    ) -> Self {
+        self.hosts = hosts
+            .into_iter()
+            .map(|h| {
+                let target = BackendTarget {
+                    host: h.host.clone(),
+                    port: h.port,
+                    ..self.target.clone()
+                };
+                (Arc::new(target), h)
+            })
+            .collect();
+        self.attrs = attrs;
+        self.balance = balance;
+        self
     }
 
     /// Lists every connection this manager makes under `key` in `registry`.
@@ -135,6 +184,17 @@ impl Manager for ServerManager {
     }
 }
 
+/// What one round over the hosts ended with.
+enum RoundEnd {
+    Found(Box<ServerConn>),
+    /// Nothing suitable; `answered` when some host logged in but was not what is wanted (a
+    /// standby not promoted yet): a failover may be under way, worth another round.
+    Failed {
+        error: BackendError,
+        answered: bool,
+    },
+}
+
 impl ServerManager {
     async fn connect_new(&self) -> Result<ServerConn, BackendError> {
         let generation = self.current.load_full();
@@ -147,51 +207,195 @@ impl ServerManager {
             .limits
             .acquire(&self.key, max_db, config.max_user_connections)
             .await?;
-        let server_tls = generation.tls.server_for_entry(&self.target.entry);
-        let mut conn = connect(
-            &self.target,
-            ConnectOptions {
-                sslmode: server_tls.sslmode,
-                channel_binding: generation.config.server_channel_binding,
-                tls: server_tls.connector.as_ref(),
-                tls_epoch: generation.tls_epoch,
-                timeout: generation.config.server_connect_timeout.duration(),
-                id: self.ids.fetch_add(1, Ordering::Relaxed),
-            },
-        )
-        .await?;
+        // Rounds end when the checkout that asked gives up (deadpool drops this future at
+        // its create timeout, which is the client's remaining query_wait_timeout).
+        let retry = config.server_login_retry.duration();
+        let mut round = 0u32;
+        let mut conn = loop {
+            round += 1;
+            match self.round(&generation).await {
+                RoundEnd::Found(conn) => break *conn,
+                RoundEnd::Failed {
+                    error,
+                    answered: true,
+                } if self.hosts.len() > 1 || self.attrs != TargetSessionAttrs::Any => {
+                    tracing::info!(database = %self.key.database, round, error = %error, retry_in = retry.as_secs_f64(), "no suitable server yet; trying the hosts again after server_login_retry");
+                    tokio::time::sleep(retry.max(Duration::from_millis(10))).await;
+                }
+                RoundEnd::Failed { error, .. } => return Err(error),
+            }
+        };
         conn.permits = permits;
-        if let Some((key, registry)) = &self.registry {
-            // The client certificate on this connection is the one pgmoat presents.
-            let own_cert = generation
-                .tls
-                .certs
-                .iter()
-                .find(|c| c.setting == "server_tls_cert_file");
-            let tls = conn.tls.as_ref().map(|info| TlsSummary {
-                version: info.version.clone(),
-                cipher: info.cipher.clone(),
-                cert_subject: own_cert.map(|c| c.subject.clone()),
-                cert_not_after: own_cert.map(|c| c.not_after),
-            });
-            let entry = ServerEntry::new(
-                conn.id,
-                key.clone(),
-                conn.addr,
-                conn.stream.tcp().local_addr().ok(),
-                conn.key.pid,
-                tls,
-            );
-            conn.registration = Some(registry.register(conn.id, entry));
-        }
+        self.register(&mut conn, &generation);
         tracing::debug!(
             server_id = conn.id,
-            server = %self.target.addr_string(),
+            server = %conn.endpoint.as_ref().map(|t| t.addr_string()).unwrap_or_default(),
             database = %self.target.dbname,
             user = %self.target.user,
+            role = conn.role.map(|r| r.name()).unwrap_or("not asked"),
             tls = conn.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("off"),
             "server connection established"
         );
         Ok(conn)
+    }
+
+    /// Tries every host once, likeliest first; a server that does not suit is closed.
+    async fn round(&self, generation: &Arc<Generation>) -> RoundEnd {
+        let mut second_choice: Option<ServerConn> = None;
+        let mut answered = false;
+        let mut last_error = None;
+        let mut found = Vec::new();
+        for index in try_order(
+            &self
+                .hosts
+                .iter()
+                .map(|(_, h)| h.clone())
+                .collect::<Vec<_>>(),
+            self.attrs,
+            self.balance,
+            &self.turn,
+        ) {
+            let (target, host) = &self.hosts[index];
+            match self.login_at(target, host, generation).await {
+                Ok(conn) => {
+                    let role = conn.role;
+                    let suits = role.is_none_or(|r| r.suits(self.attrs));
+                    if suits && !role.is_some_and(|r| r.second_choice(self.attrs)) {
+                        return RoundEnd::Found(Box::new(conn));
+                    }
+                    answered = true;
+                    found.push(format!(
+                        "{} is {}",
+                        host.addr_string(),
+                        role.map(|r| r.name()).unwrap_or("unknown")
+                    ));
+                    if suits && second_choice.is_none() {
+                        second_choice = Some(conn);
+                    }
+                }
+                Err(e) => {
+                    found.push(format!("{} failed", host.addr_string()));
+                    last_error = Some(e);
+                }
+            }
+        }
+        if let Some(conn) = second_choice {
+            return RoundEnd::Found(Box::new(conn));
+        }
+        let error = match last_error {
+            Some(e) if !answered => e,
+            _ => BackendError::NoSuitableHost {
+                hosts: self
+                    .hosts
+                    .iter()
+                    .map(|(t, _)| t.addr_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                wanted: self.attrs.as_str(),
+                found: found.join(", "),
+            },
+        };
+        RoundEnd::Failed { error, answered }
+    }
+
+    /// One login on one host, with its role learnt and its health record updated.
+    async fn login_at(
+        &self,
+        target: &Arc<BackendTarget>,
+        host: &Arc<HostHealth>,
+        generation: &Arc<Generation>,
+    ) -> Result<ServerConn, BackendError> {
+        let config = &generation.config;
+        // Read before connecting: a failure there while this login runs retires it too.
+        let failures = host.failures();
+        let server_tls = generation.tls.server_for_entry(&self.target.entry);
+        let started = Instant::now();
+        let attempt = async {
+            let mut conn = connect(
+                target,
+                ConnectOptions {
+                    sslmode: server_tls.sslmode,
+                    channel_binding: config.server_channel_binding,
+                    tls: server_tls.connector.as_ref(),
+                    tls_epoch: generation.tls_epoch,
+                    timeout: config.server_connect_timeout.duration(),
+                    id: self.ids.fetch_add(1, Ordering::Relaxed),
+                },
+            )
+            .await?;
+            // Only pre-14 servers need a question, and only when the answer matters.
+            if self.attrs != TargetSessionAttrs::Any
+                || crate::backend::ServerRole::from_params(&conn.initial_params).is_some()
+            {
+                conn.role = Some(conn.learn_role().await?);
+            }
+            Ok::<_, BackendError>(conn)
+        };
+        match attempt.await {
+            Ok(mut conn) => {
+                if let Some(role) = conn.role
+                    && let Some(was) = host.logged_in(role)
+                {
+                    log_status_change(host, &was, &HostStatus::Up(role));
+                }
+                conn.endpoint = Some(target.clone());
+                conn.host = Some((host.clone(), failures));
+                Ok(conn)
+            }
+            Err(e) => {
+                // A refused login says nothing about the host's health unless it is one of
+                // PostgreSQL's own "not now" answers (shutting down, starting, recovering).
+                if e.is_transient()
+                    && let Some(was) = host.failed(e.to_string())
+                {
+                    log_status_change(host, &was, &HostStatus::Down(e.to_string()));
+                }
+                tracing::debug!(host = %host.addr_string(), error = %e, took_ms = started.elapsed().as_millis() as u64, "login attempt failed");
+                Err(e)
+            }
+        }
+    }
+
+    fn register(&self, conn: &mut ServerConn, generation: &Generation) {
+        let Some((key, registry)) = &self.registry else {
+            return;
+        };
+        // The client certificate on this connection is the one pgmoat presents.
+        let own_cert = generation
+            .tls
+            .certs
+            .iter()
+            .find(|c| c.setting == "server_tls_cert_file");
+        let tls = conn.tls.as_ref().map(|info| TlsSummary {
+            version: info.version.clone(),
+            cipher: info.cipher.clone(),
+            cert_subject: own_cert.map(|c| c.subject.clone()),
+            cert_not_after: own_cert.map(|c| c.not_after),
+        });
+        let entry = ServerEntry::new(
+            conn.id,
+            key.clone(),
+            conn.addr,
+            conn.stream.tcp().local_addr().ok(),
+            conn.key.pid,
+            tls,
+        );
+        conn.registration = Some(registry.register(conn.id, entry));
+    }
+}
+
+/// One log line per change of what a host is (a promotion, a host down or back).
+fn log_status_change(host: &HostHealth, was: &HostStatus, now: &HostStatus) {
+    match now {
+        HostStatus::Down(why) => {
+            tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %why, "host is down")
+        }
+        // The first login there: news, not a change.
+        _ if *was == HostStatus::Unknown => {
+            tracing::info!(host = %host.addr_string(), role = %now.name(), "host role learnt")
+        }
+        _ => {
+            tracing::warn!(host = %host.addr_string(), was = %was.name(), now = %now.name(), "host role changed")
+        }
     }
 }

@@ -18,6 +18,7 @@
 //! (so_reuseport). Smaller pools are not split.
 
 mod error;
+pub mod hosts;
 mod janitor;
 mod lent;
 mod limits;
@@ -35,7 +36,7 @@ use deadpool::managed::{Pool, PoolError as DeadpoolError, QueueMode, TimeoutType
 use tokio::sync::Semaphore;
 
 use crate::backend::{BackendError, BackendTarget};
-use crate::config::{Config, PoolMode, SessionState};
+use crate::config::{Config, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs};
 use crate::generation::Generation;
 use crate::stats::{Registry, ServerEntry};
 
@@ -52,7 +53,12 @@ pub use pins::{PinSlot, PinSlots};
 /// The per-database settings a pool was built with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
+    /// How to log in; its host and port are the entry's first (see `hosts`).
     pub target: BackendTarget,
+    /// Every host of the entry, with its port, in the configured order.
+    pub hosts: Vec<(String, u16)>,
+    pub target_session_attrs: TargetSessionAttrs,
+    pub load_balance_hosts: LoadBalanceHosts,
     pub size: usize,
     pub reserve_size: usize,
     pub mode: PoolMode,
@@ -80,15 +86,21 @@ impl PoolSettings {
             _ => None,
         });
         let size = entry.pool_size.unwrap_or(config.default_pool_size).max(1);
+        // Validated when the config was loaded; an empty list cannot come from there.
+        let hosts = entry.endpoints().ok().filter(|h| !h.is_empty())?;
+        let (host, port) = hosts[0].clone();
         Some(PoolSettings {
+            hosts,
+            target_session_attrs: entry.target_session_attrs.unwrap_or_default(),
+            load_balance_hosts: entry.load_balance_hosts.unwrap_or_default(),
             target: BackendTarget {
                 entry: if config.databases.contains_key(database) {
                     database.to_owned()
                 } else {
                     "*".to_owned()
                 },
-                host: entry.host.clone(),
-                port: entry.port,
+                host,
+                port,
                 dbname: entry.dbname.clone().unwrap_or_else(|| database.to_owned()),
                 user,
                 password,
@@ -122,8 +134,9 @@ impl PoolSettings {
                 .map(|k| (k.server_key, k.salt.clone(), k.iterations))
         };
         a.entry == b.entry
-            && a.host == b.host
-            && a.port == b.port
+            && self.hosts == other.hosts
+            && self.target_session_attrs == other.target_session_attrs
+            && self.load_balance_hosts == other.load_balance_hosts
             && a.dbname == b.dbname
             && a.user == b.user
             && a.password == b.password
@@ -259,7 +272,7 @@ impl ServerPool {
                     .unwrap_or(Duration::from_secs(3600))
                     .max(Duration::from_millis(100)),
             ),
-            create: Some(config.server_connect_timeout.duration() + Duration::from_secs(1)),
+            create: Some(self.create_limit(config, started.elapsed())),
             recycle: Some(config.server_connect_timeout.duration()),
         };
         match self.pool.timeout_get(&timeouts).await {
@@ -291,6 +304,25 @@ impl ServerPool {
                 Err(PoolError::Retired)
             }
         }
+    }
+
+    /// How long making a new connection may take for a checkout that has waited `waited`.
+    /// One host: one login. A host list, or a target_session_attrs to satisfy: a round over
+    /// every host, and more rounds (server_login_retry apart) while a failover may be under
+    /// way, as long as the client is willing to wait (query_wait_timeout).
+    fn create_limit(&self, config: &Config, waited: Duration) -> Duration {
+        let one_login = config.server_connect_timeout.duration() + Duration::from_secs(1);
+        let settings = &self.settings;
+        if settings.hosts.len() <= 1 && settings.target_session_attrs == TargetSessionAttrs::Any {
+            return one_login;
+        }
+        let one_round = one_login * settings.hosts.len() as u32;
+        let willing = config
+            .query_wait_timeout
+            .non_zero()
+            .map(|limit| limit.saturating_sub(waited))
+            .unwrap_or(Duration::from_secs(3600));
+        willing.max(one_round)
     }
 
     fn wait_timeout(&self, config: &Config) -> PoolError {
@@ -413,6 +445,8 @@ pub struct PoolRegistry {
     servers: Arc<Registry<ServerEntry>>,
     /// Worker threads, so how many shares a large pool is split into.
     workers: usize,
+    /// What is known of every host the pools connect to.
+    pub hosts: Arc<hosts::HostBook>,
 }
 
 impl PoolRegistry {
@@ -430,6 +464,7 @@ impl PoolRegistry {
             db_limits: Arc::default(),
             user_limits: Arc::default(),
             servers,
+            hosts: Arc::default(),
         }
     }
 
@@ -533,7 +568,16 @@ impl PoolRegistry {
                 user_limits: self.user_limits.clone(),
             },
         )
-        .registering_in(key.clone(), self.servers.clone());
+        .registering_in(key.clone(), self.servers.clone())
+        .on_hosts(
+            settings
+                .hosts
+                .iter()
+                .map(|(host, port)| self.hosts.get(host, *port))
+                .collect(),
+            settings.target_session_attrs,
+            settings.load_balance_hosts,
+        );
         let pool = Pool::builder(manager)
             .max_size(size + reserve_size)
             .queue_mode(QueueMode::Lifo)

@@ -24,6 +24,7 @@ impl SqlState {
     pub const SUCCESSFUL_COMPLETION: SqlState = SqlState("00000");
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState("25P03");
     pub const TRANSACTION_TIMEOUT: SqlState = SqlState("25P04");
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const DUPLICATE_PREPARED_STATEMENT: SqlState = SqlState("42P05");
     pub const UNDEFINED_PREPARED_STATEMENT: SqlState = SqlState("26000");

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::config::{AuthType, PoolMode, Seconds, SslMode, TlsVersion};
+use crate::config::{AuthType, PoolMode, Ports, Seconds, SslMode, TlsVersion};
 
 const FILE: &str = "config/pgmoat.toml";
 
@@ -101,12 +101,12 @@ max_db_connections = 10
     let config = parse(text).unwrap();
     let app = &config.databases["app"];
     assert_eq!(app.host, "localhost");
-    assert_eq!(app.port, 5432, "port defaults to 5432");
+    assert_eq!(app.port, Ports(vec![5432]), "port defaults to 5432");
     assert_eq!(app.dbname.as_deref(), Some("app_prod"));
     assert_eq!(app.pool_size, Some(3));
     assert_eq!(app.max_db_connections, Some(10));
     let short = &config.databases["short"];
-    assert_eq!(short.port, 6543);
+    assert_eq!(short.port, Ports(vec![6543]));
     assert_eq!(short.password.as_deref(), Some("p w"));
     assert_eq!(short.pool_mode, Some(PoolMode::Session));
     assert_eq!(config.database("other").unwrap().host, "fallback");
@@ -228,7 +228,7 @@ fn env_overrides_the_file() {
     assert_eq!(config.admin_users, ["a", "b"]);
     assert_eq!(config.server_idle_timeout, Seconds(1.5));
     assert_eq!(config.databases["app"].host, "elsewhere");
-    assert_eq!(config.databases["app"].port, 5433);
+    assert_eq!(config.databases["app"].port, Ports(vec![5433]));
     assert_eq!(config.source, Some(path));
 }
 

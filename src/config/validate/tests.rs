@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use super::*;
-use crate::config::{DatabaseConfig, Seconds};
+use crate::config::{DatabaseConfig, Ports, Seconds};
 
 /// Valid without any file: TLS towards clients off, towards PostgreSQL without a CA, trust.
 fn valid() -> Config {
@@ -226,7 +226,15 @@ fn database_entries() {
         "bad".into(),
         DatabaseConfig {
             host: " ".into(),
-            port: 0,
+            pool_size: Some(0),
+            ..DatabaseConfig::default()
+        },
+    );
+    config.databases.insert(
+        "hosts".into(),
+        DatabaseConfig {
+            host: "pg1,pg2,pg3".into(),
+            port: Ports(vec![1, 2]),
             pool_size: Some(0),
             ..DatabaseConfig::default()
         },
@@ -235,8 +243,9 @@ fn database_entries() {
         keys(&config),
         [
             "databases.bad.host",
-            "databases.bad.port",
-            "databases.bad.pool_size"
+            "databases.bad.pool_size",
+            "databases.hosts.port",
+            "databases.hosts.pool_size"
         ]
     );
 }

@@ -66,6 +66,8 @@ fn every_enum_spelling() {
     serde_agrees(crate::config::CertIdentity::ALL);
     serde_agrees(crate::config::CrlExpired::ALL);
     serde_agrees(crate::config::CrlUnknownStatus::ALL);
+    serde_agrees(crate::config::TargetSessionAttrs::ALL);
+    serde_agrees(crate::config::LoadBalanceHosts::ALL);
     assert_eq!(
         text::<crate::config::CertIdentity>("san-uri"),
         Ok(crate::config::CertIdentity::SanUri)

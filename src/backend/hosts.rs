@@ -1,0 +1,298 @@
+//! The hosts behind a database entry: what role each server plays (primary or standby), as
+//! judged at login, and each address's health, shared by every pool that logs in there.
+//!
+//! A server's role comes from what PostgreSQL reports at login: since version 14 it sends
+//! `in_hot_standby` and `default_transaction_read_only` as ParameterStatus, so no round trip
+//! is needed; older servers are asked with one query. The health record of an address holds
+//! a failure count: a connection made before the latest failure there is suspect (a sibling
+//! of a connection that just died, or one on a server that turned into a standby), so pools
+//! retire it instead of lending it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::{BackendError, ServerConn};
+use crate::config::TargetSessionAttrs;
+
+/// What a server is, as far as target_session_attrs cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerRole {
+    /// In recovery: a hot standby.
+    pub standby: bool,
+    /// default_transaction_read_only is on (writes refused unless a transaction asks).
+    pub read_only: bool,
+}
+
+impl ServerRole {
+    pub const PRIMARY: ServerRole = ServerRole {
+        standby: false,
+        read_only: false,
+    };
+
+    /// From the parameters a server reported; `None` when it did not report in_hot_standby
+    /// (PostgreSQL before 14).
+    pub fn from_params(params: &[(String, String)]) -> Option<ServerRole> {
+        let find = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let standby = find("in_hot_standby")? == "on";
+        let read_only = find("default_transaction_read_only") == Some("on");
+        Some(ServerRole { standby, read_only })
+    }
+
+    /// The name shown in SHOW SERVERS, SHOW HOSTS and the logs.
+    pub fn name(self) -> &'static str {
+        match (self.standby, self.read_only) {
+            (false, false) => "primary",
+            (false, true) => "primary (read-only)",
+            (true, _) => "standby",
+        }
+    }
+
+    /// libpq's meaning of each value. prefer-standby accepts anything here: its preference
+    /// is the order in which hosts are tried (see [`TargetSessionAttrs::prefers`]).
+    pub fn suits(self, attrs: TargetSessionAttrs) -> bool {
+        match attrs {
+            TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => true,
+            TargetSessionAttrs::ReadWrite => !self.standby && !self.read_only,
+            TargetSessionAttrs::ReadOnly => self.standby || self.read_only,
+            TargetSessionAttrs::Primary => !self.standby,
+            TargetSessionAttrs::Standby => self.standby,
+        }
+    }
+
+    /// For prefer-standby: a server that is not what is preferred, taken only when no
+    /// preferred one answers.
+    pub fn second_choice(self, attrs: TargetSessionAttrs) -> bool {
+        attrs == TargetSessionAttrs::PreferStandby && !self.standby
+    }
+}
+
+/// Asks a server that does not report its role (PostgreSQL before 14).
+const ROLE_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.current_setting('default_transaction_read_only')";
+
+impl ServerConn {
+    /// The role of this server right after login: from its ParameterStatus, or asked.
+    pub async fn learn_role(&mut self) -> Result<ServerRole, BackendError> {
+        if let Some(role) = ServerRole::from_params(&self.initial_params) {
+            return Ok(role);
+        }
+        let mut rows = Vec::new();
+        self.simple_query_rows(ROLE_QUERY, Some(&mut rows)).await?;
+        match rows.as_slice() {
+            [row] => match row.as_slice() {
+                [Some(recovery), Some(read_only)] => Ok(ServerRole {
+                    standby: recovery == "true",
+                    read_only: read_only == "on",
+                }),
+                _ => Err(self.malformed_role()),
+            },
+            _ => Err(self.malformed_role()),
+        }
+    }
+
+    /// The role the server reports now, when it reports one: a promotion shows as
+    /// in_hot_standby turning off on a standby's open connections. A client's own `SET
+    /// default_transaction_read_only` is not a change of role, so only in_hot_standby
+    /// counts here.
+    pub fn reported_standby(&self) -> Option<bool> {
+        self.param("in_hot_standby").map(|v| v == "on")
+    }
+
+    /// PostgreSQL ended this connection under a client (a shutdown, a crash, a lost
+    /// network): its host is marked down, which retires its other connections there, as
+    /// they are likely gone too (and a failover may be under way).
+    pub fn report_lost(&self, why: &str) {
+        if let Some((host, _)) = &self.host
+            && let Some(was) = host.failed(why.to_owned())
+        {
+            tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %why, "host is down: a server connection there was lost; its other connections are retired");
+        }
+    }
+
+    fn malformed_role(&self) -> BackendError {
+        BackendError::Protocol {
+            addr: self.addr.to_string(),
+            source: crate::protocol::ProtocolError::Malformed(
+                "unexpected answer to pgmoat's question of whether the server is a standby",
+            ),
+        }
+    }
+}
+
+/// What is known of one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostStatus {
+    /// Nothing yet: no connection tried.
+    Unknown,
+    /// The last login there worked; the server was this.
+    Up(ServerRole),
+    /// The last attempt failed, or a server there was lost; the reason, for SHOW HOSTS.
+    Down(String),
+}
+
+impl HostStatus {
+    pub fn name(&self) -> &str {
+        match self {
+            HostStatus::Unknown => "unknown",
+            HostStatus::Up(role) => role.name(),
+            HostStatus::Down(_) => "down",
+        }
+    }
+}
+
+/// One host:port of a database entry, shared by every pool that connects there.
+#[derive(Debug)]
+pub struct HostHealth {
+    pub host: String,
+    pub port: u16,
+    status: Mutex<(HostStatus, Instant)>,
+    /// Bumped by every failure seen there: connections made before it are retired.
+    failures: AtomicU64,
+}
+
+impl HostHealth {
+    pub fn new(host: String, port: u16) -> HostHealth {
+        HostHealth {
+            host,
+            port,
+            status: Mutex::new((HostStatus::Unknown, Instant::now())),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn addr_string(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The status and since when it holds.
+    pub fn status(&self) -> (HostStatus, Instant) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The role the last login there found, if it is up.
+    pub fn role(&self) -> Option<ServerRole> {
+        match self.status().0 {
+            HostStatus::Up(role) => Some(role),
+            _ => None,
+        }
+    }
+
+    /// How many failures have been seen there: a connection remembers it at login.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
+    }
+
+    /// A login there worked and found `role`. Returns the previous status when the role
+    /// changed (a promotion, a demotion, a host back up), for the caller to log.
+    pub fn logged_in(&self, role: ServerRole) -> Option<HostStatus> {
+        self.set(HostStatus::Up(role))
+    }
+
+    /// A connection attempt failed, or a server there was lost, or its role changed under
+    /// its connections: every connection made there before now is retired. Returns the
+    /// previous status when this changes it.
+    pub fn failed(&self, why: String) -> Option<HostStatus> {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        self.set(HostStatus::Down(why))
+    }
+
+    /// A server there stopped being what it was (in_hot_standby changed): its siblings are
+    /// retired, and the next login there says what it is now.
+    pub fn role_changed(&self) -> Option<HostStatus> {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        self.set(HostStatus::Unknown)
+    }
+
+    fn set(&self, status: HostStatus) -> Option<HostStatus> {
+        let mut slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let same = match (&slot.0, &status) {
+            (HostStatus::Down(_), HostStatus::Down(_)) => true,
+            (a, b) => a == b,
+        };
+        if same {
+            return None;
+        }
+        let previous = std::mem::replace(&mut *slot, (status, Instant::now()));
+        Some(previous.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn role_from_reported_parameters() {
+        let standby = params(&[
+            ("in_hot_standby", "on"),
+            ("default_transaction_read_only", "off"),
+        ]);
+        let role = ServerRole::from_params(&standby).unwrap();
+        assert!(role.standby && !role.read_only);
+        let primary = params(&[
+            ("in_hot_standby", "off"),
+            ("default_transaction_read_only", "off"),
+        ]);
+        assert_eq!(ServerRole::from_params(&primary), Some(ServerRole::PRIMARY));
+        assert_eq!(
+            ServerRole::from_params(&params(&[("server_version", "13.1")])),
+            None
+        );
+    }
+
+    #[test]
+    fn libpq_meanings() {
+        use TargetSessionAttrs::*;
+        let standby = ServerRole {
+            standby: true,
+            read_only: false,
+        };
+        let read_only_primary = ServerRole {
+            standby: false,
+            read_only: true,
+        };
+        let primary = ServerRole::PRIMARY;
+        assert!(primary.suits(ReadWrite) && !standby.suits(ReadWrite));
+        assert!(!read_only_primary.suits(ReadWrite));
+        assert!(read_only_primary.suits(ReadOnly) && standby.suits(ReadOnly));
+        assert!(!primary.suits(ReadOnly));
+        assert!(read_only_primary.suits(Primary) && !standby.suits(Primary));
+        assert!(standby.suits(Standby) && !primary.suits(Standby));
+        for role in [primary, standby, read_only_primary] {
+            assert!(role.suits(Any) && role.suits(PreferStandby));
+        }
+        assert!(primary.second_choice(PreferStandby) && !standby.second_choice(PreferStandby));
+        assert!(!primary.second_choice(Any));
+    }
+
+    #[test]
+    fn failures_retire_earlier_connections_and_report_changes_once() {
+        let host = HostHealth::new("pg1".into(), 5432);
+        assert_eq!(host.status().0, HostStatus::Unknown);
+        assert_eq!(
+            host.logged_in(ServerRole::PRIMARY),
+            Some(HostStatus::Unknown)
+        );
+        assert_eq!(host.logged_in(ServerRole::PRIMARY), None);
+        let before = host.failures();
+        assert!(host.failed("refused".into()).is_some());
+        assert!(host.failed("refused again".into()).is_none());
+        assert_eq!(host.failures(), before + 2);
+        assert_eq!(host.role(), None);
+    }
+}
