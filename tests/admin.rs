@@ -123,11 +123,11 @@ fn every_show_parses_in_psql_with_pgbouncer_column_names() {
         ),
         (
             "SHOW CLIENTS",
-            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after|lifecycle|pinned",
+            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after|lifecycle|pinned|host|role",
         ),
         (
             "SHOW SERVERS",
-            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after|lifecycle|pinned",
+            "type|user|database|replication|state|addr|port|local_addr|local_port|connect_time|request_time|wait|wait_us|close_needed|ptr|link|remote_pid|tls|application_name|prepared_statements|id|tls_version|tls_cipher|client_cert_subject|client_cert_not_after|lifecycle|pinned|host|role",
         ),
         (
             "SHOW STATS",
@@ -135,7 +135,11 @@ fn every_show_parses_in_psql_with_pgbouncer_column_names() {
         ),
         (
             "SHOW DATABASES",
-            "name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool_size|server_lifetime|pool_mode|load_balance_hosts|max_connections|current_connections|max_client_connections|current_client_connections|paused|disabled",
+            "name|host|port|database|force_user|pool_size|min_pool_size|reserve_pool_size|server_lifetime|pool_mode|load_balance_hosts|max_connections|current_connections|max_client_connections|current_client_connections|paused|disabled|target_session_attrs",
+        ),
+        (
+            "SHOW HOSTS",
+            "host|port|status|since_seconds|role_changes|failures|last_error",
         ),
         ("SHOW CONFIG", "key|value|default|changeable"),
         ("SHOW LISTS", "list|items"),

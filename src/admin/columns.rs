@@ -58,6 +58,11 @@ pub const SOCKETS: &[(&str, Type)] = &[
     // session_mode), empty when it is not.
     ("lifecycle", Text),
     ("pinned", Text),
+    // For a server: the host (of the database entry's list) it is on, and what the server
+    // was at login (primary, standby; "not asked" for a pre-14 server under
+    // target_session_attrs = any). Empty for a client.
+    ("host", Text),
+    ("role", Text),
 ];
 
 pub const STATS: &[(&str, Type)] = &[
@@ -118,8 +123,10 @@ pub const STATS_AVERAGES: &[(&str, Type)] = &[
 
 pub const DATABASES: &[(&str, Type)] = &[
     ("name", Text),
+    // A host list as configured ("pg1,pg2"), and its ports ("5432" or "5432,5433"): text,
+    // since a list is not a number.
     ("host", Text),
-    ("port", Int4),
+    ("port", Text),
     ("database", Text),
     ("force_user", Text),
     ("pool_size", Int4),
@@ -134,6 +141,20 @@ pub const DATABASES: &[(&str, Type)] = &[
     ("current_client_connections", Int4),
     ("paused", Int4),
     ("disabled", Int4),
+    // pgmoat's addition: which hosts' servers the entry uses.
+    ("target_session_attrs", Text),
+];
+
+/// Every host a pool connects to: what its last login found, since when, and how often its
+/// role changed (a failover) or a failure was seen there.
+pub const HOSTS: &[(&str, Type)] = &[
+    ("host", Text),
+    ("port", Int4),
+    ("status", Text),
+    ("since_seconds", Int8),
+    ("role_changes", Int8),
+    ("failures", Int8),
+    ("last_error", Text),
 ];
 
 pub const CONFIG: &[(&str, Type)] = &[

@@ -18,6 +18,7 @@ pub enum Show {
     Version,
     State,
     Certs,
+    Hosts,
 }
 
 impl Show {
@@ -37,6 +38,7 @@ impl Show {
             "version" => Show::Version,
             "state" => Show::State,
             "certs" => Show::Certs,
+            "hosts" => Show::Hosts,
             _ => return None,
         })
     }

@@ -22,7 +22,7 @@ use crate::stats::ClientRegistration;
 use crate::stream::Stream;
 
 pub use crate::pool::{PauseError, PauseGate};
-pub use columns::{CERTS, CONFIG, DATABASES, LISTS, POOLS, SOCKETS, STATS};
+pub use columns::{CERTS, CONFIG, DATABASES, HOSTS, LISTS, POOLS, SOCKETS, STATS};
 pub use command::{Command, ParseError, Show, parse};
 pub use result::{ResultSet, Type};
 
@@ -128,6 +128,7 @@ fn show_command(shared: &Shared, what: Show, out: &mut BytesMut) {
         Show::Version => show::version(),
         Show::State => show::state(shared),
         Show::Certs => show::certs(shared),
+        Show::Hosts => show::hosts(shared),
     };
     rs.encode(out, "SHOW");
 }

@@ -143,7 +143,21 @@ fn socket_row(
     row
 }
 
+/// SHOW SERVERS' last columns: the host of the entry's list a server is on, and its role.
+fn with_host(mut row: Vec<Cell>, host: Option<(&str, &str)>) -> Vec<Cell> {
+    let (name, role) = match host {
+        Some((name, role)) => (Some(name.to_owned()), Some(role.to_owned())),
+        None => (None, None),
+    };
+    row.extend([name, role]);
+    row
+}
+
 fn client_row(c: &ClientEntry, now: SystemTime) -> Vec<Cell> {
+    with_host(client_socket_row(c, now), None)
+}
+
+fn client_socket_row(c: &ClientEntry, now: SystemTime) -> Vec<Cell> {
     let state = c.state();
     let request = c.request_time().unwrap_or(c.connect_time);
     let wait = match state {
@@ -181,7 +195,7 @@ pub fn clients(shared: &Shared) -> ResultSet {
 
 fn server_row(s: &ServerEntry, linked: Option<&ClientEntry>) -> Vec<Cell> {
     let shown = s.shown();
-    socket_row(
+    let row = socket_row(
         "S",
         &s.pool.user,
         &s.pool.database,
@@ -196,7 +210,8 @@ fn server_row(s: &ServerEntry, linked: Option<&ClientEntry>) -> Vec<Cell> {
         linked.map(|c| c.application_name.as_str()).unwrap_or(""),
         s.tls.as_ref(),
         (shown.lifecycle, shown.pinned),
-    )
+    );
+    with_host(row, s.host.as_ref().map(|(h, r)| (h.as_str(), *r)))
 }
 
 pub fn servers(shared: &Shared) -> ResultSet {
@@ -295,17 +310,20 @@ pub fn databases(shared: &Shared) -> ResultSet {
             int(config.reserve_pool_size),
             int(lifetime),
             entry.pool_mode.map(|m| pool_mode_name(m).to_owned()),
-            None,
+            text(entry.load_balance_hosts.unwrap_or_default().as_str()),
         ];
         row.extend([max, count_servers, 0, count_clients].map(int));
         row.extend([int(u8::from(shared.pause.is_paused(name))), int(0)]);
+        row.push(text(
+            entry.target_session_attrs.unwrap_or_default().as_str(),
+        ));
         rs.push(row);
     }
     let console_clients = clients.iter().filter(|c| c.database == CONSOLE_DB).count();
     let mut row = vec![text(CONSOLE_DB), None, int(config.listen_port)];
     row.extend([text(CONSOLE_DB), text(CONSOLE_DB), int(2), int(0), int(0)]);
     row.extend([int(0), text("statement"), None, int(0), int(0), int(0)]);
-    row.extend([int(console_clients), int(0), int(0)]);
+    row.extend([int(console_clients), int(0), int(0), None]);
     rs.push(row);
     rs
 }
@@ -445,6 +463,27 @@ pub fn certs(shared: &Shared) -> ResultSet {
     rs
 }
 
-pub const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|VERSION|CERTS\n\
+pub const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|VERSION|CERTS|HOSTS\n\
     \tSHOW LISTS|STATE|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
     \tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tSHUTDOWN";
+
+pub fn hosts(shared: &Shared) -> ResultSet {
+    let mut rs = ResultSet::new(super::columns::HOSTS);
+    for host in shared.pools.hosts.all() {
+        let (status, since) = host.status();
+        let error = match &status {
+            crate::backend::HostStatus::Down(why) => Some(why.clone()),
+            _ => None,
+        };
+        rs.push(vec![
+            text(&host.host),
+            int(host.port),
+            text(status.name()),
+            int(since.elapsed().as_secs()),
+            int(host.role_changes()),
+            int(host.failures()),
+            error,
+        ]);
+    }
+    rs
+}

@@ -160,6 +160,8 @@ async fn show_commands_use_pgbouncer_columns_in_order() {
                 "client_cert_not_after",
                 "lifecycle",
                 "pinned",
+                "host",
+                "role",
             ],
         ),
         (
@@ -210,6 +212,19 @@ async fn show_commands_use_pgbouncer_columns_in_order() {
                 "current_client_connections",
                 "paused",
                 "disabled",
+                "target_session_attrs",
+            ],
+        ),
+        (
+            "SHOW HOSTS",
+            &[
+                "host",
+                "port",
+                "status",
+                "since_seconds",
+                "role_changes",
+                "failures",
+                "last_error",
             ],
         ),
         ("SHOW CONFIG", &["key", "value", "default", "changeable"]),
@@ -269,6 +284,7 @@ async fn every_show_answers_with_rows_of_the_header_width() {
         "VERSION",
         "STATE",
         "CERTS",
+        "HOSTS",
         "HELP",
     ] {
         let reply = run(&shared, Role::Stats, &format!("SHOW {what}")).await;

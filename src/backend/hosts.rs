@@ -150,9 +150,29 @@ impl HostStatus {
 pub struct HostHealth {
     pub host: String,
     pub port: u16,
-    status: Mutex<(HostStatus, Instant)>,
+    state: Mutex<Known>,
     /// Bumped by every failure seen there: connections made before it are retired.
     failures: AtomicU64,
+    /// Times a login found another role than the last one there (promotions, demotions).
+    role_changes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Known {
+    status: HostStatus,
+    since: Instant,
+    /// The role of the last login there, kept while the host is down, so a promotion
+    /// behind an outage still counts as a change.
+    last_role: Option<ServerRole>,
+}
+
+/// What a login there changed, for the caller to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The host is up again (or for the first time) with the role it had.
+    Up { was: HostStatus },
+    /// The server there is something else now than at the last login.
+    Role { was: ServerRole },
 }
 
 impl HostHealth {
@@ -160,8 +180,13 @@ impl HostHealth {
         HostHealth {
             host,
             port,
-            status: Mutex::new((HostStatus::Unknown, Instant::now())),
+            state: Mutex::new(Known {
+                status: HostStatus::Unknown,
+                since: Instant::now(),
+                last_role: None,
+            }),
             failures: AtomicU64::new(0),
+            role_changes: AtomicU64::new(0),
         }
     }
 
@@ -171,10 +196,8 @@ impl HostHealth {
 
     /// The status and since when it holds.
     pub fn status(&self) -> (HostStatus, Instant) {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let known = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (known.status.clone(), known.since)
     }
 
     /// The role the last login there found, if it is up.
@@ -190,38 +213,58 @@ impl HostHealth {
         self.failures.load(Ordering::Acquire)
     }
 
-    /// A login there worked and found `role`. Returns the previous status when the role
-    /// changed (a promotion, a demotion, a host back up), for the caller to log.
-    pub fn logged_in(&self, role: ServerRole) -> Option<HostStatus> {
-        self.set(HostStatus::Up(role))
+    /// Logins that found another role than the one before (failovers, switchovers).
+    pub fn role_changes(&self) -> u64 {
+        self.role_changes.load(Ordering::Relaxed)
     }
 
-    /// A connection attempt failed, or a server there was lost, or its role changed under
-    /// its connections: every connection made there before now is retired. Returns the
-    /// previous status when this changes it.
+    /// A login there worked and found `role`.
+    pub fn logged_in(&self, role: ServerRole) -> Option<Change> {
+        let mut known = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let change = match known.last_role {
+            Some(was) if was != role => {
+                self.role_changes.fetch_add(1, Ordering::Relaxed);
+                Some(Change::Role { was })
+            }
+            _ if known.status != HostStatus::Up(role) => Some(Change::Up {
+                was: known.status.clone(),
+            }),
+            _ => None,
+        };
+        if known.status != HostStatus::Up(role) {
+            known.status = HostStatus::Up(role);
+            known.since = Instant::now();
+        }
+        known.last_role = Some(role);
+        change
+    }
+
+    /// A connection attempt failed, or a server there was lost: every connection made
+    /// there before now is retired. Returns the previous status when this changes it.
     pub fn failed(&self, why: String) -> Option<HostStatus> {
         self.failures.fetch_add(1, Ordering::AcqRel);
-        self.set(HostStatus::Down(why))
+        let mut known = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = match &known.status {
+            HostStatus::Down(_) => None,
+            other => Some(other.clone()),
+        };
+        if previous.is_some() {
+            known.since = Instant::now();
+        }
+        known.status = HostStatus::Down(why);
+        previous
     }
 
     /// A server there stopped being what it was (in_hot_standby changed): its siblings are
-    /// retired, and the next login there says what it is now.
+    /// retired, and the next login there says what it is now (and counts the change).
     pub fn role_changed(&self) -> Option<HostStatus> {
         self.failures.fetch_add(1, Ordering::AcqRel);
-        self.set(HostStatus::Unknown)
-    }
-
-    fn set(&self, status: HostStatus) -> Option<HostStatus> {
-        let mut slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        let same = match (&slot.0, &status) {
-            (HostStatus::Down(_), HostStatus::Down(_)) => true,
-            (a, b) => a == b,
-        };
-        if same {
+        let mut known = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if known.status == HostStatus::Unknown {
             return None;
         }
-        let previous = std::mem::replace(&mut *slot, (status, Instant::now()));
-        Some(previous.0)
+        known.since = Instant::now();
+        Some(std::mem::replace(&mut known.status, HostStatus::Unknown))
     }
 }
 
@@ -284,15 +327,28 @@ mod tests {
     fn failures_retire_earlier_connections_and_report_changes_once() {
         let host = HostHealth::new("pg1".into(), 5432);
         assert_eq!(host.status().0, HostStatus::Unknown);
+        let standby = ServerRole {
+            standby: true,
+            read_only: false,
+        };
         assert_eq!(
-            host.logged_in(ServerRole::PRIMARY),
-            Some(HostStatus::Unknown)
+            host.logged_in(standby),
+            Some(Change::Up {
+                was: HostStatus::Unknown
+            })
         );
-        assert_eq!(host.logged_in(ServerRole::PRIMARY), None);
+        assert_eq!(host.logged_in(standby), None);
         let before = host.failures();
         assert!(host.failed("refused".into()).is_some());
         assert!(host.failed("refused again".into()).is_none());
         assert_eq!(host.failures(), before + 2);
         assert_eq!(host.role(), None);
+        // Promoted while it was down: a change of role, counted once.
+        assert_eq!(
+            host.logged_in(ServerRole::PRIMARY),
+            Some(Change::Role { was: standby })
+        );
+        assert_eq!(host.role_changes(), 1);
+        assert_eq!(host.logged_in(ServerRole::PRIMARY), None);
     }
 }

@@ -21,7 +21,7 @@ use crate::stream::{Stream, TlsInfo};
 
 pub use connect::{BackendTarget, ConnectOptions, connect, negotiate_tls};
 pub use error::BackendError;
-pub use hosts::{HostHealth, HostStatus, ServerRole};
+pub use hosts::{Change as HostChange, HostHealth, HostStatus, ServerRole};
 pub use lifecycle::{CancelFlight, CleanProof, CloseReason, PinReasons, ResetNeed, ServerState};
 pub use probe::SessionSnapshot;
 pub use statements::{ConnectionPermits, ServerStatements, SpareBuffers};

@@ -249,6 +249,45 @@ impl Collector for PoolCollector {
                 )
             }),
         )?;
+        let hosts = self.shared.pools.hosts.all();
+        let addrs: Vec<String> = hosts.iter().map(|h| h.addr_string()).collect();
+        gauges(
+            &mut encoder,
+            "host_up",
+            "1 when the last login on a PostgreSQL host worked, 0 when it is down or not tried yet.",
+            hosts
+                .iter()
+                .zip(&addrs)
+                .map(|(h, addr)| ([("host", addr.as_str())], i64::from(h.role().is_some()))),
+        )?;
+        gauges(
+            &mut encoder,
+            "host_standby",
+            "1 when a host that is up is a standby (in recovery), 0 when it is a primary.",
+            hosts.iter().zip(&addrs).filter_map(|(h, addr)| {
+                Some(([("host", addr.as_str())], i64::from(h.role()?.standby)))
+            }),
+        )?;
+        let mut changes = encoder.encode_descriptor(
+            "host_role_changes",
+            "Logins that found a host's server in another role than before (promotions, demotions: failovers).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (h, addr) in hosts.iter().zip(&addrs) {
+            ConstCounter::new(h.role_changes())
+                .encode(changes.encode_family(&[("host", addr.as_str())])?)?;
+        }
+        let mut failures = encoder.encode_descriptor(
+            "host_failures",
+            "Failed connection attempts and lost server connections seen on a host.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (h, addr) in hosts.iter().zip(&addrs) {
+            ConstCounter::new(h.failures())
+                .encode(failures.encode_family(&[("host", addr.as_str())])?)?;
+        }
         let accepting = encoder.encode_descriptor(
             "accepting",
             "1 while pgmoat accepts new clients, 0 once it is shutting down.",

@@ -11,8 +11,8 @@ use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use super::hosts::try_order;
 use super::{CrossPoolLimits, PoolKey};
 use crate::backend::{
-    BackendError, BackendTarget, CloseReason, ConnectOptions, HostHealth, HostStatus, ServerConn,
-    ServerState, connect,
+    BackendError, BackendTarget, CloseReason, ConnectOptions, HostChange, HostHealth, ServerConn,
+    ServerRole, ServerState, connect,
 };
 use crate::config::{LoadBalanceHosts, TargetSessionAttrs};
 use crate::generation::Generation;
@@ -334,9 +334,9 @@ impl ServerManager {
         match attempt.await {
             Ok(mut conn) => {
                 if let Some(role) = conn.role
-                    && let Some(was) = host.logged_in(role)
+                    && let Some(change) = host.logged_in(role)
                 {
-                    log_status_change(host, &was, &HostStatus::Up(role));
+                    log_login_change(host, &change, role);
                 }
                 conn.endpoint = Some(target.clone());
                 conn.host = Some((host.clone(), failures));
@@ -348,7 +348,7 @@ impl ServerManager {
                 if e.is_transient()
                     && let Some(was) = host.failed(e.to_string())
                 {
-                    log_status_change(host, &was, &HostStatus::Down(e.to_string()));
+                    tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %e, "host is down");
                 }
                 tracing::debug!(host = %host.addr_string(), error = %e, took_ms = started.elapsed().as_millis() as u64, "login attempt failed");
                 Err(e)
@@ -379,23 +379,27 @@ impl ServerManager {
             conn.stream.tcp().local_addr().ok(),
             conn.key.pid,
             tls,
+        )
+        .on_host(
+            conn.endpoint
+                .as_ref()
+                .map(|t| t.addr_string())
+                .unwrap_or_default(),
+            conn.role.map(|r| r.name()).unwrap_or("not asked"),
         );
         conn.registration = Some(registry.register(conn.id, entry));
     }
 }
 
-/// One log line per change of what a host is (a promotion, a host down or back).
-fn log_status_change(host: &HostHealth, was: &HostStatus, now: &HostStatus) {
-    match now {
-        HostStatus::Down(why) => {
-            tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %why, "host is down")
+/// One log line per change of what a host is: a promotion or demotion (warn), a host up
+/// again or seen for the first time (info).
+fn log_login_change(host: &HostHealth, change: &HostChange, role: ServerRole) {
+    match change {
+        HostChange::Role { was } => {
+            tracing::warn!(host = %host.addr_string(), was = %was.name(), now = %role.name(), "host role changed")
         }
-        // The first login there: news, not a change.
-        _ if *was == HostStatus::Unknown => {
-            tracing::info!(host = %host.addr_string(), role = %now.name(), "host role learnt")
-        }
-        _ => {
-            tracing::warn!(host = %host.addr_string(), was = %was.name(), now = %now.name(), "host role changed")
+        HostChange::Up { was } => {
+            tracing::info!(host = %host.addr_string(), was = %was.name(), role = %role.name(), "host is up")
         }
     }
 }

@@ -262,6 +262,8 @@ pub struct ServerEntry {
     pub connect_time: SystemTime,
     pub remote_pid: i32,
     pub tls: Option<TlsSummary>,
+    /// The host (`name:port` as configured) it is on and the server's role at login.
+    pub host: Option<(String, &'static str)>,
     /// RECONNECT was issued: closed instead of reused when it comes back.
     close_needed: AtomicBool,
     /// Its state as the server connection last showed it.
@@ -309,9 +311,16 @@ impl ServerEntry {
             connect_time: SystemTime::now(),
             remote_pid,
             tls,
+            host: None,
             close_needed: AtomicBool::new(false),
             shown: Mutex::default(),
         }
+    }
+
+    /// Names the host it is on and the server's role there.
+    pub fn on_host(mut self, host: String, role: &'static str) -> ServerEntry {
+        self.host = Some((host, role));
+        self
     }
 
     pub fn show(&self, state: ShownState) {
