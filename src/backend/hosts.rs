@@ -218,9 +218,14 @@ impl HostHealth {
         self.role_changes.load(Ordering::Relaxed)
     }
 
-    /// A login there worked and found `role`.
-    pub fn logged_in(&self, role: ServerRole) -> Option<Change> {
+    /// A login there, begun at `started`, worked and found `role`. A login begun before the
+    /// last change of status is older news (logins run concurrently while a standby is being
+    /// promoted) and does not undo it.
+    pub fn logged_in(&self, role: ServerRole, started: Instant) -> Option<Change> {
         let mut known = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if started < known.since && known.status != HostStatus::Up(role) {
+            return None;
+        }
         let change = match known.last_role {
             Some(was) if was != role => {
                 self.role_changes.fetch_add(1, Ordering::Relaxed);
@@ -332,12 +337,12 @@ mod tests {
             read_only: false,
         };
         assert_eq!(
-            host.logged_in(standby),
+            host.logged_in(standby, Instant::now()),
             Some(Change::Up {
                 was: HostStatus::Unknown
             })
         );
-        assert_eq!(host.logged_in(standby), None);
+        assert_eq!(host.logged_in(standby, Instant::now()), None);
         let before = host.failures();
         assert!(host.failed("refused".into()).is_some());
         assert!(host.failed("refused again".into()).is_none());
@@ -345,10 +350,15 @@ mod tests {
         assert_eq!(host.role(), None);
         // Promoted while it was down: a change of role, counted once.
         assert_eq!(
-            host.logged_in(ServerRole::PRIMARY),
+            host.logged_in(ServerRole::PRIMARY, Instant::now()),
             Some(Change::Role { was: standby })
         );
         assert_eq!(host.role_changes(), 1);
-        assert_eq!(host.logged_in(ServerRole::PRIMARY), None);
+        assert_eq!(host.logged_in(ServerRole::PRIMARY, Instant::now()), None);
+        // A login that began before the promotion was seen is stale: no flip back.
+        let stale = host.status().1 - std::time::Duration::from_millis(1);
+        assert_eq!(host.logged_in(standby, stale), None);
+        assert_eq!(host.role(), Some(ServerRole::PRIMARY));
+        assert_eq!(host.role_changes(), 1);
     }
 }

@@ -134,6 +134,7 @@ impl PgCluster {
 
     /// Runs SQL as the superuser over the Unix socket; returns psql's unaligned, tuples-only
     /// output, trimmed. The SQL goes through stdin, so it never shows in the process list.
+    /// Its commits never wait for a synchronous standby (`synchronous_commit = local`).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, PgClusterError> {
         let output = self.psql_output(db, sql)?;
         if !output.status.success() {
@@ -307,6 +308,9 @@ impl PgCluster {
         .arg("-d")
         .arg(db)
         .env("PGCONNECT_TIMEOUT", "10")
+        // Never wait for a synchronous standby: on a primary set up for one, creating the
+        // roles would hang until the standby exists, and any admin write once it is gone.
+        .env("PGOPTIONS", "-c synchronous_commit=local")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

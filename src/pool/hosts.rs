@@ -98,6 +98,7 @@ pub fn try_order(
 mod tests {
     use super::*;
     use crate::backend::ServerRole;
+    use std::time::Instant;
 
     const STANDBY: ServerRole = ServerRole {
         standby: true,
@@ -113,9 +114,9 @@ mod tests {
     #[test]
     fn the_known_primary_comes_first_for_read_write() {
         let hs = hosts(3);
-        hs[0].logged_in(STANDBY);
+        hs[0].logged_in(STANDBY, Instant::now());
         hs[1].failed("refused".into());
-        hs[2].logged_in(ServerRole::PRIMARY);
+        hs[2].logged_in(ServerRole::PRIMARY, Instant::now());
         let turn = AtomicUsize::new(0);
         let order = try_order(
             &hs,
@@ -130,9 +131,9 @@ mod tests {
     fn round_robin_rotates_among_suitable_hosts_only() {
         let hs = hosts(3);
         for h in &hs[..2] {
-            h.logged_in(STANDBY);
+            h.logged_in(STANDBY, Instant::now());
         }
-        hs[2].logged_in(ServerRole::PRIMARY);
+        hs[2].logged_in(ServerRole::PRIMARY, Instant::now());
         let turn = AtomicUsize::new(0);
         let firsts: Vec<usize> = (0..4)
             .map(|_| {
@@ -157,7 +158,7 @@ mod tests {
     #[test]
     fn prefer_standby_keeps_the_primary_for_last_and_unknown_hosts_in_list_order() {
         let hs = hosts(3);
-        hs[0].logged_in(ServerRole::PRIMARY);
+        hs[0].logged_in(ServerRole::PRIMARY, Instant::now());
         let turn = AtomicUsize::new(0);
         let order = try_order(
             &hs,

@@ -334,7 +334,7 @@ impl ServerManager {
         match attempt.await {
             Ok(mut conn) => {
                 if let Some(role) = conn.role
-                    && let Some(change) = host.logged_in(role)
+                    && let Some(change) = host.logged_in(role, started)
                 {
                     log_login_change(host, &change, role);
                 }

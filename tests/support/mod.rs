@@ -7,6 +7,7 @@
 mod client;
 mod config;
 mod db;
+mod ha;
 mod logs;
 mod pgmoat;
 mod pki;
@@ -19,6 +20,7 @@ pub mod wire;
 pub use client::*;
 pub use config::*;
 pub use db::*;
+pub use ha::*;
 pub use logs::*;
 pub use pgmoat::*;
 pub use pki::*;
