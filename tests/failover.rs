@@ -393,3 +393,119 @@ fn wait_output(mut c: Collected, what: &str, must_succeed: bool) -> String {
     );
     out
 }
+
+/// The first column of the first row `sql` returns through `client`, or its error's SQLSTATE.
+async fn value_or_code(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+    match client.simple_query(sql).await {
+        Ok(messages) => Ok(messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_or_default()),
+        Err(e) => Err(e
+            .code()
+            .map(|c| c.code().to_owned())
+            .unwrap_or(format!("{e:?}"))),
+    }
+}
+
+/// One row of SHOW HOSTS: (status, role_changes) of `host`.
+async fn host_row(console: &tokio_postgres::Client, host: &str) -> (String, String) {
+    let rows = console.simple_query("SHOW HOSTS").await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("host") == Some(host) => Some((
+                r.get("status").unwrap().to_owned(),
+                r.get("role_changes").unwrap().to_owned(),
+            )),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{host} not in SHOW HOSTS"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_error_is_confirmed_before_a_primary_is_given_up() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .server_host("127.0.0.1")
+            .set("server_login_retry", "0.2")
+            .set("query_wait_timeout", "2")
+            .set("admin_users", "[\"alice\"]")
+            .database_line("pool_size = 1")
+            .database_line("target_session_attrs = \"read-write\"")
+            .build(),
+    );
+    let client = moat_client(&moat, &pki, "alice").await;
+    let console = moat_console(&moat, &pki, "alice").await;
+    let pid = value_or_code(&client, "SELECT pg_backend_pid()")
+        .await
+        .unwrap();
+    assert_eq!(
+        host_row(&console, "127.0.0.1").await,
+        ("primary".into(), "0".into())
+    );
+
+    // The client's own read-only transaction raises 25006 on a primary: asked, confirmed
+    // writable, and the server is reused.
+    client.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let err = value_or_code(&client, "INSERT INTO items (v) VALUES ('x') RETURNING id").await;
+    assert_eq!(err, Err("25006".into()));
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        value_or_code(&client, "SELECT pg_backend_pid()").await,
+        Ok(pid.clone())
+    );
+    assert_eq!(
+        host_row(&console, "127.0.0.1").await,
+        ("primary".into(), "0".into())
+    );
+
+    // Fenced server-wide (what some HA tools do to an old primary): the next 25006 is
+    // confirmed, the server is closed, and no server suits read-write until it is lifted.
+    db.sql(
+        "postgres",
+        "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf();",
+    );
+    wait_for_sql(
+        &db,
+        "postgres",
+        "SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'",
+        "on",
+        Duration::from_secs(10),
+    );
+    let err = value_or_code(&client, "INSERT INTO items (v) VALUES ('x') RETURNING id").await;
+    assert_eq!(err, Err("25006".into()));
+    let refused = value_or_code(&client, "SELECT 1").await;
+    assert_eq!(refused, Err("08001".into()), "{}", moat.log());
+    assert_eq!(
+        host_row(&console, "127.0.0.1").await,
+        ("primary (read-only)".into(), "1".into())
+    );
+    assert!(moat.log().contains("no suitable server"), "{}", moat.log());
+
+    db.sql(
+        "postgres",
+        "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf();",
+    );
+    wait_for_sql(
+        &db,
+        "postgres",
+        "SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'",
+        "off",
+        Duration::from_secs(10),
+    );
+    let id = value_or_code(&client, "INSERT INTO items (v) VALUES ('y') RETURNING id").await;
+    assert!(id.is_ok(), "{id:?}\n{}", moat.log());
+    assert_ne!(
+        value_or_code(&client, "SELECT pg_backend_pid()").await,
+        Ok(pid)
+    );
+    assert_eq!(
+        host_row(&console, "127.0.0.1").await,
+        ("primary".into(), "2".into())
+    );
+}

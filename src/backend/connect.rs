@@ -121,6 +121,7 @@ async fn connect_inner(
         endpoint: None,
         host: None,
         role: None,
+        recheck_role: false,
     };
     login(&mut conn, target, opts).await?;
     conn.initial_params = conn.params.clone();

@@ -75,6 +75,9 @@ impl ServerRole {
 /// Asks a server that does not report its role (PostgreSQL before 14).
 const ROLE_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.current_setting('default_transaction_read_only')";
 
+/// The recheck after a 25006: the server-wide setting, not the session's.
+const RECHECK_QUERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::text, (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'default_transaction_read_only')";
+
 impl ServerConn {
     /// The role of this server right after login: from its ParameterStatus, or asked.
     pub async fn learn_role(&mut self) -> Result<ServerRole, BackendError> {
@@ -93,6 +96,39 @@ impl ServerConn {
             },
             _ => Err(self.malformed_role()),
         }
+    }
+
+    /// After a 25006 from a server that logged in as a writable primary: is it still one?
+    /// The server-wide default_transaction_read_only (its `reset_val`, which a client's own
+    /// SET does not change) and recovery are asked. `Ok(true)` when its role changed: the
+    /// host's other connections are retired with it and the next login judges the host.
+    pub async fn role_changed_since_login(&mut self) -> Result<bool, BackendError> {
+        self.recheck_role = false;
+        let Some(was) = self.role else {
+            return Ok(false);
+        };
+        let mut rows = Vec::new();
+        self.simple_query_rows(RECHECK_QUERY, Some(&mut rows))
+            .await?;
+        let now = match rows.as_slice() {
+            [row] => match row.as_slice() {
+                [Some(recovery), Some(read_only)] => ServerRole {
+                    standby: recovery == "true",
+                    read_only: read_only == "on",
+                },
+                _ => return Err(self.malformed_role()),
+            },
+            _ => return Err(self.malformed_role()),
+        };
+        if now == was {
+            return Ok(false);
+        }
+        if let Some((host, _)) = &self.host
+            && host.role_changed().is_some()
+        {
+            tracing::warn!(host = %host.addr_string(), was = %was.name(), now = %now.name(), "host role changed: a read-only error (25006) was confirmed; its connections are retired");
+        }
+        Ok(true)
     }
 
     /// The role the server reports now, when it reports one: a promotion shows as

@@ -81,6 +81,10 @@ pub struct ServerConn {
     /// What the server was at login (`None` when it was not asked: a pre-14 server under
     /// target_session_attrs = any).
     pub role: Option<ServerRole>,
+    /// A read-only error (25006) came from this server, which logged in as a writable
+    /// primary: before it is reused, its role is asked again (a client's own READ ONLY
+    /// transaction raises 25006 too, so the error alone proves nothing).
+    pub recheck_role: bool,
 }
 
 impl Drop for ServerConn {

@@ -134,6 +134,18 @@ impl Lent {
                 retire,
             };
             match next_step(&facts) {
+                Step::ReturnToPool(_) if obj.recheck_role => {
+                    // Answered before it goes back; a server that changed role is closed.
+                    match Box::pin(obj.role_changed_since_login()).await {
+                        Ok(false) => continue,
+                        Ok(true) => self.close_now(CloseReason::RoleChanged),
+                        Err(e) => {
+                            tracing::warn!(server_id = obj.id, error = %e, "asking a server whether it is still a primary failed; closing it");
+                            self.close_now(CloseReason::CheckFailed);
+                        }
+                    }
+                    return;
+                }
                 Step::ReturnToPool(proof) => {
                     obj.return_to_idle(proof);
                     // deadpool's own `last_used` counts from the checkout, which would make a

@@ -133,6 +133,15 @@ impl ServerManager {
         self
     }
 
+    /// What each host of the entry is, in words (`127.0.0.1:5432 is down, ...`).
+    pub fn host_summary(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|(_, h)| format!("{} is {}", h.addr_string(), h.status().0.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn target(&self) -> &BackendTarget {
         &self.target
     }
@@ -210,6 +219,11 @@ impl ServerManager {
         // Rounds end when the checkout that asked gives up (deadpool drops this future at
         // its create timeout, which is the client's remaining query_wait_timeout).
         let retry = config.server_login_retry.duration();
+        // No round starts after the asking client would have given up waiting.
+        let give_up = config
+            .query_wait_timeout
+            .non_zero()
+            .map(|limit| Instant::now() + limit);
         let mut round = 0u32;
         let mut conn = loop {
             round += 1;
@@ -218,7 +232,9 @@ impl ServerManager {
                 RoundEnd::Failed {
                     error,
                     answered: true,
-                } if self.hosts.len() > 1 || self.attrs != TargetSessionAttrs::Any => {
+                } if (self.hosts.len() > 1 || self.attrs != TargetSessionAttrs::Any)
+                    && give_up.is_none_or(|at| Instant::now() + retry < at) =>
+                {
                     tracing::info!(database = %self.key.database, round, error = %error, retry_in = retry.as_secs_f64(), "no suitable server yet; trying the hosts again after server_login_retry");
                     tokio::time::sleep(retry.max(Duration::from_millis(10))).await;
                 }

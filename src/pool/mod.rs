@@ -288,6 +288,24 @@ impl ServerPool {
                 Ok(lent)
             }
             Err(DeadpoolError::Timeout(TimeoutType::Wait)) => Err(self.wait_timeout(config)),
+            Err(DeadpoolError::Timeout(_)) if self.tries_hosts() => {
+                // Rounds over the hosts ran until the client would wait no longer: say what
+                // each host was, not which login happened to be cut short.
+                let found = self.pool.manager().host_summary();
+                tracing::warn!(pool = ?self.key.database, hosts = %found, "no suitable server within query_wait_timeout");
+                Err(BackendError::NoSuitableHost {
+                    hosts: self
+                        .settings
+                        .hosts
+                        .iter()
+                        .map(|(h, p)| format!("{h}:{p}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    wanted: self.settings.target_session_attrs.as_str(),
+                    found,
+                }
+                .into())
+            }
             Err(DeadpoolError::Timeout(_)) => Err(BackendError::Timeout {
                 addr: self.settings.target.addr_string(),
                 secs: config.server_connect_timeout.0,
@@ -312,17 +330,22 @@ impl ServerPool {
     /// way, as long as the client is willing to wait (query_wait_timeout).
     fn create_limit(&self, config: &Config, waited: Duration) -> Duration {
         let one_login = config.server_connect_timeout.duration() + Duration::from_secs(1);
-        let settings = &self.settings;
-        if settings.hosts.len() <= 1 && settings.target_session_attrs == TargetSessionAttrs::Any {
+        if !self.tries_hosts() {
             return one_login;
         }
-        let one_round = one_login * settings.hosts.len() as u32;
+        let one_round = one_login * self.settings.hosts.len() as u32;
         let willing = config
             .query_wait_timeout
             .non_zero()
             .map(|limit| limit.saturating_sub(waited))
             .unwrap_or(Duration::from_secs(3600));
         willing.max(one_round)
+    }
+
+    /// A host list, or a target_session_attrs to satisfy: logins may take rounds.
+    fn tries_hosts(&self) -> bool {
+        self.settings.hosts.len() > 1
+            || self.settings.target_session_attrs != TargetSessionAttrs::Any
     }
 
     fn wait_timeout(&self, config: &Config) -> PoolError {

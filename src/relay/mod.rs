@@ -485,6 +485,12 @@ impl Relay<'_> {
                         // A FATAL ends the server connection: stop here, so the session
                         // decides what the client is told.
                         let fields = ErrorFields::parse(body);
+                        if fields.code == "25006"
+                            && server.role.is_some_and(|r| !r.standby && !r.read_only)
+                        {
+                            // Maybe fenced read-only: asked before the server is reused.
+                            server.recheck_role = true;
+                        }
                         if matches!(fields.severity.as_str(), "FATAL" | "PANIC") {
                             let mut message = Vec::with_capacity(body.len() + 5);
                             message.push(b'E');
