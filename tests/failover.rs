@@ -40,6 +40,11 @@ fn config(pki: &Pki, pair: &HaPair) -> String {
         .line(&hosts)
         .line("dbname = \"app\"")
         .line("target_session_attrs = \"standby\"")
+        .line("")
+        .line("[databases.app_pref]")
+        .line(&hosts)
+        .line("dbname = \"app\"")
+        .line("target_session_attrs = \"prefer-standby\"")
         .build()
         // The builder writes one host; the entry gets the list.
         .replacen(
@@ -135,6 +140,7 @@ async fn a_failover_under_writers_loses_nothing_committed_and_clients_carry_on()
     // Before: writes go to the primary, app_ro reads from the standby, both verified.
     assert_eq!(where_am_i(&moat, &pki, "app"), "false 127.0.0.1");
     assert_eq!(where_am_i(&moat, &pki, "app_ro"), "true 127.0.0.2");
+    assert_eq!(where_am_i(&moat, &pki, "app_pref"), "true 127.0.0.2");
 
     let stop_file = pki.dir.path().join("stop-writers");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/failover_writers.py");
@@ -268,6 +274,9 @@ async fn a_failover_under_writers_loses_nothing_committed_and_clients_carry_on()
             "client {client} lost its connection"
         );
     }
+
+    // With no standby left, prefer-standby takes the primary.
+    assert_eq!(where_am_i(&moat, &pki, "app_pref"), "false 127.0.0.2");
 
     // pgmoat knows what happened: the standby is the primary now.
     let console = moat_console(&moat, &pki, "alice").await;

@@ -124,7 +124,7 @@ impl ServerConn {
             return Ok(false);
         }
         if let Some((host, _)) = &self.host
-            && host.role_changed().is_some()
+            && host.role_changed(was).is_some()
         {
             tracing::warn!(host = %host.addr_string(), was = %was.name(), now = %now.name(), "host role changed: a read-only error (25006) was confirmed; its connections are retired");
         }
@@ -255,11 +255,11 @@ impl HostHealth {
     }
 
     /// A login there, begun at `started`, worked and found `role`. A login begun before the
-    /// last change of status is older news (logins run concurrently while a standby is being
-    /// promoted) and does not undo it.
+    /// host was last seen in another role is older news (logins run concurrently while a
+    /// standby is being promoted) and does not flip it back.
     pub fn logged_in(&self, role: ServerRole, started: Instant) -> Option<Change> {
         let mut known = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if started < known.since && known.status != HostStatus::Up(role) {
+        if started < known.since && matches!(known.status, HostStatus::Up(now) if now != role) {
             return None;
         }
         let change = match known.last_role {
@@ -296,14 +296,17 @@ impl HostHealth {
         previous
     }
 
-    /// A server there stopped being what it was (in_hot_standby changed): its siblings are
-    /// retired, and the next login there says what it is now (and counts the change).
-    pub fn role_changed(&self) -> Option<HostStatus> {
-        self.failures.fetch_add(1, Ordering::AcqRel);
+    /// A server there that logged in as `was` is something else now (in_hot_standby
+    /// changed, or a confirmed 25006). News only while the host is still known as `was`:
+    /// then its connections there are retired and the next login says what it is now (and
+    /// counts the change). When a newer login already saw the new role, nothing changes:
+    /// the connections made since are fine, and older ones find out for themselves.
+    pub fn role_changed(&self, was: ServerRole) -> Option<HostStatus> {
         let mut known = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if known.status == HostStatus::Unknown {
+        if known.status != HostStatus::Up(was) {
             return None;
         }
+        self.failures.fetch_add(1, Ordering::AcqRel);
         known.since = Instant::now();
         Some(std::mem::replace(&mut known.status, HostStatus::Unknown))
     }
@@ -396,5 +399,17 @@ mod tests {
         assert_eq!(host.logged_in(standby, stale), None);
         assert_eq!(host.role(), Some(ServerRole::PRIMARY));
         assert_eq!(host.role_changes(), 1);
+        // An old standby connection finding out late is no news: the host stays primary.
+        let failures = host.failures();
+        assert_eq!(host.role_changed(standby), None);
+        assert_eq!(
+            (host.role(), host.failures()),
+            (Some(ServerRole::PRIMARY), failures)
+        );
+        assert_eq!(
+            host.role_changed(ServerRole::PRIMARY),
+            Some(HostStatus::Up(ServerRole::PRIMARY))
+        );
+        assert_eq!(host.failures(), failures + 1);
     }
 }

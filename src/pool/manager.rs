@@ -57,8 +57,8 @@ pub fn retire_reason(
     }
     if let Some(reason) = conn.host_retired() {
         if reason == CloseReason::RoleChanged
-            && let Some((host, _)) = &conn.host
-            && let Some(was) = host.role_changed()
+            && let (Some((host, _)), Some(role)) = (&conn.host, conn.role)
+            && let Some(was) = host.role_changed(role)
         {
             tracing::warn!(host = %host.addr_string(), was = %was.name(), "a server's role changed (in_hot_standby): its connections there are retired and the host is checked again");
         }
