@@ -305,7 +305,23 @@ pub async fn forward_cancel(
             return;
         }
     };
-    match send_cancel(&target, generation).await {
+    let limit = generation.config.cancel_wait_timeout.non_zero();
+    let sent = match limit {
+        Some(limit) => match tokio::time::timeout(limit, send_cancel(&target, generation)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                metrics.cancel_request("failed");
+                tracing::warn!(
+                    seconds = limit.as_secs_f64(),
+                    server = %target.target.addr_string(),
+                    "cancel_wait_timeout: the cancel request did not reach PostgreSQL in time; dropped"
+                );
+                return;
+            }
+        },
+        None => send_cancel(&target, generation).await,
+    };
+    match sent {
         Ok(()) => {
             metrics.cancel_request("forwarded");
             tracing::info!(

@@ -58,6 +58,7 @@ fields!(SETTINGS: Config {
     server_idle_timeout,
     server_connect_timeout,
     server_login_retry,
+    cancel_wait_timeout,
     query_wait_timeout,
     query_wait_notify,
     client_login_timeout,

@@ -292,6 +292,10 @@ pub struct Config {
     pub server_reset_query: String,
     pub server_reset_query_always: bool,
     pub server_connect_timeout: Seconds,
+    /// The longest a cancel request may take to reach PostgreSQL, and a server whose cancel is
+    /// on its way may wait for it before it is closed instead of reused; 0: no limit of its
+    /// own (the cancel's connect is still bounded by server_connect_timeout).
+    pub cancel_wait_timeout: Seconds,
     /// How long to wait between rounds over a database entry's hosts when none gave a
     /// suitable server (a failover under way).
     pub server_login_retry: Seconds,
@@ -379,6 +383,7 @@ impl Default for Config {
             server_reset_query_always: false,
             server_connect_timeout: Seconds(15.0),
             server_login_retry: Seconds(1.0),
+            cancel_wait_timeout: Seconds(10.0),
             query_wait_timeout: Seconds(120.0),
             query_wait_notify: Seconds(0.0),
             client_login_timeout: Seconds(60.0),

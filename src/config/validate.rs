@@ -257,6 +257,8 @@ fn limits(c: &Config, found: &mut Found) {
         ("server_lifetime", c.server_lifetime),
         ("server_check_delay", c.server_check_delay),
         ("server_connect_timeout", c.server_connect_timeout),
+        ("server_login_retry", c.server_login_retry),
+        ("cancel_wait_timeout", c.cancel_wait_timeout),
         ("query_wait_timeout", c.query_wait_timeout),
         ("query_wait_notify", c.query_wait_notify),
         ("client_login_timeout", c.client_login_timeout),

@@ -32,9 +32,6 @@ use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
 use crate::stream::Stream;
 
-/// How long pgmoat waits for a cancel in flight before its own check of a server's session.
-const CANCEL_SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// What the session loop does after a transaction.
 enum Next {
     /// Wait for the client's next message.
@@ -937,12 +934,11 @@ impl ClientSession {
         // The check is pgmoat's own query: no cancel may reach it. New cancels find no server
         // meanwhile; one already on its way is waited out first.
         self.cancel.set(None);
-        let settled =
-            tokio::time::timeout(CANCEL_SETTLE_LIMIT, server.cancels.clone().settled_owned());
+        let settled = crate::pool::cancels_settled(server.cancels.clone(), generation);
         let login_user = self.pool.settings.target.user.clone();
         let probed = match settled.await {
-            Ok(()) => Box::pin(server.probe_session(&login_user)).await,
-            Err(_) => Err(crate::backend::BackendError::Protocol {
+            true => Box::pin(server.probe_session(&login_user)).await,
+            false => Err(crate::backend::BackendError::Protocol {
                 addr: server.addr.to_string(),
                 source: crate::protocol::ProtocolError::Malformed(
                     "a cancel request for this server did not finish",
@@ -1082,7 +1078,12 @@ impl ClientSession {
                     message = %fatal.message,
                     "server connection ended with a FATAL error"
                 );
-                server.report_lost(&format!("{}: {}", fatal.code, fatal.message));
+                // The server going away (shut down, crashed, not accepting: a failover may be
+                // under way), not a refusal of something the client sent (08P01, 25P03...).
+                let server_went_away = matches!(fatal.code.as_str(), "57P01" | "57P02" | "57P03");
+                if server_went_away {
+                    server.report_lost(&format!("{}: {}", fatal.code, fatal.message));
+                }
                 server.close(CloseReason::ServerLost);
                 if transaction_mode && tx.server_idle() {
                     // It came right after the answer: the client has all it asked for.
@@ -1104,7 +1105,7 @@ impl ClientSession {
                     "PostgreSQL ended the server connection: {} {}: {}",
                     fatal.severity, fatal.code, fatal.message
                 );
-                if transaction_mode && !untouched && !tx.in_copy_in() {
+                if transaction_mode && server_went_away && !untouched && !tx.in_copy_in() {
                     return self.lose_transaction(&tx, detail).await;
                 }
                 if untouched {

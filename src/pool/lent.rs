@@ -16,10 +16,23 @@ use crate::backend::lifecycle::{Facts, ResetNeed, Step, next_step};
 use crate::backend::{CloseReason, ServerConn, ServerState};
 use crate::generation::Generation;
 
-/// How long a handed-back server waits for its cancels before it is closed instead. A cancel
-/// is itself bounded by server_connect_timeout (connect) and a few seconds (PostgreSQL closing
-/// it); this only catches what should never happen.
-const CANCEL_WAIT_LIMIT: Duration = Duration::from_secs(30);
+/// Waits for the cancels in flight for a server, up to cancel_wait_timeout (0: as long as
+/// they take; each is bounded by its own connect and close anyway). False when they did not
+/// finish in time: the server is then closed, not reused.
+pub(crate) async fn cancels_settled(
+    cancels: std::sync::Arc<crate::backend::CancelFlight>,
+    generation: &Generation,
+) -> bool {
+    match generation.config.cancel_wait_timeout.non_zero() {
+        Some(limit) => tokio::time::timeout(limit, cancels.settled_owned())
+            .await
+            .is_ok(),
+        None => {
+            cancels.settled_owned().await;
+            true
+        }
+    }
+}
 
 pub struct Lent {
     /// `Some` until the connection goes back to the pool or is closed.
@@ -103,14 +116,11 @@ impl Lent {
                 // The client goes on meanwhile (with another server); this one waits out
                 // its cancel in a task of its own.
                 tokio::spawn(async move {
-                    if tokio::time::timeout(CANCEL_WAIT_LIMIT, cancels.settled())
-                        .await
-                        .is_err()
-                    {
+                    let generation = current.load_full();
+                    if !cancels_settled(cancels, &generation).await {
                         self.close_now(CloseReason::CancelStuck);
                         return;
                     }
-                    let generation = current.load_full();
                     self.finish(reset, &generation).await;
                 });
             }

@@ -44,6 +44,7 @@ pub use crate::stats::PoolKey;
 pub use error::PoolError;
 pub use janitor::run_janitor;
 pub use lent::Lent;
+pub(crate) use lent::cancels_settled;
 pub use limits::ConnectionPermits;
 use limits::NamedLimits;
 pub use manager::{ServerManager, close_needed, retire_reason};
