@@ -19,7 +19,7 @@ const WRITERS: usize = 8;
 
 /// pgmoat with `app` (read-write) and `app_ro` (standby) on both hosts, each host checked
 /// against its own certificate (the primary's names 127.0.0.1, the standby's only 127.0.0.2).
-fn config(pki: &Pki, pair: &HaPair) -> String {
+fn config(pki: &Pki, pair: &HaPair, metrics_port: u16) -> String {
     let hosts = format!(
         "host = \"{},{}\"\nport = \"{},{}\"",
         pair.primary.host(),
@@ -32,6 +32,7 @@ fn config(pki: &Pki, pair: &HaPair) -> String {
         .set("server_connect_timeout", "2")
         .set("query_wait_timeout", "30")
         .set("default_pool_size", "20")
+        .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
         .set("admin_users", "[\"alice\"]")
         .server_host(pair.primary.host())
         .database_line("target_session_attrs = \"read-write\"")
@@ -135,7 +136,8 @@ async fn a_failover_under_writers_loses_nothing_committed_and_clients_carry_on()
         APP_DB,
         "ALTER TABLE ledger ADD COLUMN at timestamptz NOT NULL DEFAULT clock_timestamp()",
     );
-    let moat = Pgmoat::start(&config(&pki, &pair));
+    let metrics_port = free_port();
+    let moat = Pgmoat::start(&config(&pki, &pair, metrics_port));
 
     // Before: writes go to the primary, app_ro reads from the standby, both verified.
     assert_eq!(where_am_i(&moat, &pki, "app"), "false 127.0.0.1");
@@ -274,6 +276,24 @@ async fn a_failover_under_writers_loses_nothing_committed_and_clients_carry_on()
             "client {client} lost its connection"
         );
     }
+
+    let metrics = http_fetch(metrics_port, "/metrics").await;
+    for line in [
+        "pgmoat_host_role_changes_total{host=\"127.0.0.2:",
+        "pgmoat_host_up{host=\"127.0.0.1:",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let standby_changes = metrics
+        .lines()
+        .find(|l| l.starts_with("pgmoat_host_role_changes_total{host=\"127.0.0.2:"))
+        .unwrap();
+    assert!(standby_changes.ends_with(" 1"), "{standby_changes}");
+    let old_primary_up = metrics
+        .lines()
+        .find(|l| l.starts_with("pgmoat_host_up{host=\"127.0.0.1:"))
+        .unwrap();
+    assert!(old_primary_up.ends_with(" 0"), "{old_primary_up}");
 
     // With no standby left, prefer-standby takes the primary.
     assert_eq!(where_am_i(&moat, &pki, "app_pref"), "false 127.0.0.2");
