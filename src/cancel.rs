@@ -148,18 +148,34 @@ impl Drop for ClientTicket {
 pub struct CancelRegistry {
     clients: Mutex<HashMap<BackendKey, Arc<CancelSlot>>>,
     in_flight: Arc<Semaphore>,
+    /// This instance's peer id (0: no peers), which every key it issues carries.
+    peer_id: u16,
+    /// Cancels on their way to each peer.
+    peer_limits: crate::peers::PeerLimits,
 }
 
 impl Default for CancelRegistry {
     fn default() -> Self {
-        CancelRegistry {
-            clients: Mutex::default(),
-            in_flight: Arc::new(Semaphore::new(MAX_CANCELS_IN_FLIGHT)),
-        }
+        CancelRegistry::with_peer_id(0)
     }
 }
 
 impl CancelRegistry {
+    /// Keys for instance `peer_id` of a set of peers (0: no peers). Fixed for the process:
+    /// keys already handed out must keep pointing here.
+    pub fn with_peer_id(peer_id: u16) -> Self {
+        CancelRegistry {
+            clients: Mutex::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_CANCELS_IN_FLIGHT)),
+            peer_id,
+            peer_limits: Default::default(),
+        }
+    }
+
+    pub fn peer_id(&self) -> u16 {
+        self.peer_id
+    }
+
     /// A fresh, unused key for a new client, and the slot its session keeps its target in.
     pub fn register(&self) -> (BackendKey, Arc<CancelSlot>) {
         self.register_inner(None)
@@ -174,9 +190,18 @@ impl CancelRegistry {
     fn register_inner(&self, pid: Option<i32>) -> (BackendKey, Arc<CancelSlot>) {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let key = BackendKey {
-                pid: pid.unwrap_or_else(|| rand::random::<i32>() & i32::MAX),
-                secret: rand::random(),
+            // With peers the key must name this instance, so a session-mode client's key
+            // is pgmoat's own too, not its server's pid.
+            let key = match (self.peer_id, pid) {
+                (0, Some(pid)) => BackendKey {
+                    pid,
+                    secret: rand::random(),
+                },
+                (0, None) => BackendKey {
+                    pid: rand::random::<i32>() & i32::MAX,
+                    secret: rand::random(),
+                },
+                (peer_id, _) => crate::peers::new_key(peer_id),
             };
             if key.pid != 0 && !clients.contains_key(&key) {
                 let slot = Arc::new(CancelSlot::default());
@@ -274,6 +299,16 @@ pub async fn forward_cancel(
     generation: &Generation,
     key: BackendKey,
 ) {
+    let mut key = key;
+    if registry.peer_id != 0 {
+        let owner = crate::peers::owner(key);
+        if owner.peer_id != 0 && owner.peer_id != registry.peer_id {
+            crate::peers::forward(key, owner, generation, &registry.peer_limits, metrics).await;
+            return;
+        }
+        // Forwarded here by a peer: looked up as it was issued.
+        key = crate::peers::as_issued(key);
+    }
     let Some(slot) = registry.slot(key) else {
         tracing::debug!("cancel request for an unknown key; ignored");
         metrics.cancel_request("unknown_key");

@@ -16,6 +16,7 @@ pub mod fuzz_targets;
 pub mod generation;
 pub mod lifecycle;
 pub mod metrics;
+pub mod peers;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;

@@ -36,6 +36,9 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
                     "listen_addr / listen_port changed: takes effect only after a restart"
                 );
             }
+            if config.peer_id != current.config.peer_id {
+                tracing::warn!("peer_id changed: takes effect only after a restart (the keys of connected clients name this one)");
+            }
             if config.worker_threads != current.config.worker_threads {
                 tracing::warn!("worker_threads changed: takes effect only after a restart");
             }

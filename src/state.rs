@@ -37,6 +37,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(generation: Generation) -> Arc<Shared> {
+        let peer_id = generation.config.peer_id;
         let current = Arc::new(ArcSwap::from_pointee(generation));
         let ids = Arc::new(AtomicU64::new(1));
         let stats = Stats::default();
@@ -48,7 +49,7 @@ impl Shared {
                 crate::workers::resolve_count(current.load().config.worker_threads),
             ),
             current,
-            cancel: CancelRegistry::default(),
+            cancel: CancelRegistry::with_peer_id(peer_id),
             admission: Arc::default(),
             ids,
             shutdown: CancellationToken::new(),

@@ -4,7 +4,7 @@
 
 use toml::Value;
 
-use super::settings::{Config, DatabaseConfig};
+use super::settings::{Config, DatabaseConfig, PeerConfig};
 use super::values::{Input, SettingValue};
 
 /// One named field of `T`: how to set it from an input and how to show it.
@@ -96,6 +96,13 @@ fields!(SETTINGS: Config {
     cert_expiry_warn_days,
     watch_files,
     worker_threads,
+    peer_id,
+});
+
+fields!(PEER_FIELDS: PeerConfig {
+    host,
+    port,
+    pool_size,
 });
 
 fields!(DATABASE_FIELDS: DatabaseConfig {
@@ -178,7 +185,7 @@ mod tests {
         let mut expected: Vec<&str> = all
             .keys()
             .map(String::as_str)
-            .filter(|k| !matches!(*k, "source" | "databases"))
+            .filter(|k| !matches!(*k, "source" | "databases" | "peers"))
             .collect();
         let mut listed: Vec<&str> = SETTINGS.iter().map(|f| f.name).collect();
         expected.sort_unstable();

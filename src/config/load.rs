@@ -11,8 +11,8 @@ use toml::de::{DeTable, DeValue};
 use super::connstr::unknown_field;
 use super::env::apply_env;
 use super::error::{ConfigError, ConfigErrors};
-use super::fields::{DATABASE_FIELDS, Field, SETTINGS, suggest};
-use super::settings::{Config, DatabaseConfig};
+use super::fields::{DATABASE_FIELDS, Field, PEER_FIELDS, SETTINGS, suggest};
+use super::settings::{Config, DatabaseConfig, MAX_PEER_ID, PeerConfig};
 use super::validate::{FileChecks, Problem, problems};
 use super::values::Input;
 
@@ -204,6 +204,58 @@ impl TomlReader<'_> {
         }
     }
 
+    /// `[peers.N]` tables: `host`, `port`, `pool_size`, N a peer id.
+    fn peers(&mut self, config: &mut Config, value: &Spanned<DeValue<'_>>) {
+        let line = self.line(value);
+        self.places.set("peers", Place::Line(line));
+        let Some(table) = value.get_ref().as_table() else {
+            let reason = format!(
+                "expected a table of [peers.N] entries, found {}",
+                value.get_ref().type_str()
+            );
+            return self.refuse("peers".into(), line, reason);
+        };
+        for (name, entry) in table.iter() {
+            let key = format!("peers.{}", name.get_ref());
+            let entry_line = self.line(name);
+            self.places.set(&key, Place::Line(entry_line));
+            let id = match name.get_ref().parse::<u16>() {
+                Ok(id) if (1..=MAX_PEER_ID).contains(&id) => id,
+                _ => {
+                    let reason = format!("a peer is named by its peer_id, 1 to {MAX_PEER_ID}");
+                    self.refuse(key, entry_line, reason);
+                    continue;
+                }
+            };
+            let Some(fields) = entry.get_ref().as_table() else {
+                let reason = format!(
+                    "expected a table like {{ host = \"pgmoat-1\", port = 6432 }}, found {}",
+                    entry.get_ref().type_str()
+                );
+                self.refuse(key, entry_line, reason);
+                continue;
+            };
+            let mut peer = PeerConfig::default();
+            let before = self.errors.len();
+            for (field_name, field_value) in fields.iter() {
+                let field_key = join_key(&key, field_name.get_ref());
+                let field_line = self.line(field_name);
+                self.places.set(&field_key, Place::Line(field_line));
+                let Some(field) = Field::find(PEER_FIELDS, field_name.get_ref()) else {
+                    let reason = "unknown peer setting (a peer has host, port and pool_size)";
+                    self.refuse(field_key, field_line, reason.into());
+                    continue;
+                };
+                if let Err(reason) = (field.set)(&mut peer, Input::Toml(field_value.get_ref())) {
+                    self.refuse(field_key, self.line(field_value), reason);
+                }
+            }
+            if self.errors.len() == before {
+                config.peers.insert(id, peer);
+            }
+        }
+    }
+
     fn database(&mut self, key: &str, entry: &Spanned<DeValue<'_>>) -> Option<DatabaseConfig> {
         let line = self.line(entry);
         match entry.get_ref() {
@@ -255,7 +307,10 @@ pub(crate) fn join_key(key: &str, field: &str) -> String {
 }
 
 pub(crate) fn unknown_setting(name: &str, prefix: &str) -> String {
-    let known = SETTINGS.iter().map(|f| f.name).chain(["databases"]);
+    let known = SETTINGS
+        .iter()
+        .map(|f| f.name)
+        .chain(["databases", "peers"]);
     match suggest(name, known) {
         Some(close) => format!(
             "unknown setting; did you mean `{prefix}{}`?",
@@ -289,6 +344,7 @@ fn read_toml(text: &str, config: &mut Config, places: &mut Places) -> Vec<Config
     for (key, value) in document.get_ref().iter() {
         match key.get_ref().as_ref() {
             "databases" => reader.databases(config, value),
+            "peers" => reader.peers(config, value),
             name => reader.setting(config, name, value),
         }
     }

@@ -175,6 +175,29 @@ impl Default for Ports {
     }
 }
 
+/// One `[peers.N]` entry: another pgmoat instance that shares the clients' cancel keys (a
+/// CancelRequest carrying its peer id is forwarded there). PgBouncer's names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Cancel requests on their way to this peer at once; `None`: default_pool_size.
+    pub pool_size: Option<usize>,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            host: String::new(),
+            port: 6432,
+            pool_size: None,
+        }
+    }
+}
+
+/// The highest peer_id: 14 bits of the cancel key hold it.
+pub const MAX_PEER_ID: u16 = 16383;
+
 /// A duration written in seconds (integer or fractional), as PgBouncer writes its timeouts.
 /// Zero means "disabled" where PgBouncer says so.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Default)]
@@ -355,6 +378,11 @@ pub struct Config {
     pub worker_threads: usize,
 
     pub databases: BTreeMap<String, DatabaseConfig>,
+
+    /// This instance's number among its peers (1..=16383); 0: no peers. Read at start.
+    pub peer_id: u16,
+    /// The other instances (and this one), by peer id.
+    pub peers: BTreeMap<u16, PeerConfig>,
 }
 
 impl Default for Config {
@@ -422,6 +450,8 @@ impl Default for Config {
             watch_files: false,
             worker_threads: 0,
             databases: BTreeMap::new(),
+            peer_id: 0,
+            peers: BTreeMap::new(),
         }
     }
 }

@@ -63,6 +63,7 @@ pub(crate) fn problems(config: &Config, files: FileChecks) -> Vec<Problem> {
     limits(config, &mut found);
     addresses(config, &mut found);
     databases(config, &mut found);
+    peers(config, &mut found);
     if files == FileChecks::Check {
         readable_files(config, &mut found);
     }
@@ -316,6 +317,34 @@ fn addresses(c: &Config, found: &mut Found) {
         if metrics.parse::<SocketAddr>().is_err() && !host_port {
             let why = format!("`{metrics}` is not host:port, like 127.0.0.1:9187");
             found.add("metrics_addr", &[], why);
+        }
+    }
+}
+
+fn peers(c: &Config, found: &mut Found) {
+    if c.peer_id > super::MAX_PEER_ID {
+        found.add(
+            "peer_id",
+            &[],
+            format!("must be 0 (no peers) to {}", super::MAX_PEER_ID),
+        );
+    }
+    if c.peer_id == 0 && !c.peers.is_empty() {
+        found.add(
+            "peer_id",
+            &[],
+            "[peers] is set but peer_id is not: give this instance its number among the peers",
+        );
+    }
+    for (id, peer) in &c.peers {
+        if peer.host.trim().is_empty() {
+            found.add(format!("peers.{id}.host"), &[], "every peer needs a host");
+        }
+        if peer.port == 0 {
+            found.add(format!("peers.{id}.port"), &[], "must not be 0");
+        }
+        if peer.pool_size == Some(0) {
+            found.add(format!("peers.{id}.pool_size"), &[], "must be at least 1");
         }
     }
 }

@@ -321,3 +321,27 @@ fn the_reference_config_loads() {
         assert!(written, "{} is not in config/pgmoat.toml", field.name);
     }
 }
+
+#[test]
+fn peers_are_read_and_checked() {
+    let text = format!(
+        "peer_id = 2\n{BASE}\n[peers.1]\nhost = \"pgmoat-0\"\n\n[peers.2]\nhost = \"pgmoat-1\"\nport = 6433\npool_size = 4\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.peer_id, 2);
+    assert_eq!(config.peers[&1].port, 6432);
+    assert_eq!(config.peers[&2].pool_size, Some(4));
+
+    let bad = format!("{BASE}\n[peers.x]\nhost = \"a\"\n");
+    let err = single(parse(&bad).unwrap_err());
+    assert_eq!(err.key, "peers.x");
+    let bad = format!("peer_id = 1\n{BASE}\n[peers.1]\nhost = \"a\"\nhots = 1\n");
+    let err = single(parse(&bad).unwrap_err());
+    assert_eq!(err.key, "peers.1.hots");
+    let bad = format!("{BASE}\n[peers.1]\nhost = \"a\"\n");
+    let err = single(parse(&bad).unwrap_err());
+    assert_eq!(err.key, "peer_id");
+    assert!(err.reason.contains("peer_id is not"), "{}", err.reason);
+    let bad = format!("peer_id = 20000\n{BASE}");
+    assert_eq!(single(parse(&bad).unwrap_err()).key, "peer_id");
+}
