@@ -181,3 +181,102 @@ async fn backend_killed_under_a_client_fails_only_that_client() {
     assert!(again > 0);
     next.batch_execute("COMMIT").await.unwrap();
 }
+
+/// A forwarder to PostgreSQL that, once armed, drops the next connection pgmoat sends
+/// anything on (without forwarding it): a server that died after its last check.
+async fn dropping_forwarder(
+    target_port: u16,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(false));
+    let trigger = armed.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 16384];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if armed.swap(false, Ordering::SeqCst) {
+                            return;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                // Either way ends both: dropping the halves closes both sockets.
+                tokio::select! { () = up => {}, () = down => {} }
+            });
+        }
+    });
+    (port, trigger)
+}
+
+#[tokio::test]
+async fn server_lost_while_applying_a_clients_settings_is_replaced() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let (port, arm) = dropping_forwarder(db.port()).await;
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .server_port(port)
+            .set("default_pool_size", "1")
+            .set("query_wait_timeout", "20")
+            .build(),
+    );
+    let with_name = |name: &str| {
+        let mut config = moat_config(&moat, "alice");
+        config.application_name(name);
+        config
+    };
+    let (a, _) = moat_client_with(&moat, &pki, with_name("a")).await;
+    let (b, _) = moat_client_with(&moat, &pki, with_name("b")).await;
+    // The pool's one server last ran for a: b's next query needs a SET first.
+    // Simple queries only: a prepared statement's Close would come after the answer.
+    let first = simple_pid(&a).await;
+    arm.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The SET meets a dead connection; b's query runs on a new server all the same.
+    let second = simple_pid(&b).await;
+    assert_ne!(second, first, "{}", moat.log());
+    let name: String = b
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "b");
+    assert!(
+        moat.log()
+            .contains("server connection lost while applying the client's settings"),
+        "{}",
+        moat.log()
+    );
+}
+
+async fn simple_pid(client: &Client) -> String {
+    match &client
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .unwrap()[1]
+    {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).unwrap().to_owned(),
+        other => panic!("{other:?}"),
+    }
+}

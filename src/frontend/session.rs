@@ -16,7 +16,7 @@ use super::aborted::{self, LostTransaction};
 use super::server_state::{merge_snapshot, sync_settings};
 use crate::admission::ClientSlot;
 use crate::backend::scram_keys::ScramKeys;
-use crate::backend::{BackendKey, CloseReason, PinReasons, ResetNeed, ServerState};
+use crate::backend::{BackendError, BackendKey, CloseReason, PinReasons, ResetNeed, ServerState};
 use crate::cancel::CancelTarget;
 use crate::config::{PoolMode, SessionState};
 use crate::pool::{Lent, PinSlot, PinSlots, PoolError, PoolKey, PoolSettings, ServerPool};
@@ -681,20 +681,42 @@ impl ClientSession {
         reserved: Option<PinSlot>,
     ) -> Next {
         let generation = self.shared.snapshot();
-        let mut server = match self.checkout(&generation).await {
-            Ok(server) => server,
-            Err(e) => return self.no_server(client_half, e).await,
+        let mut lost_servers = 0;
+        let mut server = loop {
+            let mut server = match self.checkout(&generation).await {
+                Ok(server) => server,
+                Err(e) => return self.no_server(client_half, e).await,
+            };
+            match sync_settings(&self.params, &mut server).await {
+                Ok(()) => break server,
+                Err(e @ BackendError::Server { .. }) => {
+                    tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
+                    self.cancel.set(None);
+                    // A failed sync ran in one implicit transaction: the server is as it was.
+                    server
+                        .hand_back(true, ResetNeed::Nothing, &generation)
+                        .await;
+                    self.fail(e.to_pg_error()).await;
+                    return Next::Close;
+                }
+                Err(e) => {
+                    // The connection broke under pgmoat's own SET (PostgreSQL stopped or
+                    // crashed since the server went idle): nothing of the client's batch was
+                    // sent anywhere, so it may run on another server, as if this one had been
+                    // found dead at checkout. Its host is marked down, which retires its
+                    // siblings there, so the next checkout does not meet them.
+                    tracing::warn!(error = %e, server_id = server.id, "server connection lost while applying the client's settings; the batch was not sent, taking another server");
+                    self.cancel.set(None);
+                    self.entry.set_idle();
+                    server.report_lost(&e.to_string());
+                    server.close(CloseReason::ServerLost);
+                    lost_servers += 1;
+                    if lost_servers >= MAX_LOST_AT_SYNC {
+                        return self.no_server(client_half, PoolError::from(e)).await;
+                    }
+                }
+            }
         };
-        if let Err(e) = sync_settings(&self.params, &mut server).await {
-            tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
-            self.cancel.set(None);
-            // A failed sync ran in one implicit transaction: the server is as it was.
-            server
-                .hand_back(true, ResetNeed::Nothing, &generation)
-                .await;
-            self.fail(e.to_pg_error()).await;
-            return Next::Close;
-        }
         if self.pool.settings.mode == PoolMode::Session {
             // A reload made this pool session-mode: the client keeps this server.
             self.hold(server, PinReasons::SESSION_MODE, None);
@@ -1270,6 +1292,10 @@ fn cancel_target(server: &Lent) -> CancelTarget {
         flight: server.cancels.clone(),
     }
 }
+
+/// Servers found dead while applying a client's settings before one batch, after which the
+/// batch fails (the client keeps its connection) instead of taking yet another.
+const MAX_LOST_AT_SYNC: u32 = 3;
 
 /// The answer to `batches` batches that failed as a whole without a server to run them: for
 /// each, `err` and ReadyForQuery (idle), as PostgreSQL answers a failed batch.
