@@ -68,12 +68,20 @@ impl Drop for Balancer {
 
 /// `count` instances with peer ids 1..=count, each knowing all; `extra` is appended to the
 /// peers list (say, a peer nobody runs).
-fn start_peers(pki: &Pki, db: &TestDb, count: u16, extra: &str) -> Vec<Pgmoat> {
+/// Each instance also serves /metrics on the port at its index in `metrics`, if any.
+fn start_peers(pki: &Pki, db: &TestDb, count: u16, extra: &str, metrics: &[u16]) -> Vec<Pgmoat> {
     let base = ConfigBuilder::new(pki, db)
         .set("admin_users", "[\"alice\"]")
         .build();
     let moats: Vec<Pgmoat> = (1..=count)
-        .map(|id| Pgmoat::start_with_env(&base, &[("PGMOAT_PEER_ID", &id.to_string())]))
+        .map(|id| {
+            let mut env = vec![("PGMOAT_PEER_ID", id.to_string())];
+            if let Some(port) = metrics.get(usize::from(id - 1)) {
+                env.push(("PGMOAT_METRICS_ADDR", format!("127.0.0.1:{port}")));
+            }
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Pgmoat::start_with_env(&base, &env)
+        })
         .collect();
     let mut peers = String::new();
     for (i, moat) in moats.iter().enumerate() {
@@ -147,7 +155,7 @@ const PSYCOPG_CANCELS: usize = 100;
 fn cancels_through_a_load_balancer_reach_their_own_query_and_nobody_elses() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
-    let moats = start_peers(&pki, &db, 3, "");
+    let moats = start_peers(&pki, &db, 3, "", &[]);
     let lb = Balancer::start(&moats.iter().map(Pgmoat::port).collect::<Vec<_>>());
     let conninfo = lb_conninfo(lb.port, &pki);
 
@@ -256,11 +264,13 @@ async fn an_unreachable_peer_costs_a_counted_failure_and_nothing_else() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let nobody = free_port();
+    let metrics_port = free_port();
     let moats = start_peers(
         &pki,
         &db,
         1,
         &format!("\n[peers.7]\nhost = \"127.0.0.1\"\nport = {nobody}\n"),
+        &[metrics_port],
     );
     let moat = &moats[0];
     let key = pgmoat::peers::new_key(7);
@@ -270,6 +280,12 @@ async fn an_unreachable_peer_costs_a_counted_failure_and_nothing_else() {
         mark,
         "forwarding a cancel request to a peer failed",
         Duration::from_secs(10),
+    );
+
+    let metrics = http_fetch(metrics_port, "/metrics").await;
+    assert!(
+        metrics.contains("pgmoat_cancel_requests_total{result=\"peer_failed\"} 1"),
+        "{metrics}"
     );
 
     // Everything else works: queries, and a cancel of this instance's own client.
