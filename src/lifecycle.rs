@@ -1,8 +1,14 @@
 //! Starting and stopping: build the first generation (config, TLS, auth_file), bind the
 //! listener, accept clients, reload on SIGHUP (the new generation is fully loaded before it
-//! replaces the old; a bad one changes nothing), serve metrics, and drain on SIGTERM / SIGINT
-//! or the console's SHUTDOWN: stop accepting, let transactions in flight finish up to
-//! shutdown_timeout, then close; a second signal closes at once.
+//! replaces the old; a bad one changes nothing), serve metrics, and stop:
+//!
+//! - SIGINT or the console's SHUTDOWN drain: stop accepting, let transactions in flight
+//!   finish up to shutdown_timeout (idle clients are closed at once), then close;
+//! - SIGTERM waits for the clients to leave (PgBouncer 1.23's meaning): stop accepting at
+//!   once (with so_reuseport another process on the port takes the new connections), keep
+//!   serving the connected clients, transactions and all, until they disconnect or
+//!   shutdown_timeout passes; then drain as above, briefly;
+//! - a second signal closes at once.
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -90,18 +96,62 @@ fn watched_files_stamp(config: &Config) -> u64 {
 /// A bound, ready-to-serve pgmoat.
 pub struct Server {
     listener: TcpListener,
+    /// peer_listen_port's listener: this process only, kept open until it exits, so its
+    /// peers can reach it with cancels for the clients it still serves.
+    peer_listener: Option<TcpListener>,
     /// The metrics_addr listener, when configured.
     metrics: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
+    bind_with(addr, false).await
+}
+
+/// How many connections may wait in the kernel for an accept.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` (its first address), with SO_REUSEPORT when asked. SO_REUSEADDR as always,
+/// so a restart does not wait for old connections in TIME_WAIT.
+async fn bind_with(addr: &str, reuse_port: bool) -> Result<TcpListener, StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let resolved = tokio::net::lookup_host(addr)
         .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })
+        .map_err(bind_error)?
+        .next()
+        .ok_or_else(|| {
+            bind_error(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the name resolves to no address",
+            ))
+        })?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(bind_error)?;
+    }
+    socket.bind(resolved).map_err(bind_error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(bind_error)
+}
+
+/// How long clients still in a transaction get after SIGTERM's wait for clients is over.
+const LAST_TRANSACTIONS_GRACE: Duration = Duration::from_secs(5);
+
+/// What ends the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM: wait for the clients to leave first.
+    WaitForClients,
+    /// SIGINT, SHUTDOWN: let transactions finish, close idle clients now.
+    Drain,
 }
 
 impl Server {
@@ -114,13 +164,18 @@ impl Server {
         }
         let generation = load_generation(config, None)?;
         log_certificate_expiry(&generation);
-        let listener = bind(&addr).await?;
+        let listener = bind_with(&addr, generation.config.so_reuseport).await?;
+        let peer_listener = match generation.config.peer_listen_port {
+            0 => None,
+            port => Some(bind(&format!("{}:{port}", generation.config.listen_addr)).await?),
+        };
         let metrics = match metrics_addr.as_deref() {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         Ok(Server {
             listener,
+            peer_listener,
             metrics,
             shared: Shared::new(generation),
         })
@@ -151,7 +206,8 @@ impl Server {
             tokio::spawn(crate::metrics::serve(listener, self.shared.clone()));
         }
         let tracker = TaskTracker::new();
-        let workers = Workers::start(self.shared.pools.workers()).map_err(StartError::Workers)?;
+        let workers =
+            Arc::new(Workers::start(self.shared.pools.workers()).map_err(StartError::Workers)?);
         tracing::info!(worker_threads = workers.count(), "workers started");
         let shared = self.shared.clone();
         tokio::spawn(async move {
@@ -173,7 +229,24 @@ impl Server {
         let mut watch = tokio::time::interval(WATCH_PERIOD);
         let mut last_stamp: Option<u64> = None;
         let mut accept_errors = AcceptErrors::default();
-        loop {
+        let peer_accepts = self.peer_listener.take().map(|listener| {
+            // Its own accept loop: it stays open through SIGTERM's wait for clients.
+            let (shared, tracker, workers) =
+                (self.shared.clone(), tracker.clone(), workers.clone());
+            tokio::spawn(async move {
+                let mut errors = AcceptErrors::default();
+                loop {
+                    match listener.accept().await {
+                        Ok((tcp, peer)) => hand_to_worker(tcp, peer, &shared, &workers, &tracker),
+                        Err(e) => {
+                            errors.note(&e);
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
+                    }
+                }
+            })
+        });
+        let stop = loop {
             tokio::select! {
                 _ = daily.tick() => log_certificate_expiry(&self.shared.snapshot()),
                 accepted = self.listener.accept() => match accepted {
@@ -200,20 +273,55 @@ impl Server {
                         last_stamp = None;
                     }
                 }
-                _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-                _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = self.shared.shutdown.cancelled() => { tracing::info!("SHUTDOWN from the admin console: shutting down"); break; }
+                // Not accepting from here on (/health says so) before the log says it.
+                _ = terminate.recv() => { self.shared.stopped_accepting.cancel(); tracing::info!("SIGTERM: shutting down once the clients have left"); break Stop::WaitForClients; }
+                _ = interrupt.recv() => { self.shared.stopped_accepting.cancel(); tracing::info!("SIGINT: shutting down"); break Stop::Drain; }
+                _ = self.shared.shutdown.cancelled() => { tracing::info!("SHUTDOWN from the admin console: shutting down"); break Stop::Drain; }
+            }
+        };
+        self.shared.stopped_accepting.cancel();
+        if stop == Stop::WaitForClients {
+            // Connections the kernel already queued here are served, not reset (with
+            // so_reuseport, the queue of a closed listener is lost unless the kernel moves
+            // it: net.ipv4.tcp_migrate_req).
+            while let Ok(Ok((tcp, peer))) =
+                tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
+            {
+                hand_to_worker(tcp, peer, &self.shared, &workers, &tracker);
             }
         }
         drop(self.listener);
-        self.shared.shutdown.cancel();
         tracker.close();
         let timeout = self.shared.snapshot().config.shutdown_timeout.duration();
-        tokio::select! {
-            _ = tracker.wait() => tracing::info!("all clients finished"),
-            _ = tokio::time::sleep(timeout) => tracing::warn!(shutdown_timeout = ?timeout, "shutdown_timeout reached; closing remaining clients"),
-            _ = terminate.recv() => tracing::warn!("second signal: closing at once"),
-            _ = interrupt.recv() => tracing::warn!("second signal: closing at once"),
+        let mut at_once = false;
+        if stop == Stop::WaitForClients {
+            tracing::info!(clients = tracker.len(), shutdown_timeout = ?timeout, "no longer accepting; waiting for the connected clients to leave");
+            tokio::select! {
+                _ = tracker.wait() => tracing::info!("all clients left"),
+                _ = tokio::time::sleep(timeout) => tracing::warn!(shutdown_timeout = ?timeout, clients = tracker.len(), "shutdown_timeout reached; closing the clients still connected once their transactions end"),
+                _ = terminate.recv() => { tracing::warn!("second signal: closing at once"); at_once = true; }
+                _ = interrupt.recv() => { tracing::warn!("second signal: closing at once"); at_once = true; }
+            }
+        }
+        self.shared.shutdown.cancel();
+        let grace = match stop {
+            Stop::Drain => timeout,
+            Stop::WaitForClients => LAST_TRANSACTIONS_GRACE.min(timeout),
+        };
+        if !at_once && !tracker.is_empty() {
+            tokio::select! {
+                _ = tracker.wait() => tracing::info!("all clients finished"),
+                _ = tokio::time::sleep(grace) => match stop {
+                    Stop::Drain => tracing::warn!(shutdown_timeout = ?grace, "shutdown_timeout reached; closing remaining clients"),
+                    Stop::WaitForClients => tracing::warn!(waited = ?grace, "closing remaining clients"),
+                },
+                _ = terminate.recv() => tracing::warn!("second signal: closing at once"),
+                _ = interrupt.recv() => tracing::warn!("second signal: closing at once"),
+            }
+        }
+        if let Some(task) = peer_accepts {
+            task.abort();
+            let _ = task.await;
         }
         // Stops the workers; clients still there are cut off with their tasks.
         drop(workers);

@@ -36,6 +36,13 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
                     "listen_addr / listen_port changed: takes effect only after a restart"
                 );
             }
+            if (config.so_reuseport, config.peer_listen_port)
+                != (current.config.so_reuseport, current.config.peer_listen_port)
+            {
+                tracing::warn!(
+                    "so_reuseport / peer_listen_port changed: takes effect only after a restart"
+                );
+            }
             if config.peer_id != current.config.peer_id {
                 tracing::warn!("peer_id changed: takes effect only after a restart (the keys of connected clients name this one)");
             }

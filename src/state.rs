@@ -25,6 +25,9 @@ pub struct Shared {
     pub admission: Arc<crate::admission::Admission>,
     ids: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
+    /// Set when pgmoat stops accepting (any way of stopping, SIGTERM's wait for clients
+    /// included): /health and pgmoat_accepting say so, so a load balancer stops sending.
+    pub stopped_accepting: CancellationToken,
     pub stats: Stats,
     pub metrics: Metrics,
     pub pause: PauseGate,
@@ -53,12 +56,18 @@ impl Shared {
             admission: Arc::default(),
             ids,
             shutdown: CancellationToken::new(),
+            stopped_accepting: CancellationToken::new(),
             stats,
             metrics: Metrics::default(),
             pause: PauseGate::default(),
             mock_key: rand::random(),
             statement_key: rand::random(),
         })
+    }
+
+    /// Whether new clients are taken: not once any way of stopping began.
+    pub fn accepting(&self) -> bool {
+        !self.stopped_accepting.is_cancelled() && !self.shutdown.is_cancelled()
     }
 
     pub fn snapshot(&self) -> Arc<Generation> {

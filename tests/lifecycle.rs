@@ -1,6 +1,6 @@
-//! Stopping pgmoat: SIGTERM / SIGINT and the console's SHUTDOWN stop accepting, let the
-//! transactions in flight finish within shutdown_timeout and exit; a second signal exits at
-//! once. And the log formats: readable text by default, JSON lines with --log-format json or
+//! Stopping pgmoat: SIGINT and the console's SHUTDOWN stop accepting, let the transactions
+//! in flight finish within shutdown_timeout and exit; SIGTERM stops accepting and serves the
+//! connected clients until they leave; a second signal exits at once. And the log formats: readable text by default, JSON lines with --log-format json or
 //! PGMOAT_LOG_FORMAT, levels from RUST_LOG.
 
 mod support;
@@ -53,7 +53,7 @@ impl Setup {
 }
 
 #[tokio::test]
-async fn sigterm_lets_the_transaction_in_flight_commit_then_exits() {
+async fn sigint_lets_the_transaction_in_flight_commit_then_exits() {
     let mut s = setup(|b| b.set("shutdown_timeout", "20"));
     let busy = s.client(APP_DB).await;
     let idle = s.client(APP_DB).await;
@@ -62,9 +62,9 @@ async fn sigterm_lets_the_transaction_in_flight_commit_then_exits() {
         .await
         .unwrap();
 
-    s.pgmoat.signal("TERM");
+    s.pgmoat.signal("INT");
     s.pgmoat
-        .wait_for_log("SIGTERM: shutting down", Duration::from_secs(10));
+        .wait_for_log("SIGINT: shutting down", Duration::from_secs(10));
     s.wait_refused();
     // An idle client is told and closed; it gets no new transaction.
     let err = idle.batch_execute("SELECT 1").await.unwrap_err();
@@ -92,6 +92,57 @@ async fn sigterm_lets_the_transaction_in_flight_commit_then_exits() {
     );
     s.pgmoat
         .wait_for_log("all clients finished", Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn sigterm_serves_connected_clients_until_they_leave() {
+    let mut s = setup(|b| b.set("shutdown_timeout", "60"));
+    let busy = s.client(APP_DB).await;
+    let idle = s.client(APP_DB).await;
+    idle.batch_execute("SELECT 1").await.unwrap();
+    busy.batch_execute("BEGIN; INSERT INTO items (v) VALUES ('after-term')")
+        .await
+        .unwrap();
+
+    s.pgmoat.signal("TERM");
+    s.pgmoat.wait_for_log(
+        "waiting for the connected clients to leave",
+        Duration::from_secs(10),
+    );
+    s.wait_refused();
+    // Connected clients go on as before: the transaction commits, the idle client runs new
+    // transactions (PgBouncer 1.23's SIGTERM; SIGINT would have closed it).
+    busy.batch_execute("COMMIT").await.unwrap();
+    idle.batch_execute("INSERT INTO items (v) VALUES ('after-term')")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.db.sql(APP_DB, "SELECT count(*) FROM items WHERE v = 'after-term'"),
+        "2"
+    );
+    assert!(
+        s.pgmoat.wait_exit(Duration::from_millis(300)).is_none(),
+        "pgmoat exited with clients still connected"
+    );
+    idle.batch_execute("SELECT 1").await.unwrap();
+    drop(busy);
+    drop(idle);
+    // Polled between turns of this runtime, which must run the dropped clients' connection
+    // tasks for them to say goodbye.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = s.pgmoat.wait_exit(Duration::from_millis(20)) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pgmoat did not exit once its clients left\n{}",
+            s.pgmoat.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(s.pgmoat.log().contains("all clients left"));
 }
 
 #[tokio::test]
@@ -133,7 +184,7 @@ async fn a_second_signal_exits_at_once() {
 }
 
 #[tokio::test]
-async fn console_shutdown_drains_like_sigterm() {
+async fn console_shutdown_drains_like_sigint() {
     let mut s = setup(|b| {
         b.set("admin_users", r#"["alice"]"#)
             .set("shutdown_timeout", "20")
@@ -170,7 +221,7 @@ async fn session_mode_clients_between_transactions_do_not_hold_the_drain() {
     let client = s.client(APP_DB).await;
     client.batch_execute("SELECT 1").await.unwrap();
     let signalled = Instant::now();
-    s.pgmoat.signal("TERM");
+    s.pgmoat.signal("INT");
     s.pgmoat
         .wait_exit(Duration::from_secs(10))
         .expect("an idle session-mode client is closed at once");
@@ -367,9 +418,9 @@ async fn sigterm_under_pgbench_load_breaks_no_transaction_in_flight() {
         || blocked(&s.db) == 4,
     );
 
-    s.pgmoat.signal("TERM");
+    s.pgmoat.signal("INT");
     s.pgmoat
-        .wait_for_log("SIGTERM: shutting down", Duration::from_secs(10));
+        .wait_for_log("SIGINT: shutting down", Duration::from_secs(10));
     s.wait_refused();
     // The open transactions are still there, waiting: the drain did not break them.
     assert_eq!(blocked(&s.db), 4, "{}", s.pgmoat.log());

@@ -96,6 +96,8 @@ fields!(SETTINGS: Config {
     cert_expiry_warn_days,
     watch_files,
     worker_threads,
+    so_reuseport,
+    peer_listen_port,
     peer_id,
 });
 

@@ -379,6 +379,12 @@ pub struct Config {
 
     pub databases: BTreeMap<String, DatabaseConfig>,
 
+    /// SO_REUSEPORT on the listener: several pgmoat processes on one address and port (a
+    /// rolling upgrade: start the new one, SIGTERM the old one). Read at start.
+    pub so_reuseport: bool,
+    /// A second port on listen_addr that reaches this process only (with so_reuseport the
+    /// shared port reaches any of them): what `[peers.N]` should name. 0: none. Read at start.
+    pub peer_listen_port: u16,
     /// This instance's number among its peers (1..=16383); 0: no peers. Read at start.
     pub peer_id: u16,
     /// The other instances (and this one), by peer id.
@@ -450,6 +456,8 @@ impl Default for Config {
             watch_files: false,
             worker_threads: 0,
             databases: BTreeMap::new(),
+            so_reuseport: false,
+            peer_listen_port: 0,
             peer_id: 0,
             peers: BTreeMap::new(),
         }

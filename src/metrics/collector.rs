@@ -294,7 +294,7 @@ impl Collector for PoolCollector {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(!self.shared.shutdown.is_cancelled())).encode(accepting)?;
+        ConstGauge::new(i64::from(self.shared.accepting())).encode(accepting)?;
         Ok(())
     }
 }

@@ -103,7 +103,7 @@ fn respond(shared: &Arc<Shared>, method: &Method, path: &str) -> Response<Full<B
                 "encoding metrics failed\n",
             ),
         },
-        "/health" if shared.shutdown.is_cancelled() => {
+        "/health" if !shared.accepting() => {
             reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n")
         }
         "/health" => reply(StatusCode::OK, TEXT, "ok\n"),
