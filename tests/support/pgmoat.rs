@@ -48,7 +48,13 @@ impl Pgmoat {
 
     /// [`start`](Self::start) with extra environment variables for the pgmoat process only.
     pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Pgmoat {
-        let mut pgmoat = Pgmoat::spawn(config_toml, env);
+        Pgmoat::start_on(free_port(), config_toml, env)
+    }
+
+    /// [`start_with_env`](Self::start_with_env) on a given port (a second process on the
+    /// port of a first, with so_reuseport).
+    pub fn start_on(port: u16, config_toml: &str, env: &[(&str, &str)]) -> Pgmoat {
+        let mut pgmoat = Pgmoat::spawn_on(port, config_toml, env);
         let addr = SocketAddr::from(([127, 0, 0, 1], pgmoat.port));
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -99,11 +105,14 @@ impl Pgmoat {
     }
 
     fn spawn(config_toml: &str, env: &[(&str, &str)]) -> Pgmoat {
+        Pgmoat::spawn_on(free_port(), config_toml, env)
+    }
+
+    fn spawn_on(port: u16, config_toml: &str, env: &[(&str, &str)]) -> Pgmoat {
         let dir = tempfile::Builder::new()
             .prefix("pgmoat-run-")
             .tempdir()
             .unwrap();
-        let port = free_port();
         let config_path = dir.path().join("pgmoat.toml");
         let log_path = dir.path().join("pgmoat.log");
         fs::write(&config_path, with_listen(port, config_toml)).unwrap();
