@@ -9,7 +9,7 @@ requirements="$here/requirements.txt"
 stamp="$venv/pgmoat-requirements.txt"
 
 if [ -x "$venv/bin/python" ] && cmp -s "$requirements" "$stamp" \
-    && "$venv/bin/python" -c 'import asyncpg, psycopg, psycopg_pool, prometheus_client' 2>/dev/null; then
+    && "$venv/bin/python" -c 'import asyncpg, psycopg, psycopg_pool, prometheus_client, kubernetes_validate, yaml' 2>/dev/null; then
     exit 0
 fi
 if ! command -v python3 >/dev/null 2>&1; then
@@ -25,5 +25,5 @@ python3 -m venv "$venv" || {
     echo "make-venv: pip could not install $requirements (is PyPI reachable?)" >&2
     exit 1
 }
-"$venv/bin/python" -c 'import asyncpg, psycopg, psycopg_pool, prometheus_client'
+"$venv/bin/python" -c 'import asyncpg, psycopg, psycopg_pool, prometheus_client, kubernetes_validate, yaml'
 cp "$requirements" "$stamp"
