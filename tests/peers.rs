@@ -312,3 +312,77 @@ async fn an_unreachable_peer_costs_a_counted_failure_and_nothing_else() {
         moat.log()
     );
 }
+
+/// Two processes sharing one port (so_reuseport), each reachable alone on its own
+/// peer_listen_port, which is what their [peers] name: cancels through the shared port, which
+/// the kernel spreads over both, still reach their own query.
+#[test]
+fn processes_sharing_a_port_forward_cancels_through_their_own_peer_ports() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let shared_port = free_port();
+    let peer_ports = [free_port(), free_port()];
+    let mut config = ConfigBuilder::new(&pki, &db)
+        .set("so_reuseport", "true")
+        .build();
+    for (i, port) in peer_ports.iter().enumerate() {
+        config.push_str(&format!(
+            "\n[peers.{}]\nhost = \"127.0.0.1\"\nport = {port}\n",
+            i + 1
+        ));
+    }
+    let moats: Vec<Pgmoat> = peer_ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            Pgmoat::start_on(
+                shared_port,
+                &config,
+                &[
+                    ("PGMOAT_PEER_ID", &(i + 1).to_string()),
+                    ("PGMOAT_PEER_LISTEN_PORT", &port.to_string()),
+                ],
+            )
+        })
+        .collect();
+    let conninfo = lb_conninfo(shared_port, &pki);
+    for round in 0..30 {
+        let since = now(&db);
+        let mut cmd = Command::new("psql");
+        libpq_clean_env(&mut cmd);
+        let mut child = cmd
+            .args(["-X", "-c", SLEEP, &conninfo])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_running(&db, SLEEP, 1, &since);
+        send_signal(child.id(), "INT");
+        wait_child_exit(&mut child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("round {round}: psql's query was not canceled"));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(
+            stderr.contains("canceling statement due to user request"),
+            "round {round}: {stderr}"
+        );
+    }
+    let forwarded: usize = moats
+        .iter()
+        .map(|m| {
+            m.log()
+                .matches("cancel request forwarded to its peer")
+                .count()
+        })
+        .sum();
+    let served: Vec<usize> = moats
+        .iter()
+        .map(|m| m.log().matches("client logged in").count())
+        .collect();
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "the kernel used one process only: {served:?}"
+    );
+    assert!(forwarded > 0, "no cancel needed forwarding: {served:?}");
+}
