@@ -188,16 +188,11 @@ impl ClientSession {
             return Ok(reported);
         }
         let generation = self.shared.snapshot();
-        let mut server = self
-            .checkout(&generation)
-            .await
-            .map_err(|e| e.to_pg_error())?;
-        if let Err(e) = sync_settings(&self.params, &mut server).await {
-            server
-                .hand_back(true, ResetNeed::Nothing, &generation)
-                .await;
-            return Err(e.to_setting_error());
-        }
+        let server = match self.synced_server(&generation).await {
+            Ok(server) => server,
+            Err(SyncFailure::NoServer(e)) => return Err(e.to_pg_error()),
+            Err(SyncFailure::Refused(e)) => return Err(e.to_setting_error()),
+        };
         // PostgreSQL's spelling of what the client asked for.
         for (name, value) in &mut self.startup {
             if let Some(reported) = server.param(name) {
@@ -217,6 +212,43 @@ impl ClientSession {
                 .await;
         }
         Ok(reported)
+    }
+
+    /// A server with the client's settings applied. PostgreSQL refusing a setting is the
+    /// client's error (the server, unharmed, goes back). A connection that breaks under
+    /// pgmoat's own SET (PostgreSQL stopped or crashed since it went idle) has run nothing of
+    /// the client's: it is closed, its host marked down (which retires its siblings there),
+    /// and another server taken, as if it had been found dead at checkout.
+    async fn synced_server(&mut self, generation: &Generation) -> Result<Lent, SyncFailure> {
+        let mut lost_servers = 0;
+        loop {
+            let mut server = self
+                .checkout(generation)
+                .await
+                .map_err(SyncFailure::NoServer)?;
+            match sync_settings(&self.params, &mut server).await {
+                Ok(()) => return Ok(server),
+                Err(e @ BackendError::Server { .. }) => {
+                    tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
+                    self.cancel.set(None);
+                    self.entry.set_idle();
+                    // A failed sync ran in one implicit transaction: the server is as it was.
+                    server.hand_back(true, ResetNeed::Nothing, generation).await;
+                    return Err(SyncFailure::Refused(e));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, server_id = server.id, "server connection lost while applying the client's settings; nothing of the client's was sent, taking another server");
+                    self.cancel.set(None);
+                    self.entry.set_idle();
+                    server.report_lost(&e.to_string());
+                    server.close(CloseReason::ServerLost);
+                    lost_servers += 1;
+                    if lost_servers >= MAX_LOST_AT_SYNC {
+                        return Err(SyncFailure::NoServer(PoolError::from(e)));
+                    }
+                }
+            }
+        }
     }
 
     /// The parameters to report, when every reported setting the client gave is the pool's
@@ -681,40 +713,12 @@ impl ClientSession {
         reserved: Option<PinSlot>,
     ) -> Next {
         let generation = self.shared.snapshot();
-        let mut lost_servers = 0;
-        let mut server = loop {
-            let mut server = match self.checkout(&generation).await {
-                Ok(server) => server,
-                Err(e) => return self.no_server(client_half, e).await,
-            };
-            match sync_settings(&self.params, &mut server).await {
-                Ok(()) => break server,
-                Err(e @ BackendError::Server { .. }) => {
-                    tracing::warn!(error = %e, "could not apply the client's settings on a server connection");
-                    self.cancel.set(None);
-                    // A failed sync ran in one implicit transaction: the server is as it was.
-                    server
-                        .hand_back(true, ResetNeed::Nothing, &generation)
-                        .await;
-                    self.fail(e.to_pg_error()).await;
-                    return Next::Close;
-                }
-                Err(e) => {
-                    // The connection broke under pgmoat's own SET (PostgreSQL stopped or
-                    // crashed since the server went idle): nothing of the client's batch was
-                    // sent anywhere, so it may run on another server, as if this one had been
-                    // found dead at checkout. Its host is marked down, which retires its
-                    // siblings there, so the next checkout does not meet them.
-                    tracing::warn!(error = %e, server_id = server.id, "server connection lost while applying the client's settings; the batch was not sent, taking another server");
-                    self.cancel.set(None);
-                    self.entry.set_idle();
-                    server.report_lost(&e.to_string());
-                    server.close(CloseReason::ServerLost);
-                    lost_servers += 1;
-                    if lost_servers >= MAX_LOST_AT_SYNC {
-                        return self.no_server(client_half, PoolError::from(e)).await;
-                    }
-                }
+        let mut server = match self.synced_server(&generation).await {
+            Ok(server) => server,
+            Err(SyncFailure::NoServer(e)) => return self.no_server(client_half, e).await,
+            Err(SyncFailure::Refused(e)) => {
+                self.fail(e.to_pg_error()).await;
+                return Next::Close;
             }
         };
         if self.pool.settings.mode == PoolMode::Session {
@@ -1291,6 +1295,14 @@ fn cancel_target(server: &Lent) -> CancelTarget {
         server_key: server.key,
         flight: server.cancels.clone(),
     }
+}
+
+/// Why no server with the client's settings could be had.
+enum SyncFailure {
+    /// None to be had (or only dead ones): as a failed checkout.
+    NoServer(PoolError),
+    /// PostgreSQL refused one of the client's settings.
+    Refused(BackendError),
 }
 
 /// Servers found dead while applying a client's settings before one batch, after which the
