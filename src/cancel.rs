@@ -126,22 +126,37 @@ impl CancelSlot {
             target,
             ClientTicket {
                 slot: self.clone(),
+                counted: true,
                 _server: server,
             },
         ))
     }
 }
 
-/// A cancel in flight for one client: ends the client's count and the server's when dropped.
+/// A cancel in flight for one client: ends the client's count (at the latest) and the
+/// server's when dropped.
 struct ClientTicket {
     slot: Arc<CancelSlot>,
+    /// Still counted against the client's limit.
+    counted: bool,
     _server: CancelTicket,
+}
+
+impl ClientTicket {
+    /// The request reached PostgreSQL: the client may send another (its query may already
+    /// have ended and a new one begun), while the server stays held until PostgreSQL has
+    /// closed the cancel connection, so a cancel never lands on the server's next client.
+    fn delivered(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            let mut state = self.slot.lock();
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+    }
 }
 
 impl Drop for ClientTicket {
     fn drop(&mut self) {
-        let mut state = self.slot.lock();
-        state.in_flight = state.in_flight.saturating_sub(1);
+        self.delivered();
     }
 }
 
@@ -238,6 +253,7 @@ impl CancelRegistry {
 pub async fn send_cancel(
     target: &CancelTarget,
     generation: &Generation,
+    delivered: impl FnOnce(),
 ) -> Result<(), crate::backend::BackendError> {
     let addr = target.target.addr_string();
     let io_err = |source| crate::backend::BackendError::Connect {
@@ -281,6 +297,7 @@ pub async fn send_cancel(
     );
     stream.write_all(&buf).await.map_err(io_err)?;
     stream.flush().await.map_err(io_err)?;
+    delivered();
     // PostgreSQL answers nothing: it signals the backend and closes. EOF (or an error) is
     // the sign the signal went out; give up waiting after a while.
     let mut sink = [0u8; 64];
@@ -322,7 +339,7 @@ pub async fn forward_cancel(
         metrics.cancel_request("total_limit");
         return;
     };
-    let (target, _ticket) = match slot.start() {
+    let (target, mut ticket) = match slot.start() {
         Ok(started) => started,
         Err("wait_cancelled") => {
             tracing::info!(
@@ -342,7 +359,12 @@ pub async fn forward_cancel(
     };
     let limit = generation.config.cancel_wait_timeout.non_zero();
     let sent = match limit {
-        Some(limit) => match tokio::time::timeout(limit, send_cancel(&target, generation)).await {
+        Some(limit) => match tokio::time::timeout(
+            limit,
+            send_cancel(&target, generation, || ticket.delivered()),
+        )
+        .await
+        {
             Ok(sent) => sent,
             Err(_) => {
                 metrics.cancel_request("failed");
@@ -354,7 +376,7 @@ pub async fn forward_cancel(
                 return;
             }
         },
-        None => send_cancel(&target, generation).await,
+        None => send_cancel(&target, generation, || ticket.delivered()).await,
     };
     match sent {
         Ok(()) => {

@@ -60,16 +60,7 @@ fn config(pki: &Pki, pair: &HaPair, metrics_port: u16) -> String {
 }
 
 fn moat_conninfo(moat: &Pgmoat, pki: &Pki, db: &str) -> String {
-    conninfo(
-        moat.port(),
-        "alice",
-        db,
-        &[
-            ("sslmode", "verify-full"),
-            ("sslrootcert", pki.ca.to_str().unwrap()),
-            ("password", ALICE_PASSWORD),
-        ],
-    )
+    verified_conninfo(moat.port(), pki, "alice", db)
 }
 
 /// `SELECT pg_is_in_recovery(), inet_server_addr()` through pgmoat with psql.
@@ -506,8 +497,12 @@ async fn a_read_only_error_is_confirmed_before_a_primary_is_given_up() {
         "on",
         Duration::from_secs(10),
     );
+    let mark = moat.log_mark();
     let err = value_or_code(&client, "INSERT INTO items (v) VALUES ('x') RETURNING id").await;
     assert_eq!(err, Err("25006".into()));
+    // tokio-postgres returns at the ErrorResponse, so a query sent now could still be
+    // pipelined onto the same server before pgmoat asks it again: wait for the verdict.
+    moat.wait_for_log_since(mark, "host role changed", Duration::from_secs(10));
     let refused = value_or_code(&client, "SELECT 1").await;
     assert_eq!(refused, Err("08001".into()), "{}", moat.log());
     assert_eq!(

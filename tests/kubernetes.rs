@@ -100,6 +100,15 @@ fn load_config(config_map: &Value, env: &[(&str, &str)]) -> Config {
         .unwrap_or_else(|e| panic!("the ConfigMap's pgmoat.toml: {e}"))
 }
 
+/// The port of metrics_addr, where the probes must point.
+fn metrics_port(config: &Config) -> u64 {
+    config
+        .metrics_addr
+        .as_deref()
+        .and_then(|a| a.rsplit(':').next()?.parse().ok())
+        .expect("metrics_addr with a port")
+}
+
 fn labels_match(selector: &Value, labels: &Value) {
     for (k, v) in selector.as_object().unwrap() {
         assert_eq!(&labels[k], v, "selector {k}={v} matches no pod label");
@@ -193,11 +202,7 @@ fn the_shared_tier_is_wired_as_its_config_says() {
     let postgres = port_named(pgmoat, "postgres");
     assert_eq!(postgres, u64::from(config.listen_port));
     assert_eq!(config.listen_addr, "0.0.0.0");
-    let metrics_port: u64 = config
-        .metrics_addr
-        .as_deref()
-        .and_then(|a| a.rsplit(':').next()?.parse().ok())
-        .expect("metrics_addr with a port");
+    let metrics_port = metrics_port(&config);
     assert_eq!(port_named(pgmoat, "metrics"), metrics_port);
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(pgmoat[probe]["httpGet"]["path"], "/health", "{probe}");
@@ -317,11 +322,7 @@ fn the_sidecar_listens_on_loopback_for_its_app() {
     let (ca_volume, _) = volume_for(deployment, app, Path::new(root_cert));
     assert!(ca_volume["secret"]["secretName"].is_string());
     files_are_mounted(&config, deployment, pgmoat);
-    let metrics_port: u64 = config
-        .metrics_addr
-        .as_deref()
-        .and_then(|a| a.rsplit(':').next()?.parse().ok())
-        .unwrap();
+    let metrics_port = metrics_port(&config);
     assert_eq!(port_named(pgmoat, "metrics"), metrics_port);
     assert_eq!(pgmoat["readinessProbe"]["httpGet"]["port"], "metrics");
     let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -100,16 +100,7 @@ fn start_peers(pki: &Pki, db: &TestDb, count: u16, extra: &str, metrics: &[u16])
 }
 
 fn lb_conninfo(port: u16, pki: &Pki) -> String {
-    conninfo(
-        port,
-        "alice",
-        APP_DB,
-        &[
-            ("sslmode", "verify-full"),
-            ("sslrootcert", pki.ca.to_str().unwrap()),
-            ("password", ALICE_PASSWORD),
-        ],
-    )
+    verified_conninfo(port, pki, "alice", APP_DB)
 }
 
 /// Sessions running `sql` right now that started it after `since` (a server timestamp: a
@@ -147,6 +138,36 @@ fn wait_running(db: &TestDb, sql: &str, n: usize, since: &str) {
 }
 
 const SLEEP: &str = "SELECT pg_sleep(30)";
+
+/// psql runs SLEEP on a new connection and gets Ctrl-C (SIGINT) once PostgreSQL shows the
+/// query running; its cancel request goes to the same address on a new connection. Returns
+/// how long the query took to end after the signal; panics unless it was canceled.
+fn psql_cancel_round(db: &TestDb, conninfo: &str, round: usize) -> Duration {
+    let since = now(db);
+    let mut cmd = Command::new("psql");
+    libpq_clean_env(&mut cmd);
+    let mut child = cmd
+        .args(["-X", "-c", SLEEP, conninfo])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_running(db, SLEEP, 1, &since);
+    let sent = Instant::now();
+    send_signal(child.id(), "INT");
+    let status = wait_child_exit(&mut child, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("round {round}: psql's query was not canceled"));
+    let took = sent.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "round {round}: {stderr}");
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "round {round}: {stderr}"
+    );
+    took
+}
 const BYSTANDER: &str = "SELECT pg_sleep(120) /* bystander */";
 const PSQL_CANCELS: usize = 100;
 const PSYCOPG_CANCELS: usize = 100;
@@ -177,29 +198,7 @@ fn cancels_through_a_load_balancer_reach_their_own_query_and_nobody_elses() {
     // psql: a new connection each time, so each lands on the next instance; its Ctrl-C
     // (SIGINT) cancel request then lands on another one.
     for round in 0..PSQL_CANCELS {
-        let since = now(&db);
-        let mut cmd = Command::new("psql");
-        libpq_clean_env(&mut cmd);
-        let mut child = cmd
-            .args(["-X", "-c", SLEEP, &conninfo])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_running(&db, SLEEP, 1, &since);
-        let sent = Instant::now();
-        send_signal(child.id(), "INT");
-        let status = wait_child_exit(&mut child, Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("round {round}: psql's query was not canceled"));
-        let took = sent.elapsed();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert!(!status.success(), "round {round}: {stderr}");
-        assert!(
-            stderr.contains("canceling statement due to user request"),
-            "round {round}: {stderr}"
-        );
+        let took = psql_cancel_round(&db, &conninfo, round);
         assert!(
             took < Duration::from_secs(2),
             "round {round}: the cancel took {took:?}"
@@ -221,13 +220,7 @@ fn cancels_through_a_load_balancer_reach_their_own_query_and_nobody_elses() {
         .unwrap();
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
-    let report: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or(""),
-    )
-    .unwrap_or_else(|e| panic!("{e}: {text}"));
+    let report = last_json_line(&out);
     assert_eq!(report["canceled"], PSYCOPG_CANCELS, "{report}");
     assert!(report["slowest"].as_f64().unwrap() < 2.0, "{report}");
     assert_eq!(
@@ -347,26 +340,7 @@ fn processes_sharing_a_port_forward_cancels_through_their_own_peer_ports() {
         .collect();
     let conninfo = lb_conninfo(shared_port, &pki);
     for round in 0..30 {
-        let since = now(&db);
-        let mut cmd = Command::new("psql");
-        libpq_clean_env(&mut cmd);
-        let mut child = cmd
-            .args(["-X", "-c", SLEEP, &conninfo])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_running(&db, SLEEP, 1, &since);
-        send_signal(child.id(), "INT");
-        wait_child_exit(&mut child, Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("round {round}: psql's query was not canceled"));
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert!(
-            stderr.contains("canceling statement due to user request"),
-            "round {round}: {stderr}"
-        );
+        psql_cancel_round(&db, &conninfo, round);
     }
     let forwarded: usize = moats
         .iter()

@@ -60,16 +60,7 @@ fn live_dir(pki: &Pki) -> PathBuf {
 }
 
 fn client_conninfo(port: u16, pki: &Pki) -> String {
-    conninfo(
-        port,
-        "alice",
-        APP_DB,
-        &[
-            ("sslmode", "verify-full"),
-            ("sslrootcert", pki.ca.to_str().unwrap()),
-            ("password", ALICE_PASSWORD),
-        ],
-    )
+    verified_conninfo(port, pki, "alice", APP_DB)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,16 +19,7 @@ fn config(pki: &Pki, db: &TestDb) -> String {
 }
 
 fn client_conninfo(port: u16, pki: &Pki) -> String {
-    conninfo(
-        port,
-        "alice",
-        APP_DB,
-        &[
-            ("sslmode", "verify-full"),
-            ("sslrootcert", pki.ca.to_str().unwrap()),
-            ("password", ALICE_PASSWORD),
-        ],
-    )
+    verified_conninfo(port, pki, "alice", APP_DB)
 }
 
 /// Logins the instance has served so far.
@@ -138,13 +129,7 @@ fn a_rolling_upgrade_under_a_psycopg_pool_fails_nothing() {
     let out = load.wait_with_output().unwrap();
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
-    let report: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or(""),
-    )
-    .unwrap_or_else(|e| panic!("{e}: {text}"));
+    let report = last_json_line(&out);
     assert_eq!(report["failed"], 0, "{report}\n{}", new.log());
     assert!(report["ok"].as_u64().unwrap() > 50, "{report}");
 }

@@ -122,6 +122,27 @@ pub fn conninfo(port: u16, user: &str, db: &str, extra: &[(&str, &str)]) -> Stri
     parts.join(" ")
 }
 
+/// A libpq conninfo for `user` (with its harness password) through pgmoat at `port`,
+/// verify-full against the test CA: what the psql, pgbench and Python driver tests use.
+pub fn verified_conninfo(port: u16, pki: &super::Pki, user: &str, db: &str) -> String {
+    let mut extra = vec![
+        ("sslmode", "verify-full"),
+        ("sslrootcert", pki.ca.to_str().unwrap()),
+    ];
+    if let Some(password) = super::password_of(user) {
+        extra.push(("password", password));
+    }
+    conninfo(port, user, db, &extra)
+}
+
+/// The JSON object a driver script prints as its last line of stdout; panics with all of
+/// its output when there is none.
+pub fn last_json_line(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{}", output_text(output)))
+}
+
 fn conninfo_value(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
