@@ -412,20 +412,28 @@ async fn another_client_cannot_replace_a_pooled_statement() {
     let mut previous: Option<Client> = None;
     for attack in attacks {
         let attacker = moat_client(&moat, &pki, "alice").await;
-        // The server the victim just used, with pgmoat's statement on it.
-        let names = attacker
-            .simple_query("SELECT name FROM pg_prepared_statements WHERE NOT from_sql")
-            .await
-            .unwrap();
-        let name = names
-            .iter()
-            .find_map(|m| match m {
+        // The server the victim just used, with pgmoat's statement on it. The previous
+        // attacker's server may still be on its way back (pgmoat checks and resets it after
+        // the client has its answer) and be lent first, without the statement: the victim
+        // then runs again, until the attacker lands on a server that has it.
+        let mut found = None;
+        for _ in 0..50 {
+            let names = attacker
+                .simple_query("SELECT name FROM pg_prepared_statements WHERE NOT from_sql")
+                .await
+                .unwrap();
+            found = names.iter().find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
                 _ => None,
-            })
-            .unwrap_or_else(|| {
-                panic!("before {attack}: the attacker sees no pgmoat statement (positive control)")
             });
+            if found.is_some() {
+                break;
+            }
+            assert_eq!(run(&victim).await, 1001, "after {attack}");
+        }
+        let name = found.unwrap_or_else(|| {
+            panic!("before {attack}: the attacker sees no pgmoat statement (positive control)")
+        });
         assert!(name.starts_with("pgmoat_"), "{name}");
         attacker
             .batch_execute(&attack.replace("{name}", &name))
