@@ -100,6 +100,25 @@ fn load_config(config_map: &Value, env: &[(&str, &str)]) -> Config {
         .unwrap_or_else(|e| panic!("the ConfigMap's pgmoat.toml: {e}"))
 }
 
+/// The ConfigMap mounted where `container` reads its config file, which must hold that key.
+fn config_map_at<'a>(
+    docs: &'a [(String, Value)],
+    dir: &str,
+    workload: &Value,
+    container: &Value,
+    config_path: &str,
+) -> &'a Value {
+    let (volume, inside) = volume_for(workload, container, Path::new(config_path));
+    let config_map = find(
+        docs,
+        dir,
+        "ConfigMap",
+        volume["configMap"]["name"].as_str().unwrap(),
+    );
+    assert!(config_map["data"][inside.to_str().unwrap()].is_string());
+    config_map
+}
+
 /// The port of metrics_addr, where the probes must point.
 fn metrics_port(config: &Config) -> u64 {
     config
@@ -169,14 +188,7 @@ fn the_shared_tier_is_wired_as_its_config_says() {
         .split_whitespace()
         .next()
         .unwrap();
-    let (volume, inside) = volume_for(sts, pgmoat, Path::new(config_path));
-    let config_map = find(
-        &docs,
-        dir,
-        "ConfigMap",
-        volume["configMap"]["name"].as_str().unwrap(),
-    );
-    assert!(config_map["data"][inside.to_str().unwrap()].is_string());
+    let config_map = config_map_at(&docs, dir, sts, pgmoat, config_path);
 
     // Each pod's peer_id is its ordinal + 1, as the shell in the container computes it.
     let replicas = sts["spec"]["replicas"].as_u64().unwrap();
@@ -296,14 +308,7 @@ fn the_sidecar_listens_on_loopback_for_its_app() {
         .map(|a| a.as_str().unwrap())
         .collect();
     let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
-    let (volume, inside) = volume_for(deployment, pgmoat, Path::new(config_path));
-    let config_map = find(
-        &docs,
-        dir,
-        "ConfigMap",
-        volume["configMap"]["name"].as_str().unwrap(),
-    );
-    assert!(config_map["data"][inside.to_str().unwrap()].is_string());
+    let config_map = config_map_at(&docs, dir, deployment, pgmoat, config_path);
     let config = load_config(config_map, &[]);
     assert_eq!(config.listen_addr, "127.0.0.1");
     assert!(config.peers.is_empty() && config.peer_id == 0);

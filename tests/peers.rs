@@ -139,6 +139,18 @@ fn wait_running(db: &TestDb, sql: &str, n: usize, since: &str) {
 
 const SLEEP: &str = "SELECT pg_sleep(30)";
 
+/// Cancels the instances forwarded to the peer that issued their key.
+fn forwarded(moats: &[Pgmoat]) -> usize {
+    moats
+        .iter()
+        .map(|m| {
+            m.log()
+                .matches("cancel request forwarded to its peer")
+                .count()
+        })
+        .sum()
+}
+
 /// psql runs SLEEP on a new connection and gets Ctrl-C (SIGINT) once PostgreSQL shows the
 /// query running; its cancel request goes to the same address on a new connection. Returns
 /// how long the query took to end after the signal; panics unless it was canceled.
@@ -231,14 +243,7 @@ fn cancels_through_a_load_balancer_reach_their_own_query_and_nobody_elses() {
 
     // Forwarding did happen: the balancer sent most cancels to an instance that did not
     // hold the client.
-    let forwarded: usize = moats
-        .iter()
-        .map(|m| {
-            m.log()
-                .matches("cancel request forwarded to its peer")
-                .count()
-        })
-        .sum();
+    let forwarded = forwarded(&moats);
     assert!(
         forwarded >= (PSQL_CANCELS + PSYCOPG_CANCELS) / 3,
         "forwarded {forwarded}"
@@ -342,14 +347,7 @@ fn processes_sharing_a_port_forward_cancels_through_their_own_peer_ports() {
     for round in 0..30 {
         psql_cancel_round(&db, &conninfo, round);
     }
-    let forwarded: usize = moats
-        .iter()
-        .map(|m| {
-            m.log()
-                .matches("cancel request forwarded to its peer")
-                .count()
-        })
-        .sum();
+    let forwarded = forwarded(&moats);
     let served: Vec<usize> = moats
         .iter()
         .map(|m| m.log().matches("client logged in").count())
