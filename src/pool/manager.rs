@@ -133,6 +133,11 @@ impl ServerManager {
         self
     }
 
+    /// A host list, or a target_session_attrs to satisfy: logins may take rounds.
+    pub fn tries_hosts(&self) -> bool {
+        self.hosts.len() > 1 || self.attrs != TargetSessionAttrs::Any
+    }
+
     /// What each host of the entry is, in words (`127.0.0.1:5432 is down, ...`).
     pub fn host_summary(&self) -> String {
         self.hosts
@@ -140,6 +145,20 @@ impl ServerManager {
             .map(|(_, h)| format!("{} is {}", h.addr_string(), h.status().0.name()))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// No host gave a server that suits; `found` says what each one was.
+    pub fn no_suitable_host(&self, found: String) -> BackendError {
+        BackendError::NoSuitableHost {
+            hosts: self
+                .hosts
+                .iter()
+                .map(|(t, _)| t.addr_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            wanted: self.attrs.as_str(),
+            found,
+        }
     }
 
     pub fn target(&self) -> &BackendTarget {
@@ -232,9 +251,7 @@ impl ServerManager {
                 RoundEnd::Failed {
                     error,
                     answered: true,
-                } if (self.hosts.len() > 1 || self.attrs != TargetSessionAttrs::Any)
-                    && give_up.is_none_or(|at| Instant::now() + retry < at) =>
-                {
+                } if self.tries_hosts() && give_up.is_none_or(|at| Instant::now() + retry < at) => {
                     tracing::info!(database = %self.key.database, round, error = %error, retry_in = retry.as_secs_f64(), "no suitable server yet; trying the hosts again after server_login_retry");
                     tokio::time::sleep(retry.max(Duration::from_millis(10))).await;
                 }
@@ -300,16 +317,7 @@ impl ServerManager {
         }
         let error = match last_error {
             Some(e) if !answered => e,
-            _ => BackendError::NoSuitableHost {
-                hosts: self
-                    .hosts
-                    .iter()
-                    .map(|(t, _)| t.addr_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                wanted: self.attrs.as_str(),
-                found: found.join(", "),
-            },
+            _ => self.no_suitable_host(found.join(", ")),
         };
         RoundEnd::Failed { error, answered }
     }

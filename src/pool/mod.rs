@@ -292,20 +292,10 @@ impl ServerPool {
             Err(DeadpoolError::Timeout(_)) if self.tries_hosts() => {
                 // Rounds over the hosts ran until the client would wait no longer: say what
                 // each host was, not which login happened to be cut short.
-                let found = self.pool.manager().host_summary();
+                let manager = self.pool.manager();
+                let found = manager.host_summary();
                 tracing::warn!(pool = ?self.key.database, hosts = %found, "no suitable server within query_wait_timeout");
-                Err(BackendError::NoSuitableHost {
-                    hosts: self
-                        .settings
-                        .hosts
-                        .iter()
-                        .map(|(h, p)| format!("{h}:{p}"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    wanted: self.settings.target_session_attrs.as_str(),
-                    found,
-                }
-                .into())
+                Err(manager.no_suitable_host(found).into())
             }
             Err(DeadpoolError::Timeout(_)) => Err(BackendError::Timeout {
                 addr: self.settings.target.addr_string(),
@@ -343,10 +333,8 @@ impl ServerPool {
         willing.max(one_round)
     }
 
-    /// A host list, or a target_session_attrs to satisfy: logins may take rounds.
     fn tries_hosts(&self) -> bool {
-        self.settings.hosts.len() > 1
-            || self.settings.target_session_attrs != TargetSessionAttrs::Any
+        self.pool.manager().tries_hosts()
     }
 
     fn wait_timeout(&self, config: &Config) -> PoolError {
