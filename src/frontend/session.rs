@@ -26,7 +26,8 @@ use crate::relay::idle::{IDLE_QUEUE_MAX, IdleBatch, IdleScan, complete_batch_len
 use crate::relay::prepared::ClientStatements;
 use crate::relay::translate::answer_locally;
 use crate::relay::{
-    HalfBuffer, PinBudget, QueryTimeout, Relay, RelayEnd, ReleaseWhen, StateTimer, Timeout, TxState,
+    Cut, HalfBuffer, PinBudget, QueryTimeout, Relay, RelayEnd, ReleaseWhen, StateTimer, Timeout,
+    TxState,
 };
 use crate::state::{Generation, Shared};
 use crate::stats::{ClientRegistration, PoolStats};
@@ -1122,6 +1123,7 @@ impl ClientSession {
                 // with whole batches outstanding, the client then only loses those batches,
                 // as with any failed statement, and keeps its connection.
                 let untouched = transaction_mode
+                    && tx.cut == Cut::Clean
                     && !after_completion
                     && tx.outstanding > 0
                     && !tx.unsynced
@@ -1131,7 +1133,12 @@ impl ClientSession {
                     "PostgreSQL ended the server connection: {} {}: {}",
                     fatal.severity, fatal.code, fatal.message
                 );
-                if transaction_mode && server_went_away && !untouched && !tx.in_copy_in() {
+                if transaction_mode
+                    && server_went_away
+                    && !untouched
+                    && !tx.in_copy_in()
+                    && tx.cut == Cut::Clean
+                {
                     return self.lose_transaction(&tx, detail).await;
                 }
                 if untouched {
@@ -1141,11 +1148,19 @@ impl ClientSession {
                     )
                     .with_detail(detail)
                     .with_hint("None of it took effect; it can be run again.");
-                    return self.answer(&lost_batches(&err, tx.outstanding)).await;
+                    return match self.answer_batches(&err, &err, tx.outstanding, b'I').await {
+                        Some(reply) => self.answer(&reply).await,
+                        None => Next::Close,
+                    };
                 }
                 // Otherwise the client hears it from PostgreSQL itself, and its connection
                 // ends with the server's, as it would without a pooler.
-                tracing::info!(%detail, "closing client connection");
+                tracing::info!(%detail, cut = ?tx.cut, "closing client connection");
+                if tx.cut == Cut::ToClient {
+                    // In the middle of a message to the client: nothing more can be said.
+                    let _ = self.stream.shutdown().await;
+                    return Next::Close;
+                }
                 let _ = self.stream.write_all(&message).await;
                 let _ = self.stream.flush().await;
                 let _ = self.stream.shutdown().await;
@@ -1159,9 +1174,16 @@ impl ClientSession {
                     // Lost between transactions (a pinned server): nothing was in flight.
                     return Next::Continue;
                 }
-                if transaction_mode && !tx.in_copy_in() {
+                if transaction_mode && !tx.in_copy_in() && tx.cut == Cut::Clean {
                     let detail = format!("The PostgreSQL server connection failed: {e}");
                     return self.lose_transaction(&tx, detail).await;
+                }
+                if tx.cut == Cut::ToClient {
+                    tracing::info!(
+                        "the server was lost in the middle of a message to the client; closing the client"
+                    );
+                    let _ = self.stream.shutdown().await;
+                    return Next::Close;
                 }
                 self.fail(PgError::fatal(
                     SqlState::CONNECTION_FAILURE,
@@ -1178,9 +1200,20 @@ impl ClientSession {
     /// transaction block: the client keeps its connection. What it was waiting for is
     /// answered with an error; inside a transaction block it is then in a failed block
     /// (ReadyForQuery 'E') until it ends it (see `aborted`); outside one it is idle again.
+    /// A COMMIT that was on its way may have committed: it is answered 08007, never as a
+    /// rollback, and the block is over either way.
     async fn lose_transaction(&mut self, tx: &TxState, detail: String) -> Next {
-        let in_block = tx.status != b'I';
-        let err = if in_block {
+        let commit_unknown = tx.effects.contains(Effects::COMMIT);
+        let in_block = tx.status != b'I' && !commit_unknown;
+        let err = if commit_unknown {
+            PgError::error(
+                SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+                "the server connection was lost while a COMMIT was on its way; whether the transaction committed is unknown",
+            )
+            .with_hint(
+                "Check whether its changes are there before running it again; the connection itself is fine and no transaction is open.",
+            )
+        } else if in_block {
             PgError::error(
                 SqlState::CONNECTION_FAILURE,
                 "the server connection was lost in the middle of this transaction; it was rolled back",
@@ -1192,36 +1225,40 @@ impl ClientSession {
                 "the server connection was lost while this query ran",
             )
             .with_hint(
-                "If it wrote outside a transaction block, or was a COMMIT, it may or may not have taken effect.",
+                "If it wrote outside a transaction block, it may or may not have taken effect.",
             )
         }
         .with_detail(detail);
         tracing::info!(
             in_block,
+            commit_unknown,
             outstanding = tx.outstanding,
             "server lost under a client; the client stays connected"
         );
-        if tx.outstanding == 0 && !tx.unsynced {
+        if tx.outstanding == 0 && !tx.unsynced && !commit_unknown {
             // Idle inside its block: nothing is awaited now; its next batch learns of it.
             self.lost = Some(LostTransaction::Untold(err));
             return Next::Continue;
         }
         let status = if in_block { b'E' } else { b'I' };
-        let mut reply = BytesMut::new();
-        for batch in 0..tx.outstanding {
-            if batch > 0 && in_block {
-                aborted::in_failed_block().encode(&mut reply);
-            } else {
-                err.encode(&mut reply);
-            }
-            crate::protocol::messages::ready_for_query(&mut reply, status);
-        }
+        // Each batch outstanding gets its answer: the loss (inside a block, the first
+        // only; the rest are statements of the failed block). Written as it is made: a
+        // client may have pipelined many batches.
+        let in_failed_block = aborted::in_failed_block();
+        let rest = if in_block { &in_failed_block } else { &err };
+        let mut reply = match self
+            .answer_batches(&err, rest, tx.outstanding, status)
+            .await
+        {
+            Some(reply) => reply,
+            None => return Next::Close,
+        };
         self.lost = if tx.unsynced {
             // The rest of the batch is still coming: told now, its Sync answered later.
-            if tx.outstanding == 0 {
+            if tx.outstanding == 0 || !in_block {
                 err.encode(&mut reply);
-            } else if in_block {
-                aborted::in_failed_block().encode(&mut reply);
+            } else {
+                in_failed_block.encode(&mut reply);
             }
             Some(LostTransaction::Skipping { in_block })
         } else {
@@ -1250,6 +1287,31 @@ impl ClientSession {
         }
         self.fail(err).await;
         Next::Close
+    }
+
+    /// Answers `batches` batches the client sent: `first` for the first, `rest` for the
+    /// others, each with ReadyForQuery `status`. Written as it is made (a client may have
+    /// pipelined many); what is left unwritten is returned for the caller to add to and
+    /// send, `None` when the client is gone.
+    async fn answer_batches(
+        &mut self,
+        first: &PgError,
+        rest: &PgError,
+        batches: u32,
+        status: u8,
+    ) -> Option<BytesMut> {
+        let mut reply = BytesMut::new();
+        for batch in 0..batches {
+            if batch == 0 { first } else { rest }.encode(&mut reply);
+            crate::protocol::messages::ready_for_query(&mut reply, status);
+            if reply.len() >= LOST_REPLY_CHUNK {
+                if let Next::Close = self.answer(&reply).await {
+                    return None;
+                }
+                reply.clear();
+            }
+        }
+        Some(reply)
     }
 
     /// Sends pgmoat's own answer to an idle client; the session goes on unless the client
@@ -1311,6 +1373,9 @@ const MAX_LOST_AT_SYNC: u32 = 3;
 
 /// The answer to `batches` batches that failed as a whole without a server to run them: for
 /// each, `err` and ReadyForQuery (idle), as PostgreSQL answers a failed batch.
+/// How much of the answer to a lost server's outstanding batches is written at a time.
+const LOST_REPLY_CHUNK: usize = 64 * 1024;
+
 fn lost_batches(err: &PgError, batches: u32) -> BytesMut {
     let mut reply = BytesMut::new();
     for _ in 0..batches {

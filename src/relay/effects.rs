@@ -39,6 +39,10 @@ bitflags::bitflags! {
         const LOCAL_SET = 1 << 6;
         const RELEASE = 1 << 7;
         const UNKNOWN = 1 << 8;
+        /// COMMIT, END, COMMIT PREPARED or PREPARE TRANSACTION: no session state, but a
+        /// server lost while one is unanswered may or may not have committed. Cleared once
+        /// every batch is answered (see `relay::tx`).
+        const COMMIT = 1 << 9;
     }
 }
 
@@ -49,6 +53,9 @@ impl Effects {
         .union(Effects::LISTEN)
         .union(Effects::SQL_PREPARE)
         .union(Effects::HOLD_CURSOR);
+
+    /// A statement too big to scan: anything, a COMMIT included.
+    pub const UNSEEN: Effects = Effects::UNKNOWN.union(Effects::COMMIT);
 
     /// The pin reasons a statement with these effects would create.
     pub fn pin_reasons(self) -> PinReasons {
@@ -738,9 +745,11 @@ pub fn classify(sql: &[u8]) -> Effects {
                             statement = Statement::Other;
                         }
                         Statement::Prepare => {
-                            if w != "transaction" {
-                                effects |= Effects::SQL_PREPARE;
-                            }
+                            effects |= if w == "transaction" {
+                                Effects::COMMIT
+                            } else {
+                                Effects::SQL_PREPARE
+                            };
                             statement = Statement::Other;
                         }
                         Statement::Create if matches!(w, "temp" | "temporary") => {
@@ -791,6 +800,7 @@ fn first_word(w: &str, effects: &mut Effects) -> Statement {
         "discard" => *effects |= Effects::SESSION_SET | Effects::RELEASE,
         "deallocate" | "close" | "unlisten" | "drop" => *effects |= Effects::RELEASE,
         "listen" => *effects |= Effects::LISTEN,
+        "commit" | "end" => *effects |= Effects::COMMIT,
         w if listed(PLAIN_STATEMENTS, w) => {}
         // DO, CALL, LOAD and anything this scan does not know.
         _ => *effects |= Effects::UNKNOWN,
@@ -938,9 +948,31 @@ mod tests {
             "BEGIN; SET LOCAL statement_timeout = 0; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; COMMIT",
             "SELECT temp FROM weather",
         ] {
-            let effects = fx(sql) - Effects::LOCAL_SET;
+            let effects = fx(sql) - Effects::LOCAL_SET - Effects::COMMIT;
             assert_eq!(effects, Effects::empty(), "{sql}");
             assert!(!fx(sql).needs_probe(false), "{sql}");
+        }
+    }
+
+    #[test]
+    fn commits_are_seen_and_need_no_probe() {
+        for sql in [
+            "COMMIT",
+            "end work",
+            "INSERT INTO t VALUES (1); COMMIT",
+            "COMMIT PREPARED 'x'",
+            "PREPARE TRANSACTION 'x'",
+        ] {
+            assert!(fx(sql).contains(Effects::COMMIT), "{sql}");
+            assert!(!fx(sql).needs_probe(false), "{sql}");
+            assert!(!fx(sql).contains(Effects::SQL_PREPARE), "{sql}");
+        }
+        for sql in [
+            "ROLLBACK",
+            "SELECT CASE WHEN x THEN 1 END FROM t",
+            "SELECT 'COMMIT'",
+        ] {
+            assert!(!fx(sql).contains(Effects::COMMIT), "{sql}");
         }
     }
 
@@ -977,7 +1009,10 @@ mod tests {
             ("CALL proc()", Effects::UNKNOWN),
             ("SELECT my_function(1)", Effects::UNKNOWN),
             ("SELECT app.lower(v) FROM t", Effects::UNKNOWN),
-            ("BEGIN; SELECT 1; LISTEN x; COMMIT", Effects::LISTEN),
+            (
+                "BEGIN; SELECT 1; LISTEN x; COMMIT",
+                Effects::LISTEN.union(Effects::COMMIT),
+            ),
         ];
         for (sql, expected) in cases {
             assert_eq!(fx(sql), expected, "{sql}");

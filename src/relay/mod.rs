@@ -38,7 +38,7 @@ use scan::{Scanner, Seen};
 use translate::{TranslateError, Translator, translate};
 
 pub use timeout::{QueryTimeout, StateTimer};
-pub use tx::TxState;
+pub use tx::{Cut, TxState};
 
 /// Read granularity: big enough to batch many small messages per TLS record and per syscall.
 const READ_CHUNK: usize = 16 * 1024;
@@ -353,7 +353,41 @@ impl Relay<'_> {
             return self.client_gone(Some(e));
         }
         self.note_busy();
-        poll_fn(|cx| self.poll_relay(cx)).await
+        let end = poll_fn(|cx| self.poll_relay(cx)).await;
+        if matches!(end, RelayEnd::ServerGone(_) | RelayEnd::ServerFatal(_)) {
+            self.tx.cut = self.cut_at_loss().await;
+        }
+        end
+    }
+
+    /// The server is gone: the streams are brought to a message boundary where they can be
+    /// (whole messages the server sent before it went still reach the client; whole client
+    /// messages counted but not yet written went with the server, and are answered for it),
+    /// and where they cannot, the session is told so.
+    async fn cut_at_loss(&mut self) -> Cut {
+        if !self.server_half.scanner.at_boundary() {
+            return Cut::ToClient;
+        }
+        let (half, client, sent) = (
+            &mut *self.server_half,
+            &mut *self.client,
+            self.stats.bytes_sent(),
+        );
+        if poll_fn(|cx| half.poll_write_ready(cx, client, sent))
+            .await
+            .is_err()
+        {
+            // The client is gone as well: nothing more reaches it anyway.
+            return Cut::ToClient;
+        }
+        let client_half = &mut *self.client_half;
+        if !client_half.scanner.at_boundary() || client_half.copy_remaining != 0 {
+            return Cut::ToServer;
+        }
+        client_half.buf.advance(client_half.ready);
+        client_half.ready = 0;
+        client_half.out.clear();
+        Cut::Clean
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
@@ -663,6 +697,10 @@ fn ready_for_query_seen(tx: &mut TxState, stats: &PoolStats) {
     {
         stats.record_query_time(since.elapsed());
     }
+    if tx.outstanding == 0 && !tx.unsynced {
+        // Every COMMIT sent has its answer.
+        tx.effects.remove(Effects::COMMIT);
+    }
     if tx.status == b'I' {
         let since = tx.xact_since.take();
         stats.record_xact(since.map(|t| t.elapsed()).unwrap_or_default());
@@ -715,7 +753,7 @@ pub fn scan_client_within(
                     }
                     // Too big to hold for a look: pgmoat cannot tell what it does.
                     Seen::Streamed(tag @ (b'Q' | b'P')) => {
-                        tx.effects |= Effects::UNKNOWN;
+                        tx.effects |= Effects::UNSEEN;
                         tag
                     }
                     Seen::Whole(tag, _) | Seen::Streamed(tag) => tag,

@@ -105,7 +105,7 @@ pub fn translate(
                 }
                 if total > MAX_SMALL {
                     // Too big to hold: pgmoat cannot tell what it does.
-                    tx.effects |= Effects::UNKNOWN;
+                    tx.effects |= Effects::UNSEEN;
                     stream_through(input, out, remaining, total);
                     continue;
                 }
@@ -143,7 +143,7 @@ pub fn translate(
                         }
                     }
                     if header.tag == b'P' {
-                        tx.effects |= Effects::UNKNOWN;
+                        tx.effects |= Effects::UNSEEN;
                         tr.queue.push(Completion::Parse {
                             swallow: false,
                             name: None,

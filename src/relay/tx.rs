@@ -28,6 +28,24 @@ pub struct TxState {
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores a Sync that arrives while it is in
     /// copy-in mode, so such a Sync gets no ReadyForQuery and must not be waited for.
     copy: CopyTracking,
+    /// Where a relay that lost its server left the two streams (see [`Cut`]).
+    pub cut: Cut,
+}
+
+/// Where the server was lost, as far as the byte streams go: pgmoat may answer in the lost
+/// server's place only when both directions stopped between messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cut {
+    /// Between messages both ways: every message of the client's that pgmoat counted went
+    /// (or was lost) whole, and the client has every message of the server's whole.
+    #[default]
+    Clean,
+    /// Part of a client message reached the server: the rest of it, still coming from the
+    /// client, cannot be told from its next message. The client can still be told why it
+    /// is closed.
+    ToServer,
+    /// Part of a server message reached the client: nothing more may be written to it.
+    ToClient,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,6 +78,7 @@ impl Default for TxState {
             batches_done: 0,
             xacts_done: 0,
             copy: CopyTracking::default(),
+            cut: Cut::Clean,
         }
     }
 }
