@@ -295,16 +295,26 @@ pub async fn send_cancel(
         target.server_key.secret,
         &mut buf,
     );
+    // From the first byte written until PostgreSQL closes the connection, the cancel may
+    // land at any moment: however this ends (an error, the close wait or
+    // cancel_wait_timeout running out and dropping this future), unless confirmed the
+    // server connection is in doubt and is closed rather than reused.
+    let unconfirmed = target.flight.writing();
     stream.write_all(&buf).await.map_err(io_err)?;
     stream.flush().await.map_err(io_err)?;
     delivered();
     // PostgreSQL answers nothing: it signals the backend and closes. EOF (or an error) is
     // the sign the signal went out; give up waiting after a while.
     let mut sink = [0u8; 64];
-    let _ = tokio::time::timeout(CANCEL_CLOSE_WAIT, async {
+    let closed = tokio::time::timeout(CANCEL_CLOSE_WAIT, async {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
+    if closed.is_ok() {
+        unconfirmed.confirm();
+    } else {
+        tracing::warn!(server = %addr, "PostgreSQL did not close the cancel connection in time; the server connection will be closed rather than reused");
+    }
     Ok(())
 }
 

@@ -80,7 +80,7 @@ fn unit() -> impl Strategy<Value = Vec<Msg>> {
     ]
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
     /// The client sends its next message (pgmoat forwards it at once).
     ClientSends,
@@ -88,6 +88,7 @@ enum Event {
     ServerWorks,
     CancelStarts,
     CancelEnds,
+    CancelGivesUp,
     ServerFails,
     ClientLeaves,
     Reload,
@@ -99,6 +100,7 @@ fn event() -> impl Strategy<Value = Event> {
         6 => Just(Event::ServerWorks),
         1 => Just(Event::CancelStarts),
         1 => Just(Event::CancelEnds),
+        1 => Just(Event::CancelGivesUp),
         1 => Just(Event::ServerFails),
         1 => Just(Event::ClientLeaves),
         1 => Just(Event::Reload),
@@ -243,7 +245,8 @@ struct Model {
     idle: Vec<Server>,
     /// Handed back with a cancel in flight, waiting for it.
     being_canceled: Vec<(Server, ResetNeed)>,
-    tickets: Vec<CancelTicket>,
+    /// Cancels on their way: the server's flight, and the ticket.
+    tickets: Vec<(Arc<CancelFlight>, CancelTicket)>,
     reloads: u32,
     /// Servers that went back to the idle set, for the property.
     returned: usize,
@@ -291,6 +294,7 @@ impl Model {
             let facts = Facts {
                 protocol_idle: protocol_idle && server.backend.input.is_empty(),
                 cancels_in_flight: server.flight.in_flight(),
+                cancel_in_doubt: server.flight.in_doubt(),
                 reset,
                 retire: server.retired.then_some(CloseReason::PoolRetired),
             };
@@ -302,6 +306,10 @@ impl Model {
                         server.backend
                     );
                     assert_eq!(server.flight.in_flight(), 0, "with a cancel in flight");
+                    assert!(
+                        !server.flight.in_doubt(),
+                        "with a cancel that may still land"
+                    );
                     assert!(!server.retired, "from a retired pool");
                     assert!(server.state.may_become(ServerState::Idle));
                     server.state = ServerState::Idle;
@@ -391,12 +399,20 @@ impl Model {
             }
             Event::CancelStarts => {
                 if let Some((server, _)) = &self.client.holding {
-                    self.tickets.push(server.flight.start());
+                    self.tickets
+                        .push((server.flight.clone(), server.flight.start()));
                 }
             }
-            Event::CancelEnds => {
+            Event::CancelEnds | Event::CancelGivesUp => {
                 if !self.tickets.is_empty() {
-                    self.tickets.remove(0);
+                    let (flight, ticket) = self.tickets.remove(0);
+                    // Given up after the request was written (cancel_wait_timeout, or
+                    // PostgreSQL slow to close): it may still land.
+                    let unconfirmed = flight.writing();
+                    if event == Event::CancelEnds {
+                        unconfirmed.confirm();
+                    }
+                    drop(ticket);
                 }
                 let waiting = std::mem::take(&mut self.being_canceled);
                 for (server, reset) in waiting {
@@ -509,6 +525,7 @@ fn the_model_catches_a_server_handed_back_mid_copy() {
     let naive = Facts {
         protocol_idle: true,
         cancels_in_flight: 0,
+        cancel_in_doubt: false,
         reset: ResetNeed::Nothing,
         retire: None,
     };

@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::sync::Notify;
 
@@ -262,6 +262,10 @@ pub struct Facts {
     pub protocol_idle: bool,
     /// Cancel requests for it still on their way to PostgreSQL.
     pub cancels_in_flight: u32,
+    /// A cancel request may have reached PostgreSQL without PostgreSQL closing the cancel
+    /// connection (the sign it has signalled the backend) in time: it could still land on
+    /// whatever runs there next.
+    pub cancel_in_doubt: bool,
     pub reset: ResetNeed,
     /// Why it may not be reused whatever its state (a retired pool, an old TLS epoch...).
     pub retire: Option<CloseReason>,
@@ -293,6 +297,9 @@ pub fn next_step(facts: &Facts) -> Step {
     if let Some(reason) = facts.retire {
         return Step::Close(reason);
     }
+    if facts.cancel_in_doubt {
+        return Step::Close(CloseReason::CancelStuck);
+    }
     if facts.cancels_in_flight > 0 {
         return Step::AwaitCancels;
     }
@@ -308,12 +315,29 @@ pub fn next_step(facts: &Facts) -> Step {
 #[derive(Debug, Default)]
 pub struct CancelFlight {
     in_flight: AtomicU32,
+    /// Set for good once a cancel may have reached PostgreSQL unconfirmed (see
+    /// [`Facts::cancel_in_doubt`]): the connection is then closed, never reused.
+    in_doubt: AtomicBool,
     done: Notify,
 }
 
 impl CancelFlight {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn in_doubt(&self) -> bool {
+        self.in_doubt.load(Ordering::Acquire)
+    }
+
+    /// A cancel request is about to be written for this connection: until
+    /// [`Unconfirmed::confirm`] (PostgreSQL closed the cancel connection), however the
+    /// sending ends, the cancel counts as possibly still on its way.
+    pub fn writing(&self) -> Unconfirmed<'_> {
+        Unconfirmed {
+            flight: self,
+            confirmed: false,
+        }
     }
 
     /// One more cancel is on its way; it ends when the ticket is dropped.
@@ -339,6 +363,29 @@ impl CancelFlight {
     }
 }
 
+/// A cancel request being written and not yet confirmed; dropped unconfirmed (an error,
+/// a timeout, the sending future dropped) it puts the connection in doubt.
+#[derive(Debug)]
+pub struct Unconfirmed<'a> {
+    flight: &'a CancelFlight,
+    confirmed: bool,
+}
+
+impl Unconfirmed<'_> {
+    /// PostgreSQL closed the cancel connection: it acted on the request (or refused it).
+    pub fn confirm(mut self) {
+        self.confirmed = true;
+    }
+}
+
+impl Drop for Unconfirmed<'_> {
+    fn drop(&mut self) {
+        if !self.confirmed {
+            self.flight.in_doubt.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// A cancel request in flight; dropping it (whatever way the forwarding ended) ends it.
 #[derive(Debug)]
 pub struct CancelTicket(Arc<CancelFlight>);
@@ -360,6 +407,7 @@ mod tests {
         let clean = Facts {
             protocol_idle: true,
             cancels_in_flight: 0,
+            cancel_in_doubt: false,
             reset: ResetNeed::Nothing,
             retire: None,
         };
@@ -395,6 +443,14 @@ mod tests {
                     ..clean
                 },
                 "reset",
+            ),
+            (
+                Facts {
+                    cancel_in_doubt: true,
+                    reset: ResetNeed::DiscardAll,
+                    ..clean
+                },
+                "close",
             ),
         ];
         for (facts, expected) in cases {
@@ -445,6 +501,20 @@ mod tests {
         let why = PinReasons::TEMP_TABLE | PinReasons::LISTEN;
         assert_eq!(why.to_string(), "temp_table,listen");
         assert_eq!(PinReasons::empty().to_string(), "");
+    }
+
+    #[test]
+    fn a_cancel_written_but_not_confirmed_puts_the_connection_in_doubt() {
+        let flight = CancelFlight::default();
+        flight.writing().confirm();
+        assert!(
+            !flight.in_doubt(),
+            "confirmed: PostgreSQL closed the cancel connection"
+        );
+        drop(flight.writing());
+        assert!(flight.in_doubt(), "dropped unconfirmed (timeout, error)");
+        flight.writing().confirm();
+        assert!(flight.in_doubt(), "for good");
     }
 
     #[tokio::test]

@@ -18,20 +18,23 @@ use crate::generation::Generation;
 
 /// Waits for the cancels in flight for a server, up to cancel_wait_timeout (0: as long as
 /// they take; each is bounded by its own connect and close anyway). False when they did not
-/// finish in time: the server is then closed, not reused.
+/// finish in time, or one may have reached PostgreSQL unconfirmed: the server is then
+/// closed, not reused.
 pub(crate) async fn cancels_settled(
     cancels: std::sync::Arc<crate::backend::CancelFlight>,
     generation: &Generation,
 ) -> bool {
-    match generation.config.cancel_wait_timeout.non_zero() {
-        Some(limit) => tokio::time::timeout(limit, cancels.settled_owned())
+    let settled = match generation.config.cancel_wait_timeout.non_zero() {
+        Some(limit) => tokio::time::timeout(limit, cancels.clone().settled_owned())
             .await
             .is_ok(),
         None => {
-            cancels.settled_owned().await;
+            cancels.clone().settled_owned().await;
             true
         }
-    }
+    };
+    // Settled, but one may have reached PostgreSQL unconfirmed: not a clean end either.
+    settled && !cancels.in_doubt()
 }
 
 pub struct Lent {
@@ -104,6 +107,7 @@ impl Lent {
         let facts = Facts {
             protocol_idle: protocol_idle && obj.read_buf.is_empty(),
             cancels_in_flight: obj.cancels.in_flight(),
+            cancel_in_doubt: obj.cancels.in_doubt(),
             reset,
             retire,
         };
@@ -140,6 +144,7 @@ impl Lent {
             let facts = Facts {
                 protocol_idle: obj.read_buf.is_empty(),
                 cancels_in_flight: obj.cancels.in_flight(),
+                cancel_in_doubt: obj.cancels.in_doubt(),
                 reset,
                 retire,
             };
