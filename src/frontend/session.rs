@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::aborted::{self, LostTransaction};
+use super::aborted::{self, Lost};
 use super::server_state::{merge_snapshot, sync_settings};
 use crate::admission::ClientSlot;
 use crate::backend::scram_keys::ScramKeys;
@@ -109,7 +109,7 @@ pub struct ClientSession {
     /// Its pinned server was lost: the next batch is answered with that news.
     state_lost: bool,
     /// Its transaction's server was lost: answered here until it ends the failed block.
-    lost: Option<LostTransaction>,
+    lost: Option<Lost>,
     /// Logged in (AuthenticationOk sent): a NOTICE may now go to the client. Before, during
     /// the login's own checkout, libpq would take one for a protocol error.
     may_notify: bool,
@@ -312,6 +312,13 @@ impl ClientSession {
                 }
                 continue;
             }
+            if self.lost.is_some() {
+                // Answered here, message by message, until the client ends its failed block.
+                if let Next::Close = self.on_lost(&mut client_half, &mut scan).await {
+                    return;
+                }
+                continue;
+            }
             // Idle: wait until the client sends something before taking a server.
             while !client_half.has_header() {
                 if let Next::Close = self.read_idle(&mut client_half).await {
@@ -337,45 +344,6 @@ impl ClientSession {
                         return;
                     }
                     continue;
-                }
-            }
-            if let Some(lost) = &self.lost {
-                let statements = &self.statements;
-                let named_end = |name: &str| {
-                    statements.get(name).is_some_and(|st| {
-                        let body = st.parse.get(crate::protocol::Header::SIZE..).unwrap_or(&[]);
-                        aborted::is_block_end(aborted::parse_query(body))
-                    })
-                };
-                match aborted::answer(lost, &client_half.buf, &named_end) {
-                    aborted::Step::NeedMore => {
-                        // Bounded: what an idle client may queue, or one message past it.
-                        let bound = IDLE_QUEUE_MAX.max(client_half.packet_limit());
-                        if client_half.buf.len() > bound {
-                            let err = PgError::fatal(
-                                SqlState::PROGRAM_LIMIT_EXCEEDED,
-                                "too much input without a Sync in a transaction whose server was lost",
-                            );
-                            Box::pin(self.fail(err)).await;
-                            return;
-                        }
-                        if let Next::Close = self.read_idle(&mut client_half).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    aborted::Step::Answer { len, reply, next } => {
-                        bytes::Buf::advance(&mut client_half.buf, len);
-                        scan.consumed();
-                        if next.is_none() {
-                            tracing::info!("the client ended its lost transaction");
-                        }
-                        self.lost = next;
-                        if let Next::Close = self.answer(&reply).await {
-                            return;
-                        }
-                        continue;
-                    }
                 }
             }
             let transaction_mode = self.pool.settings.mode == PoolMode::Transaction;
@@ -456,6 +424,40 @@ impl ClientSession {
             if client_half.at_boundary() {
                 let limit = self.shared.current.load().config.max_packet_size;
                 client_half.set_packet_limit(limit);
+            }
+        }
+    }
+
+    /// A client whose transaction's server was lost (see `aborted`): what it has sent is
+    /// answered without a server, then more is read, until its block is over.
+    async fn on_lost(&mut self, client_half: &mut HalfBuffer, scan: &mut IdleScan) -> Next {
+        let Some(lost) = self.lost.as_mut() else {
+            return Next::Continue;
+        };
+        let mut reply = BytesMut::new();
+        let mut names = aborted::Names(self.pool_statements.then_some(&mut self.statements));
+        let max_packet = client_half.packet_limit();
+        let consumed = lost.consume(&mut client_half.buf, &mut reply, &mut names, max_packet);
+        scan.consumed();
+        if !reply.is_empty()
+            && let Next::Close = self.answer(&reply).await
+        {
+            return Next::Close;
+        }
+        match consumed {
+            Ok(aborted::Outcome::Ended) => {
+                tracing::info!("the client ended its lost transaction");
+                self.lost = None;
+                Next::Continue
+            }
+            Ok(aborted::Outcome::Terminate) => {
+                tracing::debug!("client terminated");
+                Next::Close
+            }
+            Ok(aborted::Outcome::NeedMore) => self.read_idle(client_half).await,
+            Err(e) => {
+                Box::pin(self.fail(client_fault_error(&e))).await;
+                Next::Close
             }
         }
     }
@@ -1237,7 +1239,7 @@ impl ClientSession {
         );
         if tx.outstanding == 0 && !tx.unsynced && !commit_unknown {
             // Idle inside its block: nothing is awaited now; its next batch learns of it.
-            self.lost = Some(LostTransaction::Untold(err));
+            self.lost = Some(Lost::untold(err));
             return Next::Continue;
         }
         let status = if in_block { b'E' } else { b'I' };
@@ -1260,9 +1262,9 @@ impl ClientSession {
             } else {
                 in_failed_block.encode(&mut reply);
             }
-            Some(LostTransaction::Skipping { in_block })
+            Some(Lost::skipping(in_block))
         } else {
-            in_block.then_some(LostTransaction::Aborted)
+            in_block.then(Lost::aborted)
         };
         self.answer(&reply).await
     }
