@@ -72,6 +72,24 @@ impl BackendError {
         }
     }
 
+    /// Says the host itself is unreachable or not taking connections (refused, timed out,
+    /// no address, closed during the login, or PostgreSQL's own shutting-down, crashed and
+    /// starting-up answers), as opposed to refusing this login: a TLS or authentication
+    /// failure, a bad setting or database, too many connections. Only these mark a host
+    /// down (which retires every connection there).
+    pub fn is_host_down(&self) -> bool {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::Timeout { .. }
+            | BackendError::NoAddress { .. } => true,
+            BackendError::Server { fields, .. } => {
+                matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
+            }
+            BackendError::Protocol { source, .. } => source.is_closed(),
+            _ => false,
+        }
+    }
+
     /// For a client whose startup settings PostgreSQL refused (a bad value, an unknown
     /// setting): PostgreSQL's own SQLSTATE and message, as FATAL, as PostgreSQL itself would
     /// refuse the login. Any other failure is [`to_pg_error`](Self::to_pg_error).
@@ -127,4 +145,48 @@ fn static_code(code: &str, fallback: &'static str) -> &'static str {
         .find(|k| **k == code)
         .copied()
         .unwrap_or(fallback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: &str) -> BackendError {
+        BackendError::Server {
+            addr: "pg1:5432".into(),
+            fields: ErrorFields {
+                severity: "FATAL".into(),
+                code: code.into(),
+                message: "x".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn only_an_unreachable_or_stopping_server_is_a_host_down() {
+        let refused = BackendError::Connect {
+            addr: "pg1:5432".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        for down in [refused, server("57P03"), server("57P02")] {
+            assert!(down.is_host_down(), "{down}");
+        }
+        let tls = BackendError::Tls {
+            addr: "pg1:5432".into(),
+            reason: "certificate expired".into(),
+        };
+        let scram = BackendError::Scram {
+            addr: "pg1:5432".into(),
+            reason: "bad proof".into(),
+        };
+        for refusal in [
+            tls,
+            scram,
+            server("28P01"),
+            server("53300"),
+            server("3D000"),
+        ] {
+            assert!(!refusal.is_host_down(), "{refusal}");
+        }
+    }
 }

@@ -8,9 +8,9 @@
 //! of a connection that just died, or one on a server that turned into a standby), so pools
 //! retire it instead of lending it.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{BackendError, ServerConn};
 use crate::config::TargetSessionAttrs;
@@ -139,15 +139,54 @@ impl ServerConn {
         self.param("in_hot_standby").map(|v| v == "on")
     }
 
-    /// PostgreSQL ended this connection under a client (a shutdown, a crash, a lost
-    /// network): its host is marked down, which retires its other connections there, as
-    /// they are likely gone too (and a failover may be under way).
-    pub fn report_lost(&self, why: &str) {
-        if let Some((host, _)) = &self.host
-            && let Some(was) = host.failed(why.to_owned())
-        {
-            tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %why, "host is down: a server connection there was lost; its other connections are retired");
+    /// PostgreSQL ended this connection under a client. A crash (57P02: every backend
+    /// there is being reset) or a refusal of new work (57P03) marks the host down at once,
+    /// which retires its other connections there. An administrator's shutdown request
+    /// (57P01) or a lost connection could be the whole server going away or just this one
+    /// backend ended (pg_terminate_backend says 57P01 too): the host is checked with a
+    /// connection attempt, and marked down only when that fails.
+    pub fn report_lost(&self, code: Option<&str>, why: &str, connect_timeout: Duration) {
+        let Some((host, _)) = &self.host else {
+            return;
+        };
+        if matches!(code, Some("57P02" | "57P03")) {
+            if let Some(was) = host.failed(why.to_owned()) {
+                tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %why, "host is down: a server connection there was lost; its other connections are retired");
+            }
+            return;
         }
+        let Some(check) = host.begin_check() else {
+            // A check is already under way.
+            return;
+        };
+        let (host, why) = (host.clone(), why.to_owned());
+        tokio::spawn(async move {
+            let attempt = tokio::time::timeout(
+                connect_timeout,
+                tokio::net::TcpStream::connect((host.host.as_str(), host.port)),
+            )
+            .await;
+            let failure = match attempt {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no answer within server_connect_timeout ({} s)",
+                    connect_timeout.as_secs_f64()
+                )),
+            };
+            drop(check);
+            match failure {
+                None => {
+                    tracing::info!(host = %host.addr_string(), error = %why, "a server connection was lost, but the host answers: only that connection is closed")
+                }
+                Some(e) => {
+                    let reason = format!("{why}; connecting again: {e}");
+                    if let Some(was) = host.failed(reason) {
+                        tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %why, check = %e, "host is down: a server connection there was lost and the host does not answer; its other connections are retired");
+                    }
+                }
+            }
+        });
     }
 
     fn malformed_role(&self) -> BackendError {
@@ -191,6 +230,18 @@ pub struct HostHealth {
     failures: AtomicU64,
     /// Times a login found another role than the last one there (promotions, demotions).
     role_changes: AtomicU64,
+    /// A check of whether the host still answers is under way (see
+    /// [`ServerConn::report_lost`]): one at a time, however many connections were lost.
+    checking: AtomicBool,
+}
+
+/// The one check under way of a host; dropping it allows the next.
+pub struct HostCheck(Arc<HostHealth>);
+
+impl Drop for HostCheck {
+    fn drop(&mut self) {
+        self.0.checking.store(false, Ordering::Release);
+    }
 }
 
 #[derive(Debug)]
@@ -223,7 +274,13 @@ impl HostHealth {
             }),
             failures: AtomicU64::new(0),
             role_changes: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
         }
+    }
+
+    /// Starts the check of whether the host answers, unless one is under way.
+    pub fn begin_check(self: &Arc<Self>) -> Option<HostCheck> {
+        (!self.checking.swap(true, Ordering::AcqRel)).then(|| HostCheck(self.clone()))
     }
 
     pub fn addr_string(&self) -> String {

@@ -241,7 +241,7 @@ impl ClientSession {
                     tracing::warn!(error = %e, server_id = server.id, "server connection lost while applying the client's settings; nothing of the client's was sent, taking another server");
                     self.cancel.set(None);
                     self.entry.set_idle();
-                    server.report_lost(&e.to_string());
+                    server.report_lost(None, &e.to_string(), self.connect_timeout());
                     server.close(CloseReason::ServerLost);
                     lost_servers += 1;
                     if lost_servers >= MAX_LOST_AT_SYNC {
@@ -1111,7 +1111,11 @@ impl ClientSession {
                 // under way), not a refusal of something the client sent (08P01, 25P03...).
                 let server_went_away = matches!(fatal.code.as_str(), "57P01" | "57P02" | "57P03");
                 if server_went_away {
-                    server.report_lost(&format!("{}: {}", fatal.code, fatal.message));
+                    server.report_lost(
+                        Some(&fatal.code),
+                        &format!("{}: {}", fatal.code, fatal.message),
+                        self.connect_timeout(),
+                    );
                 }
                 server.close(CloseReason::ServerLost);
                 if transaction_mode && tx.server_idle() {
@@ -1170,7 +1174,7 @@ impl ClientSession {
             }
             RelayEnd::ServerGone(e) => {
                 tracing::warn!(error = %e, server_id = server.id, "server connection lost during a query");
-                server.report_lost(&e.to_string());
+                server.report_lost(None, &e.to_string(), self.connect_timeout());
                 server.close(CloseReason::ServerLost);
                 if transaction_mode && tx.server_idle() {
                     // Lost between transactions (a pinned server): nothing was in flight.
@@ -1314,6 +1318,15 @@ impl ClientSession {
             }
         }
         Some(reply)
+    }
+
+    fn connect_timeout(&self) -> std::time::Duration {
+        self.shared
+            .current
+            .load()
+            .config
+            .server_connect_timeout
+            .duration()
     }
 
     /// Sends pgmoat's own answer to an idle client; the session goes on unless the client

@@ -367,9 +367,9 @@ impl ServerManager {
                 Ok(conn)
             }
             Err(e) => {
-                // A refused login says nothing about the host's health unless it is one of
-                // PostgreSQL's own "not now" answers (shutting down, starting, recovering).
-                if e.is_transient()
+                // A refused login (TLS, credentials, settings) says nothing about the host's
+                // health; unreachable, or PostgreSQL's own "not now" answers, do.
+                if e.is_host_down()
                     && let Some(was) = host.failed(e.to_string())
                 {
                     tracing::warn!(host = %host.addr_string(), was = %was.name(), error = %e, "host is down");
