@@ -18,6 +18,12 @@ use crate::config::{LoadBalanceHosts, TargetSessionAttrs};
 use crate::generation::Generation;
 use crate::stats::{Registry, ServerEntry, TlsSummary};
 
+tokio::task_local! {
+    /// When the client a checkout is for stops waiting (its query_wait_timeout), for the
+    /// logins that checkout starts: no round over the hosts begins after it.
+    pub(super) static CLIENT_GIVES_UP: Option<Instant>;
+}
+
 pub struct ServerManager {
     key: PoolKey,
     target: BackendTarget,
@@ -238,11 +244,14 @@ impl ServerManager {
         // Rounds end when the checkout that asked gives up (deadpool drops this future at
         // its create timeout, which is the client's remaining query_wait_timeout).
         let retry = config.server_login_retry.duration();
-        // No round starts after the asking client would have given up waiting.
-        let give_up = config
-            .query_wait_timeout
-            .non_zero()
-            .map(|limit| Instant::now() + limit);
+        // No round starts after the asking client would have given up waiting (what it has
+        // left; a connection made for no client, min_pool_size, gets the whole timeout).
+        let give_up = CLIENT_GIVES_UP.try_with(|at| *at).unwrap_or_else(|_| {
+            config
+                .query_wait_timeout
+                .non_zero()
+                .map(|limit| Instant::now() + limit)
+        });
         let mut round = 0u32;
         let mut conn = loop {
             round += 1;

@@ -276,7 +276,10 @@ impl ServerPool {
             create: Some(self.create_limit(config, started.elapsed())),
             recycle: Some(config.server_connect_timeout.duration()),
         };
-        match self.pool.timeout_get(&timeouts).await {
+        let gives_up = wait_limit.map(|limit| started + limit);
+        let checked_out =
+            manager::CLIENT_GIVES_UP.scope(gives_up, self.pool.timeout_get(&timeouts));
+        match checked_out.await {
             Ok(obj) => {
                 self.remember_params(&obj.initial_params);
                 let lent = Lent::new(
