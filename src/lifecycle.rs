@@ -20,6 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigErrors};
+use crate::frontend::Door;
 use crate::generation::{LoadError, load_generation, log_certificate_expiry};
 use crate::reload::reload;
 use crate::state::Shared;
@@ -237,7 +238,9 @@ impl Server {
                 let mut errors = AcceptErrors::default();
                 loop {
                     match listener.accept().await {
-                        Ok((tcp, peer)) => hand_to_worker(tcp, peer, &shared, &workers, &tracker),
+                        Ok((tcp, peer)) => {
+                            hand_to_worker(tcp, peer, Door::Peers, &shared, &workers, &tracker)
+                        }
                         Err(e) => {
                             errors.note(&e);
                             tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -250,7 +253,7 @@ impl Server {
             tokio::select! {
                 _ = daily.tick() => log_certificate_expiry(&self.shared.snapshot()),
                 accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, peer)) => hand_to_worker(tcp, peer, &self.shared, &workers, &tracker),
+                    Ok((tcp, peer)) => hand_to_worker(tcp, peer, Door::Clients, &self.shared, &workers, &tracker),
                     // Out of file descriptors and the like: back off instead of spinning
                     // (connected clients are served meanwhile; new ones wait in the
                     // backlog), and say so at most once a second.
@@ -284,10 +287,17 @@ impl Server {
             // Connections the kernel already queued here are served, not reset (with
             // so_reuseport, the queue of a closed listener is lost unless the kernel moves
             // it: net.ipv4.tcp_migrate_req).
-            while let Ok(Ok((tcp, peer))) =
-                tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
-            {
-                hand_to_worker(tcp, peer, &self.shared, &workers, &tracker);
+            // Only what is queued now: polled without waiting, and at most a backlog's worth
+            // (connections that keep arriving would otherwise keep it open).
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            for _ in 0..LISTEN_BACKLOG {
+                match self.listener.poll_accept(&mut cx) {
+                    std::task::Poll::Ready(Ok((tcp, peer))) => {
+                        hand_to_worker(tcp, peer, Door::Clients, &self.shared, &workers, &tracker)
+                    }
+                    _ => break,
+                }
             }
         }
         drop(self.listener);
@@ -407,6 +417,7 @@ fn raise_open_file_limit(config: &crate::config::Config) {
 fn hand_to_worker(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    door: Door,
     shared: &Arc<Shared>,
     workers: &Workers,
     tracker: &TaskTracker,
@@ -424,7 +435,7 @@ fn hand_to_worker(
     tracker.spawn_on(
         async move {
             match tokio::net::TcpStream::from_std(std) {
-                Ok(tcp) => crate::frontend::handle_client(tcp, peer, shared, worker).await,
+                Ok(tcp) => crate::frontend::handle_client(tcp, peer, shared, worker, door).await,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "worker could not take a new connection")
                 }

@@ -357,4 +357,19 @@ fn processes_sharing_a_port_forward_cancels_through_their_own_peer_ports() {
         "the kernel used one process only: {served:?}"
     );
     assert!(forwarded > 0, "no cancel needed forwarding: {served:?}");
+    // A peer port takes cancels only: a session there is refused (and one on the shared
+    // port, the control, works).
+    let on_peer_port = psql(&["-Atc", "SELECT 1"], &lb_conninfo(peer_ports[0], &pki));
+    assert!(
+        !on_peer_port.status.success() && output_text(&on_peer_port).contains("peer port"),
+        "{}",
+        output_text(&on_peer_port)
+    );
+    let on_shared_port = psql(&["-Atc", "SELECT 1"], &conninfo);
+    assert_eq!(
+        String::from_utf8_lossy(&on_shared_port.stdout).trim(),
+        "1",
+        "{}",
+        output_text(&on_shared_port)
+    );
 }

@@ -48,10 +48,27 @@ impl From<PgError> for FrontendError {
     }
 }
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// listen_port: clients (and their cancel requests).
+    Clients,
+    /// peer_listen_port: cancel requests forwarded by other pgmoat instances, nothing
+    /// else (it stays open while SIGTERM waits for the clients to leave, so that cancels
+    /// for them still arrive, and must not take new sessions then).
+    Peers,
+}
+
 /// Runs one client connection to its end. Never panics on client input; every refusal the
 /// protocol allows is sent as an ErrorResponse, and every end is logged with the peer.
 /// `worker` is the worker thread it runs on, which picks its pool's share.
-pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, worker: usize) {
+pub async fn handle_client(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    worker: usize,
+    door: Door,
+) {
     let id = shared.next_id();
     let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty);
     async move {
@@ -81,6 +98,13 @@ pub async fn handle_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
                     .await;
                     Ok(None)
                 }
+                Ok(Negotiated::Startup { stream, .. }) if door == Door::Peers => Err((
+                    Some(stream),
+                    FrontendError::Refused(PgError::fatal(
+                        crate::protocol::SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+                        "this is pgmoat's peer port (peer_listen_port): it takes cancel requests from other pgmoat instances only; connect to listen_port",
+                    )),
+                )),
                 Ok(Negotiated::Startup { stream, startup }) => {
                     login::login(stream, startup, &shared, &generation, (id, worker))
                         .await
