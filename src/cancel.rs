@@ -282,7 +282,7 @@ pub async fn send_cancel(
     };
     let mut stream = tokio::time::timeout(
         config.server_connect_timeout.duration(),
-        negotiate_tls(tcp, &target.target, &options),
+        negotiate_tls(tcp, (&target.target.host, target.target.port), &options),
     )
     .await
     .map_err(|_| crate::backend::BackendError::Timeout {

@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::backend::BackendKey;
+use crate::backend::{BackendKey, ConnectOptions, negotiate_tls};
 use crate::config::{MAX_PEER_ID, PeerConfig};
 use crate::generation::Generation;
 use crate::stats::Metrics;
@@ -109,11 +108,10 @@ pub enum PeerError {
     },
     #[error("connecting to peer {peer} at {addr} timed out")]
     Timeout { peer: u16, addr: String },
-    #[error("TLS with peer {peer} at {addr} failed: {reason}")]
-    Tls {
+    #[error("peer {peer}: {source}")]
+    Refused {
         peer: u16,
-        addr: String,
-        reason: String,
+        source: crate::backend::BackendError,
     },
 }
 
@@ -178,9 +176,12 @@ pub async fn forward(
     }
 }
 
-/// One CancelRequest to a peer: over TLS when pgmoat has a TLS policy towards servers and
-/// the peer accepts an SSLRequest (its certificate verified by that policy: a refused
-/// certificate is a failure, never a fall-back), in plaintext when the peer declines TLS.
+/// One CancelRequest to a peer, under the TLS policy towards servers (server_tls_sslmode
+/// and its CA): TLS when the peer accepts an SSLRequest, its certificate verified; in
+/// plaintext only when that policy allows it (disable, or allow/prefer and the peer
+/// declines). A refused certificate or a declined SSLRequest under require / verify-* is a
+/// failure, never a fall-back. Connecting and the handshake are bounded by
+/// server_connect_timeout each, whatever cancel_wait_timeout says.
 async fn send(
     id: u16,
     peer: &PeerConfig,
@@ -189,59 +190,42 @@ async fn send(
 ) -> Result<(), PeerError> {
     let addr = format!("{}:{}", peer.host, peer.port);
     let config = &generation.config;
+    let limit = config.server_connect_timeout.duration();
+    let timed_out = || PeerError::Timeout {
+        peer: id,
+        addr: addr.clone(),
+    };
     let io = |source| PeerError::Connect {
         peer: id,
         addr: addr.clone(),
         source,
     };
-    let mut tcp = tokio::time::timeout(
-        config.server_connect_timeout.duration(),
-        TcpStream::connect((peer.host.as_str(), peer.port)),
-    )
-    .await
-    .map_err(|_| PeerError::Timeout {
-        peer: id,
-        addr: addr.clone(),
-    })?
-    .map_err(io)?;
+    let tcp = tokio::time::timeout(limit, TcpStream::connect((peer.host.as_str(), peer.port)))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(io)?;
     let _ = tcp.set_nodelay(true);
+    let server_tls = &generation.tls.server;
+    let options = ConnectOptions {
+        sslmode: server_tls.sslmode,
+        channel_binding: config.server_channel_binding,
+        tls: server_tls.connector.as_ref(),
+        tls_epoch: generation.tls_epoch,
+        timeout: limit,
+        id: 0,
+    };
+    let mut stream =
+        tokio::time::timeout(limit, negotiate_tls(tcp, (&peer.host, peer.port), &options))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|source| PeerError::Refused { peer: id, source })?;
     let mut request = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut request);
+    stream.write_all(&request).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     let mut sink = [0u8; 64];
-    if let Some(connector) = generation.tls.server.connector.clone() {
-        let mut ssl = BytesMut::new();
-        postgres_protocol::message::frontend::ssl_request(&mut ssl);
-        tcp.write_all(&ssl).await.map_err(io)?;
-        if tcp.read_u8().await.map_err(io)? == b'S' {
-            let tls_error = |reason: String| PeerError::Tls {
-                peer: id,
-                addr: addr.clone(),
-                reason,
-            };
-            let name = match peer.host.parse::<std::net::IpAddr>() {
-                Ok(ip) => ServerName::IpAddress(ip.into()),
-                Err(_) => {
-                    ServerName::try_from(peer.host.clone()).map_err(|e| tls_error(e.to_string()))?
-                }
-            };
-            let mut tls = tokio_rustls::TlsConnector::from(connector)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| tls_error(e.to_string()))?;
-            tls.write_all(&request).await.map_err(io)?;
-            tls.flush().await.map_err(io)?;
-            let _ = tokio::time::timeout(PEER_CLOSE_WAIT, async {
-                while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
-            })
-            .await;
-            return Ok(());
-        }
-        // 'N': the peer takes plaintext cancels (as from older libpq) on this connection.
-    }
-    tcp.write_all(&request).await.map_err(io)?;
-    tcp.flush().await.map_err(io)?;
     let _ = tokio::time::timeout(PEER_CLOSE_WAIT, async {
-        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
     Ok(())

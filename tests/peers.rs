@@ -263,11 +263,29 @@ async fn an_unreachable_peer_costs_a_counted_failure_and_nothing_else() {
     let db = TestDb::start(&pki);
     let nobody = free_port();
     let metrics_port = free_port();
+    // Peer 8 answers an SSLRequest with 'N': under server_tls_sslmode = verify-full (the
+    // default) a cancel is not sent to it in plaintext.
+    let plaintext_metrics = free_port();
+    let plaintext_peer = Pgmoat::start_with_env(
+        &ConfigBuilder::new(&pki, &db)
+            .client_sslmode("disable")
+            .build(),
+        &[
+            ("PGMOAT_PEER_ID", "8"),
+            (
+                "PGMOAT_METRICS_ADDR",
+                &format!("127.0.0.1:{plaintext_metrics}"),
+            ),
+        ],
+    );
     let moats = start_peers(
         &pki,
         &db,
         1,
-        &format!("\n[peers.7]\nhost = \"127.0.0.1\"\nport = {nobody}\n"),
+        &format!(
+            "\n[peers.7]\nhost = \"127.0.0.1\"\nport = {nobody}\n\n[peers.8]\nhost = \"127.0.0.1\"\nport = {}\n",
+            plaintext_peer.port()
+        ),
         &[metrics_port],
     );
     let moat = &moats[0];
@@ -285,6 +303,32 @@ async fn an_unreachable_peer_costs_a_counted_failure_and_nothing_else() {
         metrics.contains("pgmoat_cancel_requests_total{result=\"peer_failed\"} 1"),
         "{metrics}"
     );
+    let key = pgmoat::peers::new_key(8);
+    let mark = moat.log_mark();
+    send_cancel_request(moat.port(), key.pid, key.secret).await;
+    moat.wait_for_log_since(mark, "refused TLS", Duration::from_secs(10));
+    let metrics = http_fetch(metrics_port, "/metrics").await;
+    assert!(
+        metrics.contains("pgmoat_cancel_requests_total{result=\"peer_failed\"} 2"),
+        "{metrics}"
+    );
+    // It only asked for TLS: the request itself never reached peer 8, which counts a key
+    // it does not know, as it does for the same request sent to it directly (the control).
+    let unknown = "pgmoat_cancel_requests_total{result=\"unknown_key\"} 1";
+    assert!(
+        !http_fetch(plaintext_metrics, "/metrics")
+            .await
+            .contains(unknown)
+    );
+    send_cancel_request(plaintext_peer.port(), key.pid, key.secret).await;
+    eventually("peer 8 to count the key", Duration::from_secs(10), || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(http_fetch(plaintext_metrics, "/metrics"))
+                .contains(unknown)
+        })
+    })
+    .await;
 
     // Everything else works: queries, and a cancel of this instance's own client.
     let client = moat_client(moat, &pki, "alice").await;

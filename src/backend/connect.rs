@@ -96,7 +96,7 @@ async fn connect_inner(
         addr: addr_str.clone(),
         source,
     })?;
-    let stream = negotiate_tls(tcp, target, opts).await?;
+    let stream = negotiate_tls(tcp, (&target.host, target.port), opts).await?;
     let tls = stream.tls_info();
     let mut conn = ServerConn {
         id: opts.id,
@@ -132,10 +132,10 @@ async fn connect_inner(
 /// when the server says 'N', and that is logged as a warning.
 pub async fn negotiate_tls(
     mut tcp: TcpStream,
-    target: &BackendTarget,
+    (host, port): (&str, u16),
     opts: &ConnectOptions<'_>,
 ) -> Result<Stream, BackendError> {
-    let addr = target.addr_string();
+    let addr = format!("{host}:{port}");
     let (SslMode::Allow
     | SslMode::Prefer
     | SslMode::Require
@@ -161,7 +161,7 @@ pub async fn negotiate_tls(
     let answer = tcp.read_u8().await.map_err(io_err)?;
     match answer {
         b'S' => {
-            let name = server_name(&target.host).map_err(|reason| BackendError::Tls {
+            let name = server_name(host).map_err(|reason| BackendError::Tls {
                 addr: addr.clone(),
                 reason,
             })?;
