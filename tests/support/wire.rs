@@ -209,25 +209,20 @@ impl RawClient {
 
     /// The next message; Err on EOF or a broken connection.
     pub async fn recv(&mut self) -> Result<RawMsg, String> {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() > len {
-                    let tag = self.buf[0];
-                    self.buf.advance(5);
-                    let body = self.buf.split_to(len - 4).freeze();
-                    return Ok(RawMsg { tag, body });
-                }
-            }
-            let n = self
-                .io
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("connection closed".into());
-            }
-        }
+        read_msg(&mut self.io, &mut self.buf).await
+    }
+
+    /// A reader of messages and the writing half, for a test that writes while it reads
+    /// (a pipeline longer than the socket buffers).
+    pub fn into_split(self) -> (RawReader, Box<dyn AsyncWrite + Unpin + Send>) {
+        let (read, write) = tokio::io::split(self.io);
+        (
+            RawReader {
+                io: read,
+                buf: self.buf,
+            },
+            Box::new(write),
+        )
     }
 
     /// Every message up to and including ReadyForQuery.
@@ -288,6 +283,37 @@ impl RawClient {
         frontend::terminate(&mut out);
         let _ = self.io.write_all(&out).await;
         let _ = self.io.shutdown().await;
+    }
+}
+
+/// The reading half of a [`RawClient`].
+pub struct RawReader {
+    io: tokio::io::ReadHalf<Box<dyn Io>>,
+    buf: BytesMut,
+}
+
+impl RawReader {
+    /// The next message; Err on EOF or a broken connection.
+    pub async fn recv(&mut self) -> Result<RawMsg, String> {
+        read_msg(&mut self.io, &mut self.buf).await
+    }
+}
+
+async fn read_msg<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<RawMsg, String> {
+    loop {
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+            if buf.len() > len {
+                let tag = buf[0];
+                buf.advance(5);
+                let body = buf.split_to(len - 4).freeze();
+                return Ok(RawMsg { tag, body });
+            }
+        }
+        let n = io.read_buf(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
     }
 }
 
