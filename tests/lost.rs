@@ -294,3 +294,37 @@ async fn one_terminated_backend_does_not_mark_its_host_down() {
     assert!(!moat.log().contains("host is down"), "{}", moat.log());
     assert_eq!(text_value(&client, "SELECT 1").await, "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_block_left_idle_meets_idle_transaction_timeout() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("idle_transaction_timeout", "1")
+            .build(),
+    );
+    // The control: a client idle between transactions all along.
+    let bystander = moat_client(&moat, &pki, "alice").await;
+    assert_eq!(text_value(&bystander, "SELECT 1").await, "1");
+    let mut client = moat_raw(&moat, &pki, "alice", &[]).await;
+    client.simple("BEGIN").await.unwrap();
+    client.send(&wire::query("SELECT pg_sleep(60)")).await;
+    let pid = backend_running(&db, "SELECT pg_sleep%", None).await;
+    terminate(&db, pid);
+    let lost = client.until_ready().await.unwrap();
+    assert_eq!(
+        lost.last().map(|m| m.body[0]),
+        Some(b'E'),
+        "in a failed block"
+    );
+    // No server waits for it, but it is idle in a transaction all the same.
+    let fatal = tokio::time::timeout(Duration::from_secs(20), client.recv())
+        .await
+        .expect("the failed block was never timed out")
+        .expect("closed without a word");
+    assert_eq!(fatal.tag, b'E');
+    assert_eq!(fatal.field(b'C').as_deref(), Some("25P03"));
+    assert_eq!(fatal.field(b'S').as_deref(), Some("FATAL"));
+    assert_eq!(text_value(&bystander, "SELECT 1").await, "1");
+}

@@ -123,6 +123,11 @@ impl Lost {
         }
     }
 
+    /// Inside a failed transaction block (not just finishing a batch outside one).
+    pub fn in_block(&self) -> bool {
+        self.in_block
+    }
+
     /// Answers the whole messages at the front of `buf` (consuming them) into `reply`, up
     /// to the end of the block, a Terminate, or the end of what is buffered. Refuses a
     /// message over `max_packet` bytes (0: no limit) as the relay would.

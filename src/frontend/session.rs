@@ -454,7 +454,18 @@ impl ClientSession {
                 tracing::debug!("client terminated");
                 Next::Close
             }
-            Ok(aborted::Outcome::NeedMore) => self.read_idle(client_half).await,
+            Ok(aborted::Outcome::NeedMore) => {
+                // Inside its failed block the client is idle in a transaction, as far as
+                // idle_transaction_timeout goes, though no server waits for it.
+                let in_block = self.lost.as_ref().is_some_and(Lost::in_block);
+                let limit = in_block
+                    .then(|| {
+                        let current = self.shared.current.load();
+                        current.config.idle_transaction_timeout_for(&self.database)
+                    })
+                    .flatten();
+                self.read_idle_within(client_half, limit).await
+            }
             Err(e) => {
                 Box::pin(self.fail(client_fault_error(&e))).await;
                 Next::Close
@@ -466,6 +477,16 @@ impl ClientSession {
     /// shutting down, or client_idle_timeout passed without a byte (a half-sent message
     /// included).
     async fn read_idle(&mut self, client_half: &mut HalfBuffer) -> Next {
+        self.read_idle_within(client_half, None).await
+    }
+
+    /// [`read_idle`](Self::read_idle), for a client that is idle inside a transaction
+    /// block: `in_transaction` is its idle_transaction_timeout.
+    async fn read_idle_within(
+        &mut self,
+        client_half: &mut HalfBuffer,
+        in_transaction: Option<std::time::Duration>,
+    ) -> Next {
         let idle_limit = self.shared.current.load().config.client_idle_timeout;
         let expired = async {
             match idle_limit.non_zero() {
@@ -473,7 +494,19 @@ impl ClientSession {
                 None => std::future::pending().await,
             }
         };
+        let idle_in_transaction = async {
+            match in_transaction {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
+            _ = idle_in_transaction => {
+                let limit = in_transaction.unwrap_or_default();
+                self.shared.metrics.timeout_fired(Timeout::IdleInTransaction.setting());
+                Box::pin(self.fail(timeout_error(Timeout::IdleInTransaction, limit))).await;
+                return Next::Close;
+            }
             read = poll_fn(|cx| client_half.poll_fill_idle(cx, &mut self.stream)) => read,
             _ = self.shared.shutdown.cancelled() => {
                 Box::pin(self.fail(shutting_down())).await;
