@@ -36,6 +36,25 @@ fn terminate(db: &TestDb, pid: i32) {
     db.sql("postgres", &format!("SELECT pg_terminate_backend({pid})"));
 }
 
+/// A wire-level client inside a transaction whose server PostgreSQL terminated under a
+/// `pg_sleep`: told (08006, ReadyForQuery 'E') and in the failed block.
+async fn in_a_lost_block(moat: &Pgmoat, pki: &Pki, db: &TestDb) -> wire::RawClient {
+    let mut client = moat_raw(moat, pki, "alice", &[]).await;
+    client.simple("BEGIN").await.unwrap();
+    client.send(&wire::query("SELECT pg_sleep(60)")).await;
+    let pid = backend_running(db, "SELECT pg_sleep%", None).await;
+    terminate(db, pid);
+    let lost = client.until_ready().await.unwrap();
+    assert_eq!(
+        wire::tags(&lost),
+        "TEZ",
+        "the sleep's row description, then the loss"
+    );
+    assert_eq!(lost[1].field(b'C').as_deref(), Some("08006"));
+    assert_eq!(lost[2].body[0], b'E', "in a failed block");
+    client
+}
+
 /// The next message that is not a notice.
 async fn next_answer(reader: &mut RawReader) -> RawMsg {
     loop {
@@ -223,17 +242,7 @@ async fn a_failed_block_answers_a_flush_without_waiting_for_sync() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let moat = Pgmoat::start(&ConfigBuilder::new(&pki, &db).build());
-    let mut client = moat_raw(&moat, &pki, "alice", &[]).await;
-    client.simple("BEGIN").await.unwrap();
-    client.send(&wire::query("SELECT pg_sleep(60)")).await;
-    let pid = backend_running(&db, "SELECT pg_sleep%", None).await;
-    terminate(&db, pid);
-    let lost = client.until_ready().await.unwrap();
-    assert_eq!(
-        wire::tags(&lost),
-        "TEZ",
-        "the sleep's row description, then the loss"
-    );
+    let mut client = in_a_lost_block(&moat, &pki, &db).await;
     // COMMIT over the extended protocol, then Flush: a pipelining driver waits for these
     // answers before it sends Sync.
     let mut batch = wire::parse("", "COMMIT");
@@ -307,17 +316,7 @@ async fn a_failed_block_left_idle_meets_idle_transaction_timeout() {
     // The control: a client idle between transactions all along.
     let bystander = moat_client(&moat, &pki, "alice").await;
     assert_eq!(text_value(&bystander, "SELECT 1").await, "1");
-    let mut client = moat_raw(&moat, &pki, "alice", &[]).await;
-    client.simple("BEGIN").await.unwrap();
-    client.send(&wire::query("SELECT pg_sleep(60)")).await;
-    let pid = backend_running(&db, "SELECT pg_sleep%", None).await;
-    terminate(&db, pid);
-    let lost = client.until_ready().await.unwrap();
-    assert_eq!(
-        lost.last().map(|m| m.body[0]),
-        Some(b'E'),
-        "in a failed block"
-    );
+    let mut client = in_a_lost_block(&moat, &pki, &db).await;
     // No server waits for it, but it is idle in a transaction all the same.
     let fatal = tokio::time::timeout(Duration::from_secs(20), client.recv())
         .await
