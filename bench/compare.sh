@@ -68,7 +68,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 harness=$(cd "$harness" 2>/dev/null && pwd) || { echo "compare.sh: no harness at $harness" >&2; exit 2; }
-for f in pg.sh pgbouncer.sh run.py idle_conns.py; do
+for f in pg.sh pgbouncer.sh run.py; do
     [ -f "$harness/$f" ] || { echo "compare.sh: $harness/$f is missing" >&2; exit 2; }
 done
 
@@ -194,6 +194,7 @@ pg_port=$(free_port 25432)
 pgb_port=$(free_port 25532)
 moat_port=$(free_port 25632)
 pt_port=$(free_port 25732)
+moat_metrics_port=$(free_port 25832)
 echo "ports: PostgreSQL $pg_port, PgBouncer $pgb_port, pgmoat $moat_port, TCP passthrough $pt_port"
 
 work=$(mktemp -d /tmp/pgmoat-bench.XXXXXX)
@@ -250,6 +251,8 @@ client_tls_key_file = "$pki/pooler.key"
 client_tls_ca_file = "$pki/ca.crt"
 server_tls_sslmode = "verify-full"
 server_tls_ca_file = "$pki/ca.crt"
+# Scraped only by the idle-client step (pgmoat_heap_in_use_bytes: heap accounting).
+metrics_addr = "127.0.0.1:$moat_metrics_port"
 
 [databases]
 bench = "host=localhost port=$pg_port dbname=bench"
@@ -322,15 +325,16 @@ printf '%s\n' "nproc $B_NPROC" "cpu $B_CPU" "kernel $B_KERNEL" "memory $B_MEM_KI
     "PostgreSQL $B_PG" "$B_PGBENCH" "$B_PGBOUNCER" "$B_HAPROXY" "$B_PGMOAT ($B_REV)"
 
 # --- memory per idle TLS client (fresh poolers, before the load runs) ---------------------------
-idle_run() {   # name pid port n -> one line of idle_conns.py output in $out/idle-name-n.txt
+idle_run() {   # name pid port n [metrics URL] -> one line of idle_heap.py output in $out/idle-name-n.txt
     local file=$out/idle-$1-$4.txt
-    say "$4 idle TLS clients on $1 (idle_conns.py)"
-    "$py" "$harness/idle_conns.py" --pid "$2" --port "$3" --n "$4" | tee "$file"
+    say "$4 idle TLS clients on $1 (bench/idle_heap.py: RSS${5:+ and heap accounting})"
+    "$py" "$repo/bench/idle_heap.py" --pid "$2" --port "$3" --n "$4" ${5:+--metrics "$5"} | tee "$file"
     sleep 2    # let the pooler close the clients before the next step
 }
+moat_metrics=http://127.0.0.1:$moat_metrics_port/metrics
 idle_run pgbouncer "$pgb_pid" "$pgb_port" "$idle"
-idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle"
-idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle_max"
+idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle" "$moat_metrics"
+idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle_max" "$moat_metrics"
 
 # --- throughput: run.py, alternating order, direct is the reference -----------------------------
 say "run.py: $rounds rounds x $seconds s, workloads $workloads"
@@ -389,7 +393,9 @@ def idle(name, n):
     kv = dict(re.findall(r"(\w+)=([\d.]+)", line))
     return {"connections": int(kv["connections"]), "tls_in_use": int(kv["tls_in_use"]),
             "rss_before_kib": int(kv["rss_before_kib"]), "rss_after_kib": int(kv["rss_after_kib"]),
-            "kib_per_idle_conn": float(kv["kib_per_idle_conn"]), "connect_rate": float(kv["connect_rate"])}
+            "kib_per_idle_conn": float(kv["kib_per_idle_conn"]), "connect_rate": float(kv["connect_rate"]),
+            # pgmoat only: its own heap accounting (None for PgBouncer)
+            "heap_kib_per_idle_conn": float(kv["heap_kib_per_idle_conn"]) if "heap_kib_per_idle_conn" in kv else None}
 
 def pct(sorted_us, q):
     return sorted_us[min(len(sorted_us) - 1, int(q * len(sorted_us)))] / 1000.0

@@ -110,6 +110,22 @@ async fn counters_move_with_queries_and_health_is_ok() {
     assert!(value(r#"pgmoat_tls_handshakes_total{result="ok",reason=""}"#) >= 1.0);
     assert_eq!(value("pgmoat_accepting"), 1.0);
 
+    // Heap accounting (what the allocator handed out and has not taken back) grows with
+    // idle clients: each holds at least its TLS state.
+    let heap = value("pgmoat_heap_in_use_bytes");
+    assert!(heap > 0.0);
+    let mut idle_clients = Vec::new();
+    for _ in 0..50 {
+        idle_clients.push(moat_client(&s.pgmoat, &s.pki, "alice").await);
+    }
+    let (_, more) = get(s.metrics_port, "/metrics").await;
+    let grown = sample(&more, "pgmoat_heap_in_use_bytes").unwrap();
+    assert!(
+        grown > heap + 50.0 * 1024.0,
+        "50 idle TLS clients, yet the heap went from {heap} to {grown} bytes"
+    );
+    drop(idle_clients);
+
     let expiry = after
         .lines()
         .filter(|l| l.starts_with("pgmoat_certificate_not_after_seconds{"))
@@ -312,6 +328,7 @@ async fn metrics_parse_with_the_prometheus_client_library() {
         ("pgmoat_reloads", "counter"),
         ("pgmoat_certificate_not_after_seconds", "gauge"),
         ("pgmoat_accepting", "gauge"),
+        ("pgmoat_heap_in_use_bytes", "gauge"),
     ];
     for (name, kind) in expected {
         assert_eq!(family(name)["type"], kind, "{name}");
