@@ -4,7 +4,8 @@
 # BENCHMARKS.md and bench/tps.png.
 #
 #   bench/compare.sh [--rounds N] [--seconds S] [--workloads LIST] [--out DIR]
-#                    [--idle N] [--idle-max N] [--harness DIR]
+#                    [--idle N] [--idle-max N] [--harness DIR] [--latency-rounds N]
+#                    [--scaling LIST] [--idle-active N]
 #
 #   --rounds N       alternating runs per workload and target (default 3)
 #   --seconds S      length of each pgbench run (default 10)
@@ -13,6 +14,11 @@
 #   --idle N         idle TLS clients for the memory-per-client figure (default 2000)
 #   --idle-max N     idle TLS clients held on pgmoat with a pool of 20 (default 10000)
 #   --harness DIR    the shared harness (default ../shared/bench beside the repository)
+#   --latency-rounds N  alternating rounds of the latency / CPU step per workload (default 5)
+#   --scaling LIST   client counts for the scaling table, select1 on the poolers (default
+#                    32,256,1024; empty to skip)
+#   --idle-active N  also select1 with 32 active clients beside N idle TLS ones (default 10000;
+#                    0 to skip)
 #   --baseline REV   instead: this tree's pgmoat against the build of git revision REV (or
 #                    --baseline-bin FILE), alternating on one PostgreSQL, CPU per transaction
 #                    with the run-to-run spread; see bench/baseline.sh (writes baseline.md)
@@ -32,9 +38,12 @@ idle_max=10000
 harness=$repo/../shared/bench
 pool_size=20
 latency_clients=32
+latency_rounds=5
+scaling=32,256,1024
+idle_active=10000
 known_workloads=" select1 select1-mtls select1-plain extended prepared tpcb connect "
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 for arg in "$@"; do
     case $arg in
         --baseline|--baseline-bin) exec "$repo/bench/baseline.sh" "$@" ;;
@@ -49,11 +58,18 @@ while [ $# -gt 0 ]; do
         --idle) idle=${2:?--idle needs a value}; shift 2 ;;
         --idle-max) idle_max=${2:?--idle-max needs a value}; shift 2 ;;
         --harness) harness=${2:?--harness needs a value}; shift 2 ;;
+        --latency-rounds) latency_rounds=${2:?--latency-rounds needs a value}; shift 2 ;;
+        --scaling) scaling=${2?--scaling needs a value (may be empty)}; shift 2 ;;
+        --idle-active) idle_active=${2:?--idle-active needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-for n in "$rounds" "$seconds" "$idle" "$idle_max"; do
+case $idle_active in ''|*[!0-9]*) echo "compare.sh: --idle-active is not a number: $idle_active" >&2; exit 2 ;; esac
+for c in ${scaling//,/ }; do
+    case $c in ''|*[!0-9]*|0) echo "compare.sh: --scaling is not a list of client counts: $scaling" >&2; exit 2 ;; esac
+done
+for n in "$rounds" "$seconds" "$idle" "$idle_max" "$latency_rounds"; do
     case $n in ''|*[!0-9]*|0) echo "compare.sh: not a positive number: $n" >&2; exit 2 ;; esac
 done
 IFS=, read -r -a workload_list <<< "$workloads"
@@ -344,45 +360,24 @@ say "run.py: $rounds rounds x $seconds s, workloads $workloads"
     "passthrough=127.0.0.1:$pt_port" \
     | tee "$out/run-table.md"
 
-# --- p99 latency and CPU per transaction at 32 clients: pgbench -l per-transaction logs ----------
-cpu_ticks() {   # [PID] -> "USER SYS BUSY WALL": the process's utime and stime (all its threads;
-                # "- -" without a PID) and the machine's busy time, in clock ticks; WALL in seconds
-    local user=- sys=- stat busy
-    local -a f
-    if [ -n "${1:-}" ]; then
-        stat=$(< "/proc/$1/stat")
-        read -r -a f <<< "${stat##*) }"   # past "(comm)", which may hold spaces: f[0] is field 3
-        user=${f[11]} sys=${f[12]}        # fields 14 and 15
-    fi
-    # /proc/stat "cpu " line: user nice system idle iowait irq softirq steal (guest is in user)
-    busy=$(awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat)
-    echo "$user $sys $busy $EPOCHREALTIME"
-}
-clk_tck=$(getconf CLK_TCK)
-say "latency and CPU: pgbench -S -c $latency_clients -j 2 -l, $rounds rounds x $seconds s"
-lat=$out/latency
-rm -rf "$lat"
-mkdir -p "$lat"
-for ((r = 1; r <= rounds; r++)); do
-    order=()   # alternating: in the order of names, then the reverse
-    for i in "${!names[@]}"; do
-        if [ $((r % 2)) = 0 ]; then order=("$i" "${order[@]}"); else order+=("$i"); fi
-    done
-    for i in "${order[@]}"; do
-        name=${names[$i]}
-        before=$(cpu_ticks "${proxy_pids[$i]}")
-        (cd "$lat" && pgbench -n -S -c "$latency_clients" -j 2 -T "$seconds" -l --log-prefix="r$r-$name" \
-            "host=127.0.0.1 port=${ports[$i]} user=bench dbname=bench sslmode=require" > "r$r-$name.out" 2>&1) \
-            || { cat "$lat/r$r-$name.out"; echo "pgbench -l against $name failed" >&2; exit 1; }
-        after=$(cpu_ticks "${proxy_pids[$i]}")
-        printf 'clk_tck %s\nbefore %s\nafter %s\n' "$clk_tck" "$before" "$after" > "$lat/r$r-$name.cpu"
-        echo "# latency round $r $name: $(grep -m1 '^tps' "$lat/r$r-$name.out")"
-    done
+# --- latency and CPU per transaction by workload, and scaling: bench/latency.py ---------------
+# Every pgbench transaction logged (-l): p50/p99/p99.9 per run; the proxy's utime + stime around
+# each run. The same workloads as the throughput table (but connect), in alternating rounds.
+lat_workloads=()
+for w in select1 select1-mtls extended prepared tpcb; do
+    [[ ",$workloads," == *",$w,"* || $w == select1 ]] && lat_workloads+=("$w")
 done
+lat_workloads=$(IFS=,; echo "${lat_workloads[*]}")
+say "latency.py: $lat_workloads, $latency_rounds rounds x $seconds s; scaling ${scaling:-none}; $idle_active idle + 32"
+"$py" "$repo/bench/latency.py" --harness "$harness" --pki "$pki" --json "$out/latency.json" \
+    --rounds "$latency_rounds" --seconds "$seconds" --workloads "$lat_workloads" \
+    --scaling "$scaling" --idle-active "$idle_active" \
+    "direct=$pg_port" "pgbouncer=$pgb_port:$pgb_pid" "pgmoat=$moat_port:$pgmoat_pid" \
+    "passthrough=$pt_port:$pt_pid" | tee "$out/latency.log"
 
 # --- the small json of memory and latency figures, then the report ------------------------------
 export B_OUT=$out B_IDLE=$idle B_IDLE_MAX=$idle_max B_POOL=$pool_size B_ROUNDS=$rounds \
-    B_SECONDS=$seconds B_WORKLOADS=$workloads B_LAT_CLIENTS=$latency_clients B_TARGETS="${names[*]}"
+    B_LAT_ROUNDS=$latency_rounds B_SECONDS=$seconds B_WORKLOADS=$workloads B_LAT_CLIENTS=$latency_clients B_TARGETS="${names[*]}"
 "$py" - <<'PY'
 import glob, json, os, re, statistics
 e = os.environ
@@ -397,56 +392,24 @@ def idle(name, n):
             # pgmoat only: its own heap accounting (None for PgBouncer)
             "heap_kib_per_idle_conn": float(kv["heap_kib_per_idle_conn"]) if "heap_kib_per_idle_conn" in kv else None}
 
-def pct(sorted_us, q):
-    return sorted_us[min(len(sorted_us) - 1, int(q * len(sorted_us)))] / 1000.0
-
-def cpu(path, transactions):
-    """CPU per transaction from the before/after samples of one latency run."""
-    kv = {line.split()[0]: line.split()[1:] for line in open(path) if line.strip()}
-    tick_us = 1e6 / int(kv["clk_tck"][0])
-    (u0, s0, b0, w0), (u1, s1, b1, w1) = kv["before"], kv["after"]
-    per = lambda a, b: (int(b) - int(a)) * tick_us / transactions if a != "-" else None
-    return {"proxy_user_us": per(u0, u1), "proxy_sys_us": per(s0, s1),
-            "proxy_total_us": per(u0, u1) + per(s0, s1) if u0 != "-" else None,
-            "machine_us": per(b0, b1),
-            "machine_busy_pct": 100.0 * (int(b1) - int(b0)) * tick_us / 1e6
-                                / ((float(w1) - float(w0)) * int(e["B_NPROC"]))}
-
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
 
-latency, cpus = {}, {}
-for name in e["B_TARGETS"].split():
-    rounds, cpu_rounds = [], []
-    for r in range(1, int(e["B_ROUNDS"]) + 1):
-        us = []
-        for f in glob.glob(f"{out}/latency/r{r}-{name}.*"):
-            if f.endswith(".out"):
-                continue
-            if f.endswith(".cpu"):
-                continue
-            for line in open(f):
-                # client_id transaction_no time_us script_no time_epoch time_us
-                us.append(int(line.split()[2]))
-        us.sort()
-        cpu_rounds.append({"transactions": len(us), **cpu(f"{out}/latency/r{r}-{name}.cpu", len(us))})
-        tps = re.search(r"^tps = ([\d.]+)", open(f"{out}/latency/r{r}-{name}.out").read(), re.M)
-        rounds.append({"transactions": len(us), "tps": float(tps.group(1)) if tps else None,
-                       "p50_ms": pct(us, 0.50), "p99_ms": pct(us, 0.99), "p999_ms": pct(us, 0.999),
-                       "mean_ms": sum(us) / len(us) / 1000.0})
-    latency[name] = {"rounds": rounds,
-                     "p50_ms": statistics.median(x["p50_ms"] for x in rounds),
-                     "p99_ms": statistics.median(x["p99_ms"] for x in rounds),
-                     "mean_ms": statistics.median(x["mean_ms"] for x in rounds)}
-    cpus[name] = {"rounds": cpu_rounds,
-                  **{k: median(x[k] for x in cpu_rounds)
-                     for k in ("proxy_user_us", "proxy_sys_us", "proxy_total_us", "machine_us", "machine_busy_pct")}}
+perf = json.load(open(f"{out}/latency.json"))
+select1 = perf["workloads"]["select1"]
+latency = {name: {"rounds": v["runs"], "p50_ms": v["p50_ms"], "p99_ms": v["p99_ms"],
+                  "mean_ms": statistics.median(r["mean_ms"] for r in v["runs"])}
+           for name, v in select1.items()}
+cpus = {name: {"rounds": v["runs"],
+               **{k: median(r.get(k) for r in v["runs"])
+                  for k in ("proxy_user_us", "proxy_sys_us", "proxy_total_us", "machine_us", "machine_busy_pct")}}
+        for name, v in select1.items()}
 
 extra = {
     "config": {"rounds": int(e["B_ROUNDS"]), "seconds": int(e["B_SECONDS"]), "workloads": e["B_WORKLOADS"],
                "idle": int(e["B_IDLE"]), "idle_max": int(e["B_IDLE_MAX"]), "pool_size": int(e["B_POOL"]),
-               "latency_clients": int(e["B_LAT_CLIENTS"])},
+               "latency_clients": int(e["B_LAT_CLIENTS"]), "latency_rounds": int(e["B_LAT_ROUNDS"])},
     "machine": {"nproc": int(e["B_NPROC"]), "cpu": e["B_CPU"], "kernel": e["B_KERNEL"],
                 "mem_kib": int(e["B_MEM_KIB"]), "postgresql": e["B_PG"], "pgbench": e["B_PGBENCH"],
                 "pgbouncer": e["B_PGBOUNCER"], "haproxy": e["B_HAPROXY"], "pgmoat": e["B_PGMOAT"], "revision": e["B_REV"],
@@ -455,6 +418,7 @@ extra = {
     "idle_max": {"pgmoat": idle("pgmoat", e["B_IDLE_MAX"])},
     "latency": latency,
     "cpu": cpus,   # select1 (pgbench -S) per transaction, from the latency runs; medians over rounds
+    "perf": perf,  # latency.py: every workload and run, and the scaling runs
 }
 json.dump(extra, open(f"{out}/extra.json", "w"), indent=1)
 for name, v in latency.items():
@@ -464,7 +428,6 @@ for name, c in cpus.items():
         f"proxy {c['proxy_user_us']:.1f} user + {c['proxy_sys_us']:.1f} sys us/txn, "
     print(f"# cpu {name}: {proxy}machine {c['machine_us']:.1f} us/txn, {c['machine_busy_pct']:.0f} % busy")
 PY
-rm -f "$lat"/r*-*.[0-9]*     # the per-transaction logs; the figures are in extra.json
 
 say "report: BENCHMARKS.md, bench/tps.png"
 "$py" "$repo/bench/report.py" --run "$out/run.json" --extra "$out/extra.json" \

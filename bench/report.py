@@ -161,6 +161,106 @@ def targets_table(S, extra):
     return rows
 
 
+CPU_WORKLOADS = ("select1", "select1-mtls", "extended", "prepared", "tpcb")
+
+
+def issue16_rows(extra):
+    """Rows of (target, required, measured, status) for the targets of issue 16, from the
+    latency / CPU runs (bench/latency.py) and the memory step."""
+    perf = extra.get("perf")
+    if not perf:
+        return [("all", "the latency / CPU step", "not run", "not measured")]
+    W, rows = perf["workloads"], []
+    for wl in CPU_WORKLOADS:
+        req = "CPU per transaction of the proxy process <= 0.7 x PgBouncer's"
+        m = W.get(wl, {}).get("pgmoat", {}).get("proxy_total_us")
+        b = W.get(wl, {}).get("pgbouncer", {}).get("proxy_total_us")
+        if m is None or not b:
+            rows.append((f"CPU, {wl}", req, "not run", "not measured"))
+            continue
+        rows.append((f"CPU, {wl}", req, f"{m:.1f} µs = {m / b:.2f} x PgBouncer's {b:.1f} µs",
+                     "met" if m / b <= 0.7 else "not met"))
+    for wl in ("select1", "extended"):
+        for key, label in (("p99_ms", "p99"), ("p999_ms", "p99.9")):
+            req = f"{label} at 32 clients: median <= PgBouncer's over >= 5 runs, lower in all but one"
+            if wl not in W:
+                rows.append((f"{label}, {wl}", req, "not run", "not measured"))
+                continue
+            mine = [r[key] for r in W[wl]["pgmoat"]["runs"]]
+            theirs = [r[key] for r in W[wl]["pgbouncer"]["runs"]]
+            lower = sum(1 for a, b in zip(mine, theirs) if a < b)
+            med_m, med_b = statistics.median(mine), statistics.median(theirs)
+            met = len(mine) >= 5 and med_m <= med_b and lower >= len(mine) - 1
+            rows.append((f"{label}, {wl}", req,
+                         f"{med_m:.2f} ms against {med_b:.2f} ms; lower in {lower} of {len(mine)} runs",
+                         "met" if met else "not met"))
+    m = extra["idle"]["pgmoat"]
+    heap = m.get("heap_kib_per_idle_conn")
+    req = "<= 8 KiB per idle TLS client at 2000 clients, by heap accounting and by RSS"
+    met = heap is not None and heap <= 8 and m["kib_per_idle_conn"] <= 8 and m["connections"] >= 2000
+    rows.append(("memory per idle client", req,
+                 f"heap {'-' if heap is None else f'{heap:.2f} KiB'}, RSS {m['kib_per_idle_conn']:.1f} KiB "
+                 f"at {m['connections']} clients", "met" if met else "not met"))
+    counts = sorted(int(k) for k in perf.get("scaling", {}) if k.isdigit())
+    if len(counts) >= 2:
+        lo, hi, S = str(counts[0]), str(counts[-1]), perf["scaling"]
+        for key, label in (("proxy_total_us", "CPU per transaction"), ("p99_ms", "p99")):
+            grow = {t: S[hi][t][key] / S[lo][t][key] for t in ("pgmoat", "pgbouncer")
+                    if S[lo].get(t, {}).get(key) and S[hi].get(t, {}).get(key) is not None}
+            req = f"{label} grows from {lo} to {hi} clients no faster than PgBouncer's"
+            if len(grow) < 2:
+                rows.append((f"scaling, {label}", req, "not measured", "not measured"))
+                continue
+            rows.append((f"scaling, {label}", req,
+                         f"pgmoat x {grow['pgmoat']:.2f}, PgBouncer x {grow['pgbouncer']:.2f}",
+                         "met" if grow["pgmoat"] <= grow["pgbouncer"] else "not met"))
+    else:
+        rows.append(("scaling", "CPU and p99 grow no faster than PgBouncer's", "not run", "not measured"))
+    return rows
+
+
+def perf_sections(w, extra):
+    """CPU per transaction by workload, latency of every run, and the scaling table."""
+    perf = extra.get("perf")
+    if not perf:
+        return
+    W = perf["workloads"]
+    us = lambda x: "-" if x is None else f"{x:.1f}"
+    w("## CPU per transaction by workload\n")
+    w(f"The proxy process's user + system CPU per transaction (all threads), median of "
+      f"{perf['rounds']} alternating runs of {perf['seconds']} s per workload (the throughput "
+      "table's pgbench arguments, with `-l`).\n")
+    present = [t for t in TARGETS if any(t in W[wl] for wl in W)]
+    proxies = [t for t in present if t != "direct"]
+    w("| workload | " + " | ".join(f"{SHORT[t]} user + sys (µs)" for t in proxies) +
+      " | pgmoat / PgBouncer |\n|---|" + "---|" * (len(proxies) + 1))
+    for wl, per in W.items():
+        cells = [f"{us(per[t].get('proxy_user_us'))} + {us(per[t].get('proxy_sys_us'))} = "
+                 f"{us(per[t].get('proxy_total_us'))}" if t in per else "-" for t in proxies]
+        m, b = per.get("pgmoat", {}).get("proxy_total_us"), per.get("pgbouncer", {}).get("proxy_total_us")
+        w(f"| {wl} | " + " | ".join(cells) + f" | {'-' if not (m and b) else f'{m / b:.2f}'} |")
+    w("")
+    w("## Latency of every run\n")
+    w("p99 / p99.9 in ms of each alternating run (rounds in the order they ran).\n")
+    for wl in [wl for wl in ("select1", "extended") if wl in W]:
+        runs = {t: W[wl][t]["runs"] for t in present if t in W[wl]}
+        w(f"**{wl}**\n")
+        w("| run | " + " | ".join(SHORT[t] for t in runs) + " |\n|---|" + "---|" * len(runs))
+        for i in range(max(len(r) for r in runs.values())):
+            w(f"| {i + 1} | " + " | ".join(
+                f"{r[i]['p99_ms']:.2f} / {r[i]['p999_ms']:.2f}" if i < len(r) else "-" for r in runs.values()) + " |")
+        w("")
+    if perf.get("scaling"):
+        w("## Scaling\n")
+        w("select1 on the poolers by number of clients (pool of 20), median of the alternating runs.\n")
+        w("| clients | pooler | tps | CPU per transaction (µs) | p99 (ms) | p99.9 (ms) |\n|---|---|---|---|---|---|")
+        for clients, per in perf["scaling"].items():
+            for t, v in per.items():
+                w(f"| {clients} | {SHORT.get(t, t)} | {v['tps']:.0f} | {us(v.get('proxy_total_us'))} | "
+                  f"{v['p99_ms']:.2f} | {v['p999_ms']:.2f} |")
+        w("")
+
+
 def chart(S, targets, nproc, png):
     wls = list(S)
     main = [w for w in wls if w != "connect"]
@@ -377,7 +477,13 @@ def main():
     rel = os.path.relpath(a.png, os.path.dirname(os.path.abspath(a.md)))
     w(f"![TPS by workload]({rel})\n")
 
-    w("## Targets (issue 6)\n")
+    w("## Targets (issue 16)\n")
+    w("| target | required | measured | status |\n|---|---|---|---|")
+    for row in issue16_rows(extra):
+        w("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    w("")
+
+    w("## Earlier targets (issue 6)\n")
     w("| target | required | measured | status |\n|---|---|---|---|")
     for row in targets_table(S, extra):
         w("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
@@ -412,6 +518,7 @@ def main():
 
     if "cpu" in extra:
         cpu_section(w, extra)
+    perf_sections(w, extra)
 
     w("## Where the time goes\n")
     if os.path.exists(a.profile):
