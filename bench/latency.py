@@ -66,8 +66,12 @@ def run_once(workload_args, tls, port, pid, seconds, clients, logdir, tag):
     out = p.stdout + p.stderr
     tps = re.search(r"^tps = ([\d.]+)", out, re.M)
     if p.returncode != 0 or not tps:
+        # A target that cannot run a workload (PgBouncer 1.18 and protocol-level prepared
+        # statements in transaction mode) is reported, not fatal.
+        for f in glob.glob(prefix + ".*"):
+            os.remove(f)
         tail = [line for line in out.splitlines() if "error" in line.lower() or "fatal" in line.lower()]
-        raise SystemExit(f"latency.py: {' '.join(cmd)} failed: {(tail or [out[-300:]])[0]}")
+        return {"clients": clients, "ok": False, "error": (tail or [out[-300:]])[0]}
     us = []
     for f in glob.glob(prefix + ".*"):
         with open(f) as log:
@@ -77,7 +81,7 @@ def run_once(workload_args, tls, port, pid, seconds, clients, logdir, tag):
     us.sort()
     n = len(us)
     tick_us = 1e6 / CLK_TCK
-    row = {"clients": clients, "transactions": n, "tps": float(tps.group(1)),
+    row = {"clients": clients, "ok": True, "transactions": n, "tps": float(tps.group(1)),
            "p50_ms": percentile(us, 0.50), "p99_ms": percentile(us, 0.99),
            "p999_ms": percentile(us, 0.999), "mean_ms": sum(us) / n / 1000.0,
            "machine_us": (busy1 - busy0) * tick_us / n,
@@ -90,6 +94,10 @@ def run_once(workload_args, tls, port, pid, seconds, clients, logdir, tag):
 
 
 def summary(rounds):
+    """Medians over the runs; a target with a failed run gets its error instead."""
+    failed = [r for r in rounds if not r["ok"]]
+    if failed:
+        return {"error": failed[0]["error"]}
     keys = ("tps", "p50_ms", "p99_ms", "p999_ms", "mean_ms", "proxy_user_us", "proxy_sys_us",
             "proxy_total_us", "machine_us", "machine_busy_pct")
     return {k: statistics.median(r[k] for r in rounds) for k in keys if all(k in r for r in rounds)}
@@ -146,6 +154,9 @@ def main():
             for name, port, pid in order:
                 row = run_once(args, tls, port, pid, a.seconds, clients, logdir, f"{label}-{name}-{r}")
                 runs[name].append(row)
+                if not row["ok"]:
+                    print(f"# {label} round {r + 1} {name}: ERROR {row['error']}", flush=True)
+                    continue
                 cpu = f", proxy {row['proxy_total_us']:.1f} us/txn" if "proxy_total_us" in row else ""
                 print(f"# {label} round {r + 1} {name}: {row['tps']:.0f} tps, p99 {row['p99_ms']:.2f} ms, "
                       f"p99.9 {row['p999_ms']:.2f} ms{cpu}", flush=True)
