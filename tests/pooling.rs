@@ -645,3 +645,84 @@ async fn a_pool_split_per_worker_keeps_its_size_and_shows_as_one_pool() {
     assert_eq!(value, "9");
     assert!(db.backends_of("alice") <= 8);
 }
+
+/// A client whose own worker's share is at its limit takes a server that is idle in the other
+/// worker's share instead of waiting for its own (README, Transaction pooling): at checkout,
+/// and while it waits, when a server of the other share goes back idle with nobody of that
+/// share waiting. Waiting for its own share only, it would get query_wait_timeout's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_borrows_a_server_idle_in_the_other_workers_share() {
+    let pki = Pki::new();
+    let db = TestDb::start(&pki);
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(&pki, &db)
+            .set("worker_threads", "2")
+            .set("default_pool_size", "8")
+            .set("query_wait_timeout", "10")
+            .set("admin_users", r#"["alice"]"#)
+            .build(),
+    );
+    moat.wait_for_log("worker_threads=2", Duration::from_secs(10));
+    // Logged in one after another, so the even ones are on one worker (X), the odd ones on
+    // the other (Y), and the ninth connection is on X again.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(moat_client(&moat, &pki, "alice").await);
+    }
+    // Four backends per share, then all idle.
+    let mut pids = std::collections::BTreeSet::new();
+    for client in &clients {
+        client.batch_execute("BEGIN").await.unwrap();
+        pids.insert(pid(client).await);
+    }
+    assert_eq!(pids.len(), 8);
+    for client in &clients {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    // X's share at its limit; Y's four servers idle.
+    for client in clients.iter().step_by(2) {
+        client.batch_execute("BEGIN").await.unwrap();
+        pid(client).await;
+    }
+    let ninth = moat_client(&moat, &pki, "alice").await;
+    let answer = tokio::time::timeout(Duration::from_secs(30), ninth.simple_query("SELECT 9"))
+        .await
+        .expect("the ninth client was never answered");
+    assert!(
+        answer.is_ok(),
+        "the ninth client waited for its own share while the other had idle servers: {answer:?}\n{}",
+        moat.log()
+    );
+    assert_eq!(
+        db.backends_of("alice"),
+        8,
+        "a server was made, not borrowed"
+    );
+
+    // Now Y's share at its limit too: the ninth client waits, until one of Y's clients
+    // commits with nobody of Y waiting.
+    for client in clients.iter().skip(1).step_by(2) {
+        client.batch_execute("BEGIN").await.unwrap();
+        pid(client).await;
+    }
+    let console = moat_console(&moat, &pki, "alice").await;
+    let waiting = tokio::spawn(async move {
+        let value = ninth.simple_query("SELECT 10").await.map(|_| ());
+        (ninth, value)
+    });
+    wait_for_waiting(&console, 1, "the ninth client", &moat).await;
+    clients[1].batch_execute("COMMIT").await.unwrap();
+    let (_ninth, value) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the ninth client was never answered")
+        .unwrap();
+    assert!(
+        value.is_ok(),
+        "the ninth client was not told of the server that went idle in the other share: {value:?}\n{}",
+        moat.log()
+    );
+    for client in clients.iter().step_by(2) {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(db.backends_of("alice"), 8);
+}

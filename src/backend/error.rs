@@ -5,6 +5,10 @@ use crate::protocol::{PgError, ProtocolError, Severity, SqlState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// A borrow from another worker's share found no idle server (never a login failure:
+    /// the borrower goes on waiting for its own share).
+    #[error("no idle server in the other worker's share of the pool")]
+    NothingIdle,
     #[error("could not connect to PostgreSQL at {addr}: {source}")]
     Connect {
         addr: String,

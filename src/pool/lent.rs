@@ -40,7 +40,8 @@ pub(crate) async fn cancels_settled(
 pub struct Lent {
     /// `Some` until the connection goes back to the pool or is closed.
     obj: Option<Object<ServerManager>>,
-    _permit: OwnedSemaphorePermit,
+    /// Its share's gate permit: `Some` until the connection is handed back idle.
+    permit: Option<OwnedSemaphorePermit>,
     /// The pool (share) it came from: whether it was retired decides whether it may go back.
     share: Arc<ServerPool>,
     /// How long the client waited for it.
@@ -60,7 +61,7 @@ impl Lent {
         obj.transition(ServerState::Lent { client });
         Lent {
             obj: Some(obj),
-            _permit: permit,
+            permit: Some(permit),
             share,
             waited,
             reserve,
@@ -166,8 +167,11 @@ impl Lent {
                     // deadpool's own `last_used` counts from the checkout, which would make a
                     // long transaction look like idle time.
                     obj.idle_since = Instant::now();
-                    // Dropping the object returns it to deadpool's idle set.
+                    // Dropping the object returns it to deadpool's idle set; with the
+                    // permit released too, another share's waiting client may borrow it.
                     self.obj = None;
+                    self.permit = None;
+                    self.share.offer_spare();
                     return;
                 }
                 Step::Reset(need) => {

@@ -22,6 +22,10 @@ tokio::task_local! {
     /// When the client a checkout is for stops waiting (its query_wait_timeout), for the
     /// logins that checkout starts: no round over the hosts begins after it.
     pub(super) static CLIENT_GIVES_UP: Option<Instant>;
+    /// Set while a checkout borrows from another worker's share: only an idle server may
+    /// be taken, never a new one made (it would be registered on the borrower's event loop
+    /// but live in the other share for good).
+    pub(super) static IDLE_ONLY: ();
 }
 
 pub struct ServerManager {
@@ -181,6 +185,9 @@ impl Manager for ServerManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
+        if IDLE_ONLY.try_with(|_| ()).is_ok() {
+            return Err(BackendError::NothingIdle);
+        }
         // Boxed: deadpool's checkout future holds this one inline, and with it every waiting
         // or active client's task would carry the whole connect-and-login state (kilobytes)
         // although connections are made rarely.

@@ -14,8 +14,11 @@
 //! connections is split into one share per worker: each share is a pool of its own serving
 //! the clients of one worker, so a client, its server connections and the queue it waits in
 //! stay on one thread. The shares' sizes add up to the configured pool size; a client waits
-//! for a connection of its own share, as with PgBouncer processes sharing a port
-//! (so_reuseport). Smaller pools are not split.
+//! for a connection of its own share first. When its own share is at its limit and another
+//! share has a server idle (and no client of its own waiting for it), the client borrows that
+//! server for one checkout ([`ServerPool::borrow_idle`]): it goes back to its own share when
+//! handed back. The common path (a server of the client's own share) stays on one thread;
+//! only a borrowed server's readiness crosses threads. Smaller pools are not split.
 
 mod error;
 pub mod hosts;
@@ -27,13 +30,13 @@ mod pause;
 mod pins;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use deadpool::managed::{Pool, PoolError as DeadpoolError, QueueMode, TimeoutType, Timeouts};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::backend::{BackendError, BackendTarget};
 use crate::config::{Config, LoadBalanceHosts, PoolMode, SessionState, TargetSessionAttrs};
@@ -196,6 +199,44 @@ pub struct ServerPool {
     /// Since when no session has held this share (seen by the janitor), for
     /// autodb_idle_timeout.
     unreferenced_since: Mutex<Option<std::time::Instant>>,
+    /// What the other shares see of this one: its waiting clients, and its doorbell.
+    signals: Arc<ShareSignals>,
+    /// The pool's other shares (weak: the registry owns them) with their signals, set once
+    /// when the shares are built; empty for a pool that is not split.
+    siblings: std::sync::OnceLock<Vec<(Weak<ServerPool>, Arc<ShareSignals>)>>,
+}
+
+/// How shares of one pool tell each other about idle servers, without holding each other.
+#[derive(Default)]
+struct ShareSignals {
+    /// Checkouts of this share waiting at its gate.
+    waiting: AtomicUsize,
+    /// Rung when another share has an idle server none of its own clients waits for.
+    spare_elsewhere: Notify,
+}
+
+/// Counts a checkout as waiting for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a checkout's wait at the gates gave it.
+enum Gate {
+    /// A permit of its own share (from the reserve when the flag is set).
+    Own(tokio::sync::OwnedSemaphorePermit, bool),
+    /// A server of another share, borrowed while it waited.
+    Borrowed(Box<Lent>),
 }
 
 /// Who may take a server: `main` has default_pool_size permits; `reserve` has
@@ -239,8 +280,15 @@ impl ServerPool {
             let _ = self.home.set(handle);
         }
         let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let split = self.siblings.get().is_some_and(|s| !s.is_empty());
+        if split
+            && gates.main.available_permits() == 0
+            && let Some(lent) = self.borrow_idle(config, client, started).await
+        {
+            return Ok(lent);
+        }
         let reserve_after = config.reserve_pool_timeout.duration();
-        let acquire = async {
+        let own = async {
             if gates.reserve_size == 0 {
                 return gates.main.clone().acquire_owned().await.map(|p| (p, false));
             }
@@ -254,6 +302,27 @@ impl ServerPool {
                 p = gates.reserve.clone().acquire_owned() => p.map(|p| (p, true)),
             }
         };
+        let acquire = async {
+            if !split {
+                return own.await.map(|(p, reserve)| Gate::Own(p, reserve));
+            }
+            // While it waits, another share that has a server idle and nobody of its own
+            // waiting rings this share's bell; the first waiter here tries to borrow it.
+            let _waiting = Waiting::new(&self.signals.waiting);
+            tokio::pin!(own);
+            loop {
+                let bell = self.signals.spare_elsewhere.notified();
+                tokio::select! {
+                    biased;
+                    p = &mut own => return p.map(|(p, reserve)| Gate::Own(p, reserve)),
+                    () = bell => {
+                        if let Some(lent) = self.borrow_idle(config, client, started).await {
+                            return Ok(Gate::Borrowed(Box::new(lent)));
+                        }
+                    }
+                }
+            }
+        };
         let wait_limit = config.query_wait_timeout.non_zero();
         let acquired = match wait_limit {
             Some(limit) => tokio::time::timeout(limit, acquire)
@@ -262,7 +331,10 @@ impl ServerPool {
             None => acquire.await,
         };
         // The gates are closed only when the pool is retired.
-        let (permit, reserve) = acquired.map_err(|_| PoolError::Retired)?;
+        let (permit, reserve) = match acquired.map_err(|_| PoolError::Retired)? {
+            Gate::Own(permit, reserve) => (permit, reserve),
+            Gate::Borrowed(lent) => return Ok(*lent),
+        };
         if reserve {
             tracing::info!(database = ?self.key.database, user = ?self.key.user, "pool busy: using a reserve_pool_size connection");
         }
@@ -315,6 +387,66 @@ impl ServerPool {
                 tracing::error!(error = ?other, "unexpected deadpool error");
                 Err(PoolError::Retired)
             }
+        }
+    }
+
+    /// An idle server of another share of this pool, for a client of this share whose own
+    /// share is at its limit: taken with that share's permit, so it counts there and goes
+    /// back there. Only a server already idle is taken (none is made for a borrower), and
+    /// only from a share with nobody of its own waiting.
+    async fn borrow_idle(
+        self: &Arc<Self>,
+        config: &Config,
+        client: u64,
+        started: Instant,
+    ) -> Option<Lent> {
+        for (sibling, signals) in self.siblings.get()? {
+            if signals.waiting.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let Some(sibling) = sibling.upgrade() else {
+                continue;
+            };
+            if sibling.is_retired() || sibling.pool.status().available == 0 {
+                continue;
+            }
+            let gates = sibling
+                .gates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let Ok(permit) = gates.main.clone().try_acquire_owned() else {
+                continue;
+            };
+            let timeouts = Timeouts {
+                wait: Some(Duration::ZERO),
+                create: None,
+                recycle: Some(config.server_connect_timeout.duration()),
+            };
+            let taken = manager::IDLE_ONLY.scope((), sibling.pool.timeout_get(&timeouts));
+            if let Ok(obj) = taken.await {
+                tracing::debug!(database = ?self.key.database, user = ?self.key.user, share = self.share.index, from_share = sibling.share.index, "borrowed an idle server of another share");
+                let waited = (started.elapsed(), false);
+                return Some(Lent::new(obj, permit, sibling.clone(), client, waited));
+            }
+        }
+        None
+    }
+
+    /// A server of this share just went back idle: when none of this share's clients waits
+    /// for it, the first share with clients waiting is told it may borrow it.
+    pub(super) fn offer_spare(&self) {
+        if self.signals.waiting.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let Some(siblings) = self.siblings.get() else {
+            return;
+        };
+        if let Some((_, signals)) = siblings
+            .iter()
+            .find(|(_, s)| s.waiting.load(Ordering::Acquire) > 0)
+        {
+            signals.spare_elsewhere.notify_one();
         }
     }
 
@@ -509,6 +641,15 @@ impl PoolRegistry {
         let shares: Vec<_> = (0..count)
             .map(|index| self.build(&key, &settings, Share { index, count }, pins.clone()))
             .collect();
+        for (i, share) in shares.iter().enumerate() {
+            let others = shares
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, other)| (Arc::downgrade(other), other.signals.clone()))
+                .collect();
+            let _ = share.siblings.set(others);
+        }
         let chosen = shares[worker % count].clone();
         pools.insert(key, shares);
         chosen
@@ -613,6 +754,8 @@ impl PoolRegistry {
             retired: AtomicBool::new(false),
             pins,
             unreferenced_since: Mutex::new(None),
+            signals: Arc::default(),
+            siblings: Default::default(),
         })
     }
 
