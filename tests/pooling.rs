@@ -654,12 +654,14 @@ async fn a_pool_split_per_worker_keeps_its_size_and_shows_as_one_pool() {
 async fn a_client_borrows_a_server_idle_in_the_other_workers_share() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
+    let metrics_port = free_port();
     let moat = Pgmoat::start(
         &ConfigBuilder::new(&pki, &db)
             .set("worker_threads", "2")
             .set("default_pool_size", "8")
             .set("query_wait_timeout", "10")
             .set("admin_users", r#"["alice"]"#)
+            .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
             .build(),
     );
     moat.wait_for_log("worker_threads=2", Duration::from_secs(10));
@@ -725,4 +727,8 @@ async fn a_client_borrows_a_server_idle_in_the_other_workers_share() {
         client.batch_execute("COMMIT").await.unwrap();
     }
     assert_eq!(db.backends_of("alice"), 8);
+    let metrics = http_fetch(metrics_port, "/metrics").await;
+    let borrowed =
+        format!("pgmoat_pool_borrowed_servers_total{{database=\"{APP_DB}\",user=\"alice\"}} 2");
+    assert!(metrics.contains(&borrowed), "{metrics}");
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
@@ -127,11 +128,13 @@ impl Collector for PoolCollector {
         )?;
         // A pool split into shares per worker is one pool here: its shares' figures add up.
         let mut sizes: BTreeMap<&PoolKey, (usize, usize)> = BTreeMap::new();
+        let mut borrowed: BTreeMap<&PoolKey, u64> = BTreeMap::new();
         for p in &pools {
             let status = p.pool.status();
             let entry = sizes.entry(&p.key).or_default();
             entry.0 += status.waiting;
             entry.1 += status.max_size;
+            *borrowed.entry(&p.key).or_default() += p.borrowed.load(Ordering::Relaxed);
         }
         gauges(
             &mut encoder,
@@ -150,6 +153,18 @@ impl Collector for PoolCollector {
                 .map(|(key, (_, max))| (pool_labels(key), count(*max))),
         )?;
 
+        {
+            let mut metric = encoder.encode_descriptor(
+                "pool_borrowed_servers",
+                "Checkouts served by a server idle in another worker's share of the pool (the \
+                 client's own share was at its limit).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (key, n) in borrowed {
+                ConstCounter::new(n).encode(metric.encode_family(&pool_labels(key))?)?;
+            }
+        }
         let totals = self.shared.stats.totals();
         let secs = |us: u64| us as f64 / 1e6;
         counters(

@@ -204,6 +204,8 @@ pub struct ServerPool {
     /// The pool's other shares (weak: the registry owns them) with their signals, set once
     /// when the shares are built; empty for a pool that is not split.
     siblings: std::sync::OnceLock<Vec<(Weak<ServerPool>, Arc<ShareSignals>)>>,
+    /// Checkouts of this share served by a server borrowed from another share.
+    pub borrowed: AtomicU64,
 }
 
 /// How shares of one pool tell each other about idle servers, without holding each other.
@@ -426,6 +428,7 @@ impl ServerPool {
             let taken = manager::IDLE_ONLY.scope((), sibling.pool.timeout_get(&timeouts));
             if let Ok(obj) = taken.await {
                 tracing::debug!(database = ?self.key.database, user = ?self.key.user, share = self.share.index, from_share = sibling.share.index, "borrowed an idle server of another share");
+                self.borrowed.fetch_add(1, Ordering::Relaxed);
                 let waited = (started.elapsed(), false);
                 return Some(Lent::new(obj, permit, sibling.clone(), client, waited));
             }
@@ -756,6 +759,7 @@ impl PoolRegistry {
             unreferenced_since: Mutex::new(None),
             signals: Arc::default(),
             siblings: Default::default(),
+            borrowed: AtomicU64::new(0),
         })
     }
 
