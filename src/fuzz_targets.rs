@@ -193,7 +193,8 @@ pub fn startup_packet(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 
 /// `data[0]` picks the length bound (5..=509 bytes) and the read size; the rest is the wire.
-/// Properties: `Header::parse` accepts exactly lengths 4..=i32::MAX; `read_message` returns
+/// Properties: `Header::parse` accepts exactly lengths 4..=i32::MAX; `frame_at` agrees with it
+/// at every offset (whole exactly when all is there, `needed` completes it); `read_message` returns
 /// messages no longer than the bound that re-encode to a prefix of the wire, refuses a longer
 /// one before reading it, buffers only a bounded amount ahead, and gives the same messages and
 /// the same final error whether the wire arrives whole or in pieces.
@@ -221,6 +222,30 @@ pub fn framing(data: &[u8]) {
                 !(4..=i32::MAX as u32).contains(&len),
                 "a valid header length was refused"
             );
+        }
+    }
+
+    // The cursor agrees with the header at every offset: whole exactly when the message is
+    // all there, and `needed` is what completes it.
+    for pos in 0..=wire.len() {
+        let rest = &wire[pos..];
+        match (crate::protocol::frame_at(wire, pos), Header::parse(rest)) {
+            (Ok(crate::protocol::Frame::Short { have }), Ok(None)) => {
+                assert_eq!(have, rest.len(), "short frame size");
+            }
+            (Ok(frame), Ok(Some(header))) => {
+                assert_eq!(frame.header(), Some(header), "frame header");
+                assert_eq!(
+                    frame.needed(),
+                    header.total().saturating_sub(rest.len()),
+                    "frame needed"
+                );
+                if let crate::protocol::Frame::Whole { body, .. } = frame {
+                    assert_eq!(body, &rest[Header::SIZE..header.total()], "frame body");
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (frame, header) => panic!("cursor and header disagree: {frame:?} / {header:?}"),
         }
     }
 

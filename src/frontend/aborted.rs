@@ -11,7 +11,7 @@
 use bytes::{Buf, BytesMut};
 
 use crate::protocol::messages::{command_complete, ready_for_query, write_message};
-use crate::protocol::{Header, PgError, ProtocolError, SqlState};
+use crate::protocol::{Frame, Header, PgError, ProtocolError, SqlState, frame_at};
 use crate::relay::prepared::{ClientStatements, Statement};
 
 /// The longest message looked at whole here: a COMMIT or ROLLBACK (or its Bind, Describe,
@@ -147,9 +147,11 @@ impl Lost {
                     return Ok(Outcome::NeedMore);
                 }
             }
-            let Some(header) = Header::parse(buf)? else {
+            let frame = frame_at(buf, 0)?;
+            let Some(header) = frame.header() else {
                 return Ok(Outcome::NeedMore);
             };
+            let whole = matches!(frame, Frame::Whole { .. });
             header.check_packet_limit(max_packet)?;
             if header.tag == b'X' {
                 return Ok(Outcome::Terminate);
@@ -168,7 +170,7 @@ impl Lost {
                 }
                 continue;
             }
-            if buf.len() < total {
+            if !whole {
                 return Ok(Outcome::NeedMore);
             }
             let message = buf.split_to(total);

@@ -330,7 +330,9 @@ impl ClientSession {
                 tracing::debug!("client terminated");
                 return;
             }
-            if let Ok(Some(header)) = crate::protocol::Header::parse(&client_half.buf) {
+            if let Ok(frame) = crate::protocol::frame_at(&client_half.buf, 0)
+                && let Some(header) = frame.header()
+            {
                 // Refused before a server is taken or any of it is held (the relay checks
                 // every later message the same way).
                 if let Err(e) = header.check_packet_limit(client_half.packet_limit()) {
@@ -340,7 +342,7 @@ impl ClientSession {
                 // A message that fits what an idle client may queue is read whole before a
                 // server is taken for it, so a client that stops half-way holds no server
                 // and meets client_idle_timeout; a bigger one is streamed by the relay.
-                if client_half.buf.len() < header.total() && header.total() <= IDLE_QUEUE_MAX {
+                if frame.needed() > 0 && header.total() <= IDLE_QUEUE_MAX {
                     if let Next::Close = self.read_idle(&mut client_half).await {
                         return;
                     }

@@ -1,5 +1,6 @@
 //! Framing: the 5-byte header of a tagged message, and reading one whole message during the
-//! login phase with a bound on its length (the relay streams instead; see `relay`).
+//! login phase with a bound on its length (the relay streams instead; see `relay`). Walkers
+//! over a buffer cut it with `cursor::frame_at`, not with `Header::parse` directly.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -112,7 +113,9 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Message, ProtocolError> {
     loop {
-        if let Some(header) = Header::parse(buf)? {
+        let frame = super::frame_at(buf, 0)?;
+        let needed = frame.needed();
+        if let Some(header) = frame.header() {
             if header.total() > max {
                 return Err(ProtocolError::TooLong {
                     tag: header.tag as char,
@@ -120,7 +123,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                     max,
                 });
             }
-            if buf.len() >= header.total() {
+            if needed == 0 {
                 let mut msg = buf.split_to(header.total());
                 msg.advance(Header::SIZE);
                 return Ok(Message {
@@ -128,7 +131,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                     body: msg,
                 });
             }
-            buf.reserve(header.total() - buf.len());
+            buf.reserve(needed);
         } else {
             buf.reserve(1024);
         }

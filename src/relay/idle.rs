@@ -11,7 +11,7 @@
 use super::effects::{self, Effects};
 use super::prepared::ClientStatements;
 use super::translate::MAX_NAMED_PARSE;
-use crate::protocol::Header;
+use crate::protocol::{Frame, Header, frame_at};
 
 /// Most bytes an idle client may queue before pgmoat takes a server and forwards them: one
 /// named Parse of the largest size pgmoat pools, and its Sync.
@@ -99,14 +99,15 @@ impl IdleScan {
             return verdict;
         }
         let verdict = loop {
-            let rest = &buf[scan.pos..];
-            let header = match Header::parse(rest) {
-                Ok(Some(header)) => header,
+            let Ok(frame) = frame_at(buf, scan.pos) else {
+                break IdleBatch::Server;
+            };
+            let Some(header) = frame.header() else {
                 // A header still incomplete: wait only if it may continue a prepare batch.
-                Ok(None) if scan.parses > 0 || rest.first() == Some(&b'P') => {
+                if scan.parses > 0 || buf.get(scan.pos) == Some(&b'P') {
                     break IdleBatch::NeedMore;
                 }
-                Ok(None) | Err(_) => break IdleBatch::Server,
+                break IdleBatch::Server;
             };
             let total = header.total();
             match header.tag {
@@ -118,10 +119,10 @@ impl IdleScan {
                     // Named only: an unnamed statement lives in one server session. (An
                     // empty body is malformed either way; answer_locally refuses it, and the
                     // byte after it belongs to the next message.)
-                    if header.body_len() > 0 && rest.get(Header::SIZE) == Some(&0) {
+                    if header.body_len() > 0 && buf.get(scan.pos + Header::SIZE) == Some(&0) {
                         break IdleBatch::Server;
                     }
-                    if rest.len() < total {
+                    if let Frame::Partial { .. } = frame {
                         break IdleBatch::NeedMore;
                     }
                     scan.parses += 1;
@@ -152,14 +153,10 @@ impl IdleScan {
     pub fn judge_batch(&mut self, buf: &[u8], statements: &ClientStatements) {
         let scan = &mut self.batch;
         while scan.end.is_none() {
-            let Ok(Some(header)) = Header::parse(&buf[scan.pos..]) else {
+            let Ok(Frame::Whole { header, body }) = frame_at(buf, scan.pos) else {
                 return;
             };
             let end = scan.pos + header.total();
-            if end > buf.len() {
-                return;
-            }
-            let body = &buf[scan.pos + Header::SIZE..end];
             match header.tag {
                 b'Q' | b'P' => scan.effects |= effects::of_message(header.tag, body),
                 b'B' => {

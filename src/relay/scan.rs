@@ -3,7 +3,7 @@
 //! never sits whole in memory), and only the few small messages a pooler must read are
 //! held until complete and shown to the caller.
 
-use crate::protocol::{Header, ProtocolError};
+use crate::protocol::{Frame, ProtocolError, frame_at};
 
 /// Small messages are inspected whole only up to this size; a bigger one of an inspected
 /// type is streamed like any other (nothing pgmoat inspects is legitimately that large).
@@ -71,27 +71,25 @@ impl Scanner {
                 self.remaining -= take;
                 continue;
             }
-            let Some(header) = Header::parse(&buf[pos..])? else {
+            let frame = frame_at(buf, pos)?;
+            let Some(header) = frame.header() else {
                 return Ok(ScanResult {
                     forward_to: pos,
-                    needed: Header::SIZE - (len - pos),
+                    needed: frame.needed(),
                     stopped: false,
                 });
             };
             header.check_packet_limit(self.limit)?;
             let total = header.total();
             if inspect(header.tag) && total <= INSPECT_MAX {
-                if len - pos < total {
+                let Frame::Whole { body, .. } = frame else {
                     return Ok(ScanResult {
                         forward_to: pos,
-                        needed: total - (len - pos),
+                        needed: frame.needed(),
                         stopped: false,
                     });
-                }
-                if !on_message(
-                    Seen::Whole(header.tag, &buf[pos + Header::SIZE..pos + total]),
-                    pos,
-                ) {
+                };
+                if !on_message(Seen::Whole(header.tag, body), pos) {
                     return Ok(ScanResult {
                         forward_to: pos,
                         needed: 0,

@@ -12,7 +12,7 @@ use super::prepared::{
     close_statement,
 };
 use crate::protocol::messages::write_message;
-use crate::protocol::{Header, ProtocolError};
+use crate::protocol::{Frames, Header, ProtocolError, frame_at};
 
 /// A named Parse bigger than this is refused (PostgreSQL accepts up to 1 GB, but a pooler
 /// must hold it whole to replay it on other servers).
@@ -70,19 +70,22 @@ pub fn translate(
             *remaining -= n;
             continue;
         }
-        let Some(header) = Header::parse(input)? else {
+        let frame = frame_at(input, 0)?;
+        let Some(header) = frame.header() else {
             return Ok(Progress {
-                needed: Header::SIZE - input.len(),
+                needed: frame.needed(),
                 terminated: false,
             });
         };
         header.check_packet_limit(tr.max_packet)?;
         let total = header.total();
+        // Bytes missing before the message is whole (0 when it is).
+        let needed = frame.needed();
         match header.tag {
             b'X' => {
                 if input.len() < total {
                     return Ok(Progress {
-                        needed: total - input.len(),
+                        needed,
                         terminated: false,
                     });
                 }
@@ -96,7 +99,7 @@ pub fn translate(
                 // Held whole for a look at its SQL (up to MAX_SMALL), then passed on as is.
                 if total <= MAX_SMALL && input.len() < total {
                     return Ok(Progress {
-                        needed: total - input.len(),
+                        needed,
                         terminated: false,
                     });
                 }
@@ -156,7 +159,7 @@ pub fn translate(
                 }
                 if input.len() < total {
                     return Ok(Progress {
-                        needed: total - input.len(),
+                        needed,
                         terminated: false,
                     });
                 }
@@ -360,11 +363,8 @@ pub fn answer_locally(
     statements: &mut ClientStatements,
     reply: &mut BytesMut,
 ) -> Result<(), TranslateError> {
-    let mut pos = 0;
-    while let Ok(Some(header)) = Header::parse(&batch[pos..]) {
-        let total = header.total();
+    for (_, header, body) in Frames::new(batch) {
         if header.tag == b'P' {
-            let body = &batch[pos + Header::SIZE..pos + total];
             let (name, statement) = Statement::from_parse(body, statements.key())
                 .ok_or(ProtocolError::Malformed("Parse message"))?;
             if !statements.insert(name, statement) {
@@ -373,10 +373,6 @@ pub fn answer_locally(
                 ));
             }
             write_message(reply, b'1', |_| {});
-        }
-        pos += total;
-        if pos >= batch.len() {
-            break;
         }
     }
     crate::protocol::messages::ready_for_query(reply, b'I');
