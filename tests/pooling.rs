@@ -571,6 +571,37 @@ async fn waiting_clients_get_the_only_backend_in_the_order_they_queued() {
     assert_eq!(waiting_in_show_pools(&console).await, 0);
 }
 
+/// pgmoat with two workers and a pool of 8 (a share of 4 per worker), and eight clients
+/// logged in one after another, so they alternate between the workers; each has opened a
+/// transaction of its own (eight backends), and the pids are returned with them.
+async fn split_pool_of_eight(
+    pki: &Pki,
+    db: &TestDb,
+    query_wait_timeout: &str,
+    metrics_port: u16,
+) -> (Pgmoat, Vec<Client>, std::collections::BTreeSet<i32>) {
+    let moat = Pgmoat::start(
+        &ConfigBuilder::new(pki, db)
+            .set("worker_threads", "2")
+            .set("default_pool_size", "8")
+            .set("query_wait_timeout", query_wait_timeout)
+            .set("admin_users", r#"["alice"]"#)
+            .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
+            .build(),
+    );
+    moat.wait_for_log("worker_threads=2", Duration::from_secs(10));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(moat_client(&moat, pki, "alice").await);
+    }
+    let mut pids = std::collections::BTreeSet::new();
+    for client in &clients {
+        client.batch_execute("BEGIN").await.unwrap();
+        pids.insert(pid(client).await);
+    }
+    (moat, clients, pids)
+}
+
 /// With two worker threads a pool of 8 is split into a share of 4 per worker (clients go to
 /// the workers in turn). The shares add up to the configured size: eight clients in open
 /// transactions hold eight backends at once, a ninth waits, and the console and /metrics
@@ -580,26 +611,7 @@ async fn a_pool_split_per_worker_keeps_its_size_and_shows_as_one_pool() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let metrics_port = free_port();
-    let moat = Pgmoat::start(
-        &ConfigBuilder::new(&pki, &db)
-            .set("worker_threads", "2")
-            .set("default_pool_size", "8")
-            .set("query_wait_timeout", "60")
-            .set("admin_users", r#"["alice"]"#)
-            .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
-            .build(),
-    );
-    moat.wait_for_log("worker_threads=2", Duration::from_secs(10));
-    // Logged in one after another, so they alternate between the two workers.
-    let mut holders = Vec::new();
-    for _ in 0..8 {
-        holders.push(moat_client(&moat, &pki, "alice").await);
-    }
-    let mut pids = std::collections::BTreeSet::new();
-    for client in &holders {
-        client.batch_execute("BEGIN").await.unwrap();
-        pids.insert(pid(client).await);
-    }
+    let (moat, holders, pids) = split_pool_of_eight(&pki, &db, "60", metrics_port).await;
     assert_eq!(pids.len(), 8, "eight open transactions, eight backends");
     assert_eq!(db.backends_of("alice"), 8);
 
@@ -655,28 +667,9 @@ async fn a_client_borrows_a_server_idle_in_the_other_workers_share() {
     let pki = Pki::new();
     let db = TestDb::start(&pki);
     let metrics_port = free_port();
-    let moat = Pgmoat::start(
-        &ConfigBuilder::new(&pki, &db)
-            .set("worker_threads", "2")
-            .set("default_pool_size", "8")
-            .set("query_wait_timeout", "10")
-            .set("admin_users", r#"["alice"]"#)
-            .set_str("metrics_addr", &format!("127.0.0.1:{metrics_port}"))
-            .build(),
-    );
-    moat.wait_for_log("worker_threads=2", Duration::from_secs(10));
-    // Logged in one after another, so the even ones are on one worker (X), the odd ones on
-    // the other (Y), and the ninth connection is on X again.
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        clients.push(moat_client(&moat, &pki, "alice").await);
-    }
-    // Four backends per share, then all idle.
-    let mut pids = std::collections::BTreeSet::new();
-    for client in &clients {
-        client.batch_execute("BEGIN").await.unwrap();
-        pids.insert(pid(client).await);
-    }
+    // The even clients are on one worker (X), the odd ones on the other (Y), and the ninth
+    // connection is on X again. Four backends per share, then all idle.
+    let (moat, clients, pids) = split_pool_of_eight(&pki, &db, "10", metrics_port).await;
     assert_eq!(pids.len(), 8);
     for client in &clients {
         client.batch_execute("COMMIT").await.unwrap();

@@ -131,14 +131,8 @@ pub struct ScanResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::cursor::tests::msg;
     use proptest::prelude::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
 
     /// Feeds `wire` in the given chunk sizes, forwarding as the relay does, and returns the
     /// forwarded bytes and the inspected messages.

@@ -383,12 +383,7 @@ pub fn answer_locally(
 pub(super) mod tests {
     use super::*;
 
-    pub(in crate::relay) fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    pub(in crate::relay) use crate::protocol::cursor::tests::msg;
 
     pub(in crate::relay) fn parse_msg(name: &str, query: &str) -> Vec<u8> {
         let mut b = name.as_bytes().to_vec();
