@@ -5,7 +5,7 @@ proxy's CPU is its utime + stime from /proc/PID/stat (all threads) around each r
 
   latency.py --harness DIR --pki DIR --json FILE [--rounds 5] [--seconds 8]
              [--workloads select1,select1-mtls,extended,prepared,tpcb]
-             [--scaling 32,256,1024] [--idle-active N]
+             [--scaling 32,256,1024] [--idle-active N] [--pg-log FILE]
              NAME=PORT[:PID] ...
 
 Workloads are the harness's (run.py), so the pgbench arguments are the throughput table's.
@@ -54,7 +54,28 @@ def with_clients(args, clients):
     return args
 
 
-def run_once(workload_args, tls, port, pid, seconds, clients, logdir, tag):
+PG_SLOW = re.compile(r"duration: ([\d.]+) ms")
+
+
+def pg_log_size(path):
+    try:
+        return os.path.getsize(path) if path else None
+    except OSError:
+        return None
+
+
+def pg_slow_since(path, offset):
+    """PostgreSQL's own slow statements (log_min_duration_statement) logged since `offset`:
+    how many, and the longest in ms. A run's tail is PostgreSQL's when these line up with it."""
+    if path is None or offset is None:
+        return None
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        durations = [float(m.group(1)) for m in PG_SLOW.finditer(f.read())]
+    return {"count": len(durations), "max_ms": max(durations, default=0.0)}
+
+
+def run_once(workload_args, tls, port, pid, seconds, clients, logdir, tag, pg_log=None):
     args = with_clients(workload_args, clients) if clients else list(workload_args)
     conninfo = f"host=127.0.0.1 port={port} user=bench dbname=bench {tls}"
     prefix = os.path.join(logdir, tag)
@@ -65,6 +86,7 @@ def run_once(workload_args, tls, port, pid, seconds, clients, logdir, tag):
         seconds += (clients + 49) // 50
     cmd = ["pgbench", *args, "-T", str(seconds), "-l", f"--log-prefix={prefix}", conninfo]
     env = dict(os.environ, PGPASSWORD="bench")
+    log_at = pg_log_size(pg_log)
     before, busy0, t0 = proc_ticks(pid), machine_busy(), time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 300)
     after, busy1, t1 = proc_ticks(pid), machine_busy(), time.time()
@@ -91,6 +113,9 @@ def run_once(workload_args, tls, port, pid, seconds, clients, logdir, tag):
            "p999_ms": percentile(us, 0.999), "mean_ms": sum(us) / n / 1000.0,
            "machine_us": (busy1 - busy0) * tick_us / n,
            "machine_busy_pct": 100.0 * (busy1 - busy0) * tick_us / 1e6 / ((t1 - t0) * NPROC)}
+    slow = pg_slow_since(pg_log, log_at)
+    if slow is not None:
+        row["pg_slow"] = slow
     if before and after:
         row["proxy_user_us"] = (after[0] - before[0]) * tick_us / n
         row["proxy_sys_us"] = (after[1] - before[1]) * tick_us / n
@@ -137,6 +162,9 @@ def main():
     ap.add_argument("--workloads", default="select1,select1-mtls,extended,prepared,tpcb")
     ap.add_argument("--scaling", default="")
     ap.add_argument("--idle-active", type=int, default=0)
+    ap.add_argument("--pg-log", default=None,
+                    help="PostgreSQL's log, with log_min_duration_statement set: each run "
+                         "reports PostgreSQL's own slow statements during it")
     ap.add_argument("targets", nargs="+", help="NAME=PORT[:PID]")
     a = ap.parse_args()
     sys.path.insert(0, a.harness)
@@ -157,14 +185,18 @@ def main():
         for r in range(a.rounds):
             order = chosen if r % 2 == 0 else list(reversed(chosen))
             for name, port, pid in order:
-                row = run_once(args, tls, port, pid, a.seconds, clients, logdir, f"{label}-{name}-{r}")
+                row = run_once(args, tls, port, pid, a.seconds, clients, logdir, f"{label}-{name}-{r}",
+                               a.pg_log)
                 runs[name].append(row)
                 if not row["ok"]:
                     print(f"# {label} round {r + 1} {name}: ERROR {row['error']}", flush=True)
                     continue
                 cpu = f", proxy {row['proxy_total_us']:.1f} us/txn" if "proxy_total_us" in row else ""
+                slow = row.get("pg_slow")
+                pg = f", PostgreSQL: {slow['count']} slow statements (max {slow['max_ms']:.0f} ms)" \
+                    if slow and slow["count"] else ""
                 print(f"# {label} round {r + 1} {name}: {row['tps']:.0f} tps, p99 {row['p99_ms']:.2f} ms, "
-                      f"p99.9 {row['p999_ms']:.2f} ms{cpu}", flush=True)
+                      f"p99.9 {row['p999_ms']:.2f} ms{cpu}{pg}", flush=True)
         return {name: {"runs": rows, **summary(rows)} for name, rows in runs.items()}
 
     for workload in [w for w in a.workloads.split(",") if w]:

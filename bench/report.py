@@ -251,14 +251,18 @@ def perf_sections(w, extra):
         w(f"| {wl} | " + " | ".join(cells) + f" | {'-' if not (m and b) else f'{m / b:.2f}'} |")
     w("")
     w("## Latency of every run\n")
-    w("p99 / p99.9 in ms of each alternating run (rounds in the order they ran).\n")
+    w("p99 / p99.9 in ms of each alternating run (rounds in the order they ran); \"PG n, max m\" "
+      "marks a run during which PostgreSQL itself logged n statements over 5 ms "
+      "(log_min_duration_statement), the longest m ms: that run's tail is at least partly "
+      "PostgreSQL's.\n")
     for wl in [wl for wl in ("select1", "extended") if wl in W]:
         runs = {t: W[wl][t]["runs"] for t in present if t in W[wl]}
         w(f"**{wl}**\n")
         w("| run | " + " | ".join(SHORT[t] for t in runs) + " |\n|---|" + "---|" * len(runs))
         for i in range(max(len(r) for r in runs.values())):
             w(f"| {i + 1} | " + " | ".join(
-                f"{r[i]['p99_ms']:.2f} / {r[i]['p999_ms']:.2f}" if i < len(r) and r[i]["ok"] else "fails"
+                f"{r[i]['p99_ms']:.2f} / {r[i]['p999_ms']:.2f}{pg_mark(r[i])}" if i < len(r) and r[i]["ok"]
+                else "fails"
                 for r in runs.values()) + " |")
         w("")
     if perf.get("scaling"):
@@ -273,6 +277,14 @@ def perf_sections(w, extra):
                 w(f"| {clients} | {SHORT.get(t, t)} | {v['tps']:.0f} | {us(v.get('proxy_total_us'))} | "
                   f"{v['p99_ms']:.2f} | {v['p999_ms']:.2f} |")
         w("")
+
+
+def pg_mark(run):
+    """A run's PostgreSQL slow statements, if it had any (see latency.py --pg-log)."""
+    slow = run.get("pg_slow")
+    if not slow or not slow["count"]:
+        return ""
+    return f" (PG {slow['count']}, max {slow['max_ms']:.0f} ms)"
 
 
 def chart(S, targets, nproc, png):
