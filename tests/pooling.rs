@@ -594,12 +594,20 @@ async fn split_pool_of_eight(
     for _ in 0..8 {
         clients.push(moat_client(&moat, pki, "alice").await);
     }
+    let pids = begin_each(&clients).await;
+    (moat, clients, pids)
+}
+
+/// Opens a transaction on each client, each on a backend of its own: their pids.
+async fn begin_each<'a>(
+    clients: impl IntoIterator<Item = &'a Client>,
+) -> std::collections::BTreeSet<i32> {
     let mut pids = std::collections::BTreeSet::new();
-    for client in &clients {
+    for client in clients {
         client.batch_execute("BEGIN").await.unwrap();
         pids.insert(pid(client).await);
     }
-    (moat, clients, pids)
+    pids
 }
 
 /// With two worker threads a pool of 8 is split into a share of 4 per worker (clients go to
@@ -675,10 +683,7 @@ async fn a_client_borrows_a_server_idle_in_the_other_workers_share() {
         client.batch_execute("COMMIT").await.unwrap();
     }
     // X's share at its limit; Y's four servers idle.
-    for client in clients.iter().step_by(2) {
-        client.batch_execute("BEGIN").await.unwrap();
-        pid(client).await;
-    }
+    begin_each(clients.iter().step_by(2)).await;
     let ninth = moat_client(&moat, &pki, "alice").await;
     let answer = tokio::time::timeout(Duration::from_secs(30), ninth.simple_query("SELECT 9"))
         .await
@@ -696,10 +701,7 @@ async fn a_client_borrows_a_server_idle_in_the_other_workers_share() {
 
     // Now Y's share at its limit too: the ninth client waits, until one of Y's clients
     // commits with nobody of Y waiting.
-    for client in clients.iter().skip(1).step_by(2) {
-        client.batch_execute("BEGIN").await.unwrap();
-        pid(client).await;
-    }
+    begin_each(clients.iter().skip(1).step_by(2)).await;
     let console = moat_console(&moat, &pki, "alice").await;
     let waiting = tokio::spawn(async move {
         let value = ninth.simple_query("SELECT 10").await.map(|_| ());

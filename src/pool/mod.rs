@@ -412,12 +412,13 @@ impl ServerPool {
             if sibling.is_retired() || sibling.pool.status().available == 0 {
                 continue;
             }
-            let gates = sibling
+            let main = sibling
                 .gates
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .main
                 .clone();
-            let Ok(permit) = gates.main.clone().try_acquire_owned() else {
+            let Ok(permit) = main.try_acquire_owned() else {
                 continue;
             };
             let timeouts = Timeouts {

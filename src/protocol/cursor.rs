@@ -58,7 +58,7 @@ pub fn frame_at(buf: &[u8], pos: usize) -> Result<Frame<'_>, ProtocolError> {
 }
 
 /// The whole messages at the front of `buf`, in order, with their offsets; it stops at the
-/// first incomplete or malformed one (see [`Frames::rest`]).
+/// first incomplete or malformed one (see [`Frames::pos`]).
 pub struct Frames<'a> {
     buf: &'a [u8],
     pos: usize,
