@@ -5,7 +5,7 @@
 #
 #   bench/compare.sh [--rounds N] [--seconds S] [--workloads LIST] [--out DIR]
 #                    [--idle N] [--idle-max N] [--harness DIR] [--latency-rounds N]
-#                    [--scaling LIST] [--idle-active N]
+#                    [--scaling LIST] [--idle-active N] [--memory-only]
 #
 #   --rounds N       alternating runs per workload and target (default 3)
 #   --seconds S      length of each pgbench run (default 10)
@@ -19,6 +19,7 @@
 #                    32,256,1024; empty to skip)
 #   --idle-active N  also select1 with 32 active clients beside N idle TLS ones (default 10000;
 #                    0 to skip)
+#   --memory-only    stop after the idle-client memory step (BENCHMARKS.md is left alone)
 #   --baseline REV   instead: this tree's pgmoat against the build of git revision REV (or
 #                    --baseline-bin FILE), alternating on one PostgreSQL, CPU per transaction
 #                    with the run-to-run spread; see bench/baseline.sh (writes baseline.md)
@@ -41,9 +42,10 @@ latency_clients=32
 latency_rounds=5
 scaling=32,256,1024
 idle_active=10000
+memory_only=0
 known_workloads=" select1 select1-mtls select1-plain extended prepared tpcb connect "
 
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 for arg in "$@"; do
     case $arg in
         --baseline|--baseline-bin) exec "$repo/bench/baseline.sh" "$@" ;;
@@ -61,6 +63,7 @@ while [ $# -gt 0 ]; do
         --latency-rounds) latency_rounds=${2:?--latency-rounds needs a value}; shift 2 ;;
         --scaling) scaling=${2?--scaling needs a value (may be empty)}; shift 2 ;;
         --idle-active) idle_active=${2:?--idle-active needs a value}; shift 2 ;;
+        --memory-only) memory_only=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -351,6 +354,10 @@ moat_metrics=http://127.0.0.1:$moat_metrics_port/metrics
 idle_run pgbouncer "$pgb_pid" "$pgb_port" "$idle"
 idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle" "$moat_metrics"
 idle_run pgmoat "$pgmoat_pid" "$moat_port" "$idle_max" "$moat_metrics"
+if [ "$memory_only" = 1 ]; then
+    say "--memory-only: done (results in $out)"
+    exit 0
+fi
 
 # --- throughput: run.py, alternating order, direct is the reference -----------------------------
 say "run.py: $rounds rounds x $seconds s, workloads $workloads"

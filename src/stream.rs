@@ -9,10 +9,12 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::tls::accepted::AcceptedTls;
+
 pub enum Stream {
     Plain(TcpStream),
-    /// TLS we accepted (client side of pgmoat).
-    Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS we accepted (client side of pgmoat), over rustls' unbuffered API.
+    Accepted(Box<AcceptedTls>),
     /// TLS we initiated (towards PostgreSQL).
     Connected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -34,7 +36,7 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
-            Stream::Accepted(s) => s.get_ref().0,
+            Stream::Accepted(s) => s.tcp(),
             Stream::Connected(s) => s.get_ref().0,
         }
     }
@@ -48,7 +50,7 @@ impl Stream {
     pub fn peer_certificate(&self) -> Option<&[u8]> {
         let certs = match self {
             Stream::Plain(_) => None,
-            Stream::Accepted(s) => s.get_ref().1.peer_certificates(),
+            Stream::Accepted(s) => s.state().peer_certificates(),
             Stream::Connected(s) => s.get_ref().1.peer_certificates(),
         }?;
         certs.first().map(|c| c.as_ref())
@@ -58,7 +60,7 @@ impl Stream {
         let (version, suite) = match self {
             Stream::Plain(_) => return None,
             Stream::Accepted(s) => {
-                let c = s.get_ref().1;
+                let c = s.state();
                 (c.protocol_version(), c.negotiated_cipher_suite())
             }
             Stream::Connected(s) => {

@@ -140,7 +140,7 @@ async fn accept_tls(
     acceptor: Arc<rustls::ServerConfig>,
     metrics: &Metrics,
 ) -> Result<Stream, Failure> {
-    match tokio_rustls::TlsAcceptor::from(acceptor).accept(tcp).await {
+    match crate::tls::accepted::accept(tcp, acceptor).await {
         Ok(tls) => {
             metrics.tls_handshake_ok();
             let stream = Stream::Accepted(Box::new(tls));
@@ -163,7 +163,7 @@ async fn accept_tls(
 
 fn alpn(stream: &Stream) -> Option<&[u8]> {
     match stream {
-        Stream::Accepted(tls) => tls.get_ref().1.alpn_protocol(),
+        Stream::Accepted(tls) => tls.state().alpn_protocol(),
         _ => None,
     }
 }

@@ -2,6 +2,7 @@
 //! the rustls client config towards PostgreSQL (by server_tls_sslmode), and the loading of
 //! certificate, key and CA files with errors that name the setting, file and reason.
 
+pub mod accepted;
 pub mod acceptor;
 pub mod binding;
 pub mod connector;
