@@ -116,6 +116,10 @@ impl Held {
     }
 }
 
+/// A TLS error, with how many bytes at the front of the input rustls was done with when it
+/// failed: the alert for the error is fetched over the bytes behind those.
+type Failed = (usize, rustls::Error);
+
 /// Runs rustls over `input` until it needs more bytes from the peer, encrypting `encrypt`
 /// once application data may be sent. Decrypted bytes go to `read` first, the rest to
 /// `held`. Returns how many bytes at the front of `input` are done with.
@@ -125,65 +129,73 @@ fn drive(
     mut read: Option<&mut ReadBuf<'_>>,
     mut encrypt: Option<&[u8]>,
     held: &mut Held,
-) -> Result<(usize, Settled), rustls::Error> {
+) -> Result<(usize, Settled), Failed> {
     let mut consumed = 0;
     loop {
         let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut input[consumed..]);
         let mut extra = 0;
-        let settled = match state {
-            Err(e) => return Err(e),
+        let step = match state {
+            Err(e) => Err(e),
             Ok(ConnectionState::ReadTraffic(mut records)) => {
+                let mut failed = None;
                 while let Some(record) = records.next_record() {
-                    let record = record?;
-                    extra += record.discard;
-                    held.deliver(record.payload, &mut read);
+                    match record {
+                        Ok(record) => {
+                            extra += record.discard;
+                            held.deliver(record.payload, &mut read);
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
-                None
+                failed.map_or(Ok(None), Err)
             }
-            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                held.append_outgoing(RECORD_HEADER + 4096, |out| {
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => held
+                .append_outgoing(RECORD_HEADER + 4096, |out| {
                     encode.encode(out).map_err(|e| match e {
                         EncodeError::InsufficientSize(s) => Some(s.required_size),
                         _ => None,
                     })
-                })?;
-                None
-            }
+                })
+                .map(|()| None),
             // The bytes just encoded are in `held.outgoing`: every caller flushes that
             // before it waits for the peer, so they count as sent.
             Ok(ConnectionState::TransmitTlsData(transmit)) => {
                 transmit.done();
-                None
+                Ok(None)
             }
             Ok(ConnectionState::PeerClosed) => {
                 held.peer_closed = true;
-                None
+                Ok(None)
             }
-            Ok(ConnectionState::Closed) => Some(Settled::Closed),
-            Ok(ConnectionState::BlockedHandshake) => Some(Settled::NeedData),
-            Ok(ConnectionState::WriteTraffic(mut write)) => {
-                if let Some(data) = encrypt.take() {
+            Ok(ConnectionState::Closed) => Ok(Some(Settled::Closed)),
+            Ok(ConnectionState::BlockedHandshake) => Ok(Some(Settled::NeedData)),
+            Ok(ConnectionState::WriteTraffic(mut write)) => match encrypt.take() {
+                Some(data) => {
                     let records = data.len().div_ceil(MAX_FRAGMENT).max(1);
                     held.append_outgoing(data.len() + records * RECORD_EXPANSION, |out| {
                         write.encrypt(data, out).map_err(|e| match e {
                             EncryptError::InsufficientSize(s) => Some(s.required_size),
                             _ => None,
                         })
-                    })?;
+                    })
                 }
-                Some(Settled::NeedData)
+                None => Ok(()),
             }
+            .map(|()| Some(Settled::NeedData)),
             // Early data is never enabled (max_early_data_size stays 0), and any state a
             // later rustls adds is one this code does not know how to handle safely.
-            Ok(_) => {
-                return Err(rustls::Error::General(
-                    "unexpected TLS connection state".into(),
-                ));
-            }
+            Ok(_) => Err(rustls::Error::General(
+                "unexpected TLS connection state".into(),
+            )),
         };
         consumed += discard + extra;
-        if let Some(settled) = settled {
-            return Ok((consumed, settled));
+        match step {
+            Err(e) => return Err((consumed, e)),
+            Ok(Some(settled)) => return Ok((consumed, settled)),
+            Ok(None) => {}
         }
     }
 }
@@ -252,25 +264,21 @@ impl AcceptedTls {
         }
     }
 
-    /// Remembers a TLS error and queues the alert rustls prepared for it.
+    /// Remembers a TLS error and queues the alert rustls prepared for it. rustls hands out
+    /// queued records before it deframes anything, so one call fetches the alert without
+    /// touching the input; a second call would deframe the bytes that failed again (and
+    /// alert twice). It is given the bytes rustls was not done with all the same: its
+    /// handshake deframer keeps positions in them.
     fn fail(&mut self, e: rustls::Error) {
-        loop {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let sent = self.held.append_outgoing(RECORD_HEADER + 64, |out| {
-                        encode.encode(out).map_err(|e| match e {
-                            EncodeError::InsufficientSize(s) => Some(s.required_size),
-                            _ => None,
-                        })
-                    });
-                    if sent.is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => break,
-            }
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            // Best effort: without the alert the peer still sees the connection end.
+            let _ = self.held.append_outgoing(RECORD_HEADER + 64, |out| {
+                encode.encode(out).map_err(|e| match e {
+                    EncodeError::InsufficientSize(s) => Some(s.required_size),
+                    _ => None,
+                })
+            });
         }
         self.failed = Some(e);
     }
@@ -293,19 +301,22 @@ impl AcceptedTls {
         read: Option<&mut ReadBuf<'_>>,
         encrypt: Option<&[u8]>,
     ) -> Result<Settled, rustls::Error> {
-        let (consumed, settled) = drive(
+        let outcome = drive(
             &mut self.conn,
             &mut self.incoming,
             read,
             encrypt,
             &mut self.held,
-        )?;
+        );
+        let consumed = match &outcome {
+            Ok((consumed, _)) | Err((consumed, _)) => *consumed,
+        };
         self.incoming.drain(..consumed);
         if self.incoming.is_empty() {
             // Give the allocation back: an idle client holds no record buffer.
             self.incoming = Vec::new();
         }
-        Ok(settled)
+        outcome.map(|(_, settled)| settled).map_err(|(_, e)| e)
     }
 
     /// Reads more ciphertext behind what `incoming` holds; Ready(Ok(0)) is EOF.
@@ -389,13 +400,14 @@ impl AcceptedTls {
                 if input.is_empty() {
                     return Poll::Ready(Err(eof_error()));
                 }
-                match drive(&mut self.conn, input, Some(buf), None, &mut self.held) {
-                    Ok((consumed, settled)) => {
-                        self.incoming.extend_from_slice(&input[consumed..]);
-                        Ok(settled)
-                    }
-                    Err(e) => Err(e),
-                }
+                let outcome = drive(&mut self.conn, input, Some(buf), None, &mut self.held);
+                // What rustls is not done with (an unfinished record, or bytes behind a
+                // failure whose alert is still to be fetched) moves to the heap.
+                let consumed = match &outcome {
+                    Ok((consumed, _)) | Err((consumed, _)) => *consumed,
+                };
+                self.incoming.extend_from_slice(&input[consumed..]);
+                outcome.map(|(_, settled)| settled).map_err(|(_, e)| e)
             } else {
                 if ready!(self.poll_read_more(cx))? == 0 {
                     return Poll::Ready(Err(eof_error()));
@@ -446,7 +458,7 @@ impl AcceptedTls {
     fn poll_shutdown_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.closing && self.failed.is_none() {
             self.closing = true;
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
             if let Ok(ConnectionState::WriteTraffic(mut write)) = state {
                 let _ = self.held.append_outgoing(64, |out| {
                     write.queue_close_notify(out).map_err(|e| match e {
