@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
 use rustls::{CommonState, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -114,22 +116,41 @@ impl Held {
             }
         }
     }
+
+    /// Appends a record rustls queued (a handshake flight, an alert, a key update).
+    fn encode(
+        &mut self,
+        encode: &mut EncodeTlsData<'_, ServerConnectionData>,
+        guess: usize,
+    ) -> Result<(), rustls::Error> {
+        self.append_outgoing(guess, |out| {
+            encode.encode(out).map_err(|e| match e {
+                EncodeError::InsufficientSize(s) => Some(s.required_size),
+                _ => None,
+            })
+        })
+    }
 }
 
-/// A TLS error, with how many bytes at the front of the input rustls was done with when it
-/// failed: the alert for the error is fetched over the bytes behind those.
-type Failed = (usize, rustls::Error);
+/// How much room an encryption that did not fit needs, when that was the reason.
+fn encrypt_room(e: EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
 
 /// Runs rustls over `input` until it needs more bytes from the peer, encrypting `encrypt`
 /// once application data may be sent. Decrypted bytes go to `read` first, the rest to
-/// `held`. Returns how many bytes at the front of `input` are done with.
+/// `held`. Returns how many bytes at the front of `input` are done with, failed or not (after
+/// a failure the alert is fetched over the bytes behind those), and where it stopped.
 fn drive(
     conn: &mut UnbufferedServerConnection,
     input: &mut [u8],
     mut read: Option<&mut ReadBuf<'_>>,
     mut encrypt: Option<&[u8]>,
     held: &mut Held,
-) -> Result<(usize, Settled), Failed> {
+) -> (usize, Result<Settled, rustls::Error>) {
     let mut consumed = 0;
     loop {
         let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut input[consumed..]);
@@ -153,12 +174,7 @@ fn drive(
                 failed.map_or(Ok(None), Err)
             }
             Ok(ConnectionState::EncodeTlsData(mut encode)) => held
-                .append_outgoing(RECORD_HEADER + 4096, |out| {
-                    encode.encode(out).map_err(|e| match e {
-                        EncodeError::InsufficientSize(s) => Some(s.required_size),
-                        _ => None,
-                    })
-                })
+                .encode(&mut encode, RECORD_HEADER + 4096)
                 .map(|()| None),
             // The bytes just encoded are in `held.outgoing`: every caller flushes that
             // before it waits for the peer, so they count as sent.
@@ -176,10 +192,7 @@ fn drive(
                 Some(data) => {
                     let records = data.len().div_ceil(MAX_FRAGMENT).max(1);
                     held.append_outgoing(data.len() + records * RECORD_EXPANSION, |out| {
-                        write.encrypt(data, out).map_err(|e| match e {
-                            EncryptError::InsufficientSize(s) => Some(s.required_size),
-                            _ => None,
-                        })
+                        write.encrypt(data, out).map_err(encrypt_room)
                     })
                 }
                 None => Ok(()),
@@ -193,8 +206,8 @@ fn drive(
         };
         consumed += discard + extra;
         match step {
-            Err(e) => return Err((consumed, e)),
-            Ok(Some(settled)) => return Ok((consumed, settled)),
+            Err(e) => return (consumed, Err(e)),
+            Ok(Some(settled)) => return (consumed, Ok(settled)),
             Ok(None) => {}
         }
     }
@@ -273,12 +286,7 @@ impl AcceptedTls {
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
             // Best effort: without the alert the peer still sees the connection end.
-            let _ = self.held.append_outgoing(RECORD_HEADER + 64, |out| {
-                encode.encode(out).map_err(|e| match e {
-                    EncodeError::InsufficientSize(s) => Some(s.required_size),
-                    _ => None,
-                })
-            });
+            let _ = self.held.encode(&mut encode, RECORD_HEADER + 64);
         }
         self.failed = Some(e);
     }
@@ -301,22 +309,19 @@ impl AcceptedTls {
         read: Option<&mut ReadBuf<'_>>,
         encrypt: Option<&[u8]>,
     ) -> Result<Settled, rustls::Error> {
-        let outcome = drive(
+        let (consumed, outcome) = drive(
             &mut self.conn,
             &mut self.incoming,
             read,
             encrypt,
             &mut self.held,
         );
-        let consumed = match &outcome {
-            Ok((consumed, _)) | Err((consumed, _)) => *consumed,
-        };
         self.incoming.drain(..consumed);
         if self.incoming.is_empty() {
             // Give the allocation back: an idle client holds no record buffer.
             self.incoming = Vec::new();
         }
-        outcome.map(|(_, settled)| settled).map_err(|(_, e)| e)
+        outcome
     }
 
     /// Reads more ciphertext behind what `incoming` holds; Ready(Ok(0)) is EOF.
@@ -352,7 +357,7 @@ impl AcceptedTls {
             }
             self.held.sent += n;
         }
-        if !self.held.outgoing.is_empty() || self.held.outgoing.capacity() > 0 {
+        if self.held.outgoing.capacity() > 0 {
             self.held.outgoing = Vec::new();
             self.held.sent = 0;
         }
@@ -400,14 +405,12 @@ impl AcceptedTls {
                 if input.is_empty() {
                     return Poll::Ready(Err(eof_error()));
                 }
-                let outcome = drive(&mut self.conn, input, Some(buf), None, &mut self.held);
+                let (consumed, outcome) =
+                    drive(&mut self.conn, input, Some(buf), None, &mut self.held);
                 // What rustls is not done with (an unfinished record, or bytes behind a
                 // failure whose alert is still to be fetched) moves to the heap.
-                let consumed = match &outcome {
-                    Ok((consumed, _)) | Err((consumed, _)) => *consumed,
-                };
                 self.incoming.extend_from_slice(&input[consumed..]);
-                outcome.map(|(_, settled)| settled).map_err(|(_, e)| e)
+                outcome
             } else {
                 if ready!(self.poll_read_more(cx))? == 0 {
                     return Poll::Ready(Err(eof_error()));
@@ -461,10 +464,7 @@ impl AcceptedTls {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
             if let Ok(ConnectionState::WriteTraffic(mut write)) = state {
                 let _ = self.held.append_outgoing(64, |out| {
-                    write.queue_close_notify(out).map_err(|e| match e {
-                        EncryptError::InsufficientSize(s) => Some(s.required_size),
-                        _ => None,
-                    })
+                    write.queue_close_notify(out).map_err(encrypt_room)
                 });
             }
         }
